@@ -1,0 +1,1 @@
+"""Subcommands of `mmgen`: each module defines `register(subparsers)` and sets `func`."""

@@ -1,0 +1,19 @@
+"""Shared building blocks of every mmgen model. Imports torch and einops only: never
+`mmgen.models`."""
+from .attention import Attention, KVCache, attention, attention_math, make_attn_mask
+from .block import Transformer, TransformerBlock, TransformerConfig
+from .cond import AdaLNModulation, modulate
+from .drop import DropPath, LayerScale
+from .embed import PatchEmbed, TimestepEmbedding
+from .mlp import GatedMlp, Mlp, make_mlp, mlp_hidden_dim
+from .norm import LayerNorm, RMSNorm, make_norm
+from .pos import (LearnedPositions, RotaryEmbedding, apply_rope, grid_positions, sincos_1d, sincos_2d,
+                  timestep_features)
+
+__all__ = [
+    "Attention", "KVCache", "attention", "attention_math", "make_attn_mask",
+    "Transformer", "TransformerBlock", "TransformerConfig", "AdaLNModulation", "modulate",
+    "DropPath", "LayerScale", "PatchEmbed", "TimestepEmbedding", "GatedMlp", "Mlp", "make_mlp",
+    "mlp_hidden_dim", "LayerNorm", "RMSNorm", "make_norm", "LearnedPositions", "RotaryEmbedding",
+    "apply_rope", "grid_positions", "sincos_1d", "sincos_2d", "timestep_features",
+]

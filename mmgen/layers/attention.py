@@ -1,0 +1,211 @@
+"""Multi-head attention: self or cross, MHA / GQA / MQA via `num_kv_heads`, fused SDPA or a
+plain matmul-softmax reference, masks (causal, sliding window, padding, additive bias),
+optional q/k norm, RoPE and a preallocated KV cache."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .norm import make_norm
+from .pos import apply_rope
+
+ATTN_IMPLS = ("sdpa", "math")
+
+
+def check_heads(dim: int, num_heads: int, num_kv_heads: int | None, head_dim: int | None) -> tuple[int, int]:
+    """Validate head counts; return (num_kv_heads, head_dim)."""
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+    kv = num_heads if num_kv_heads is None else num_kv_heads
+    if kv < 1 or num_heads % kv:
+        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({kv})")
+    if head_dim is None:
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}), or set head_dim")
+        head_dim = dim // num_heads
+    return kv, head_dim
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values (B, Hkv, max_len, D) for one attention layer, written at
+    absolute positions [start, start + T) and read back as [0, start + T)."""
+
+    def __init__(self, batch: int, max_len: int, num_kv_heads: int, head_dim: int, *, dtype=None, device=None):
+        super().__init__()
+        self.max_len = max_len
+        shape = (batch, num_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds max_len={self.max_len} positions; writing up to position {end}")
+        if k.shape[0] != self.k.shape[0]:
+            raise ValueError(f"KV cache was made for batch {self.k.shape[0]}, got batch {k.shape[0]}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def make_attn_mask(
+    T: int,
+    S: int,
+    *,
+    causal: bool = False,
+    window: int | None = None,
+    q_offset: int = 0,
+    key_padding: torch.Tensor | None = None,
+    device=None,
+) -> torch.Tensor | None:
+    """Boolean mask (True = may attend), broadcastable to (B, H, T, S), or None if all is
+    allowed. Queries sit at absolute positions q_offset + [0, T), keys at [0, S).
+
+    causal: key position <= query position. window: only the `window` most recent keys
+    (|q - k| < window when not causal). key_padding: (B, S), True for real tokens.
+    A query row left with no key (a padding query) is opened fully so softmax stays finite;
+    its output is garbage by construction and must be ignored by the caller."""
+    mask = None
+    if causal or window is not None:
+        q = torch.arange(q_offset, q_offset + T, device=device)[:, None]
+        k = torch.arange(S, device=device)[None, :]
+        mask = torch.ones(T, S, dtype=torch.bool, device=device)
+        if causal:
+            mask &= k <= q
+        if window is not None:
+            mask &= (q - k < window) if causal else ((q - k).abs() < window)
+        mask = mask[None, None]  # (1, 1, T, S)
+    if key_padding is not None:
+        if key_padding.ndim != 2 or key_padding.shape[1] != S:
+            raise ValueError(f"key padding mask must be (batch, {S}), got {tuple(key_padding.shape)}")
+        pad = key_padding.bool()[:, None, None, :]  # (B, 1, 1, S)
+        mask = pad if mask is None else mask & pad
+    if mask is not None and key_padding is not None:
+        mask = mask | ~mask.any(-1, keepdim=True)
+    return mask
+
+
+def merge_mask_and_bias(mask: torch.Tensor | None, bias: torch.Tensor | None, dtype) -> torch.Tensor | None:
+    """One SDPA `attn_mask`: a bool mask alone, or an additive float bias with -inf where masked."""
+    if bias is None:
+        return mask
+    bias = bias.to(dtype)
+    if mask is None:
+        return bias
+    if mask.dtype == torch.bool:
+        return bias.masked_fill(~mask, float("-inf"))
+    return bias + mask.to(dtype)
+
+
+def attention_math(q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=None):
+    """Reference attention: softmax(q k^T * scale + mask) v in float32. q (B,H,T,D), k/v (B,Hkv,S,D)."""
+    H, Hkv = q.shape[1], k.shape[1]
+    if Hkv != H:  # GQA: each group of H/Hkv query heads shares one kv head
+        k = k.repeat_interleave(H // Hkv, dim=1)
+        v = v.repeat_interleave(H // Hkv, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, T, S)
+    if is_causal:
+        T, S = scores.shape[-2:]
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    attn = scores.softmax(-1)
+    if dropout_p > 0:
+        attn = F.dropout(attn, dropout_p)
+    return (attn @ v.float()).to(q.dtype)
+
+
+def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, impl="sdpa", scale=None):
+    """Dispatch to fused SDPA or the reference path. q (B,H,T,D), k/v (B,Hkv,S,D) -> (B,H,T,D)."""
+    if impl == "math":
+        return attention_math(q, k, v, mask, is_causal, dropout_p, scale)
+    gqa = k.shape[1] != q.shape[1]
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=gqa)
+
+
+class Attention(nn.Module):
+    """Self-attention (fused `qkv` projection) or cross-attention (`q` from x, `kv` from a
+    context of width `context_dim`), with `num_kv_heads` < num_heads for GQA / MQA."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        context_dim: int | None = None,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        qk_norm: str | None = None,
+        norm_eps: float = 1e-6,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        impl: str = "sdpa",
+        rope_dims: int = 1,
+    ):
+        super().__init__()
+        if impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+        self.num_heads = num_heads
+        self.num_kv_heads, self.head_dim = check_heads(dim, num_heads, num_kv_heads, head_dim)
+        self.impl, self.attn_dropout, self.rope_dims = impl, attn_dropout, rope_dims
+        self.is_cross = context_dim is not None
+        q_out, kv_out = num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self.is_cross:
+            self.q = nn.Linear(dim, q_out, bias=qkv_bias)
+            self.kv = nn.Linear(context_dim, 2 * kv_out, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, q_out + 2 * kv_out, bias=qkv_bias)
+        self.q_norm = make_norm(qk_norm, self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = make_norm(qk_norm, self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(q_out, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        """x (B, T, dim); context (B, S, context_dim) for cross-attention; mask bool (True =
+        attend) or additive, broadcastable to (B, H, T, S); bias additive (e.g. relative
+        position bias); is_causal uses SDPA's built-in causal mask (no cache offset);
+        rope (cos, sin) for the T query positions; cache + start for incremental decoding."""
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        if self.is_cross:
+            if context is None:
+                raise ValueError("cross-attention needs a context tensor (B, S, context_dim)")
+            q = rearrange(self.q(x), "b t (h d) -> b h t d", h=H)
+            k, v = rearrange(self.kv(context), "b s (two h d) -> two b h s d", two=2, h=Hkv)
+        else:
+            q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+            q = rearrange(q, "b t (h d) -> b h t d", h=H)
+            k = rearrange(k, "b t (h d) -> b h t d", h=Hkv)
+            v = rearrange(v, "b t (h d) -> b h t d", h=Hkv)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q = apply_rope(q, *rope, dims=self.rope_dims)
+            if not self.is_cross:
+                k = apply_rope(k, *rope, dims=self.rope_dims)
+        if cache is not None:
+            k, v = cache.update(start, k, v)  # (B, Hkv, start + T, D)
+        attn_mask = merge_mask_and_bias(mask, bias, q.dtype)
+        out = attention(q, k, v, attn_mask, is_causal and attn_mask is None,
+                        self.attn_dropout if self.training else 0.0, self.impl)
+        return self.proj_drop(self.proj(rearrange(out, "b h t d -> b t (h d)")))
+
+    def make_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> KVCache:
+        device = device or self.proj.weight.device
+        return KVCache(batch, max_len, self.num_kv_heads, self.head_dim,
+                       dtype=dtype or self.proj.weight.dtype, device=device)

@@ -1,0 +1,53 @@
+"""Normalisation layers computed in float32 and cast back (bf16/fp16 safe)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with optional bias (and optional affine), always reduced in float32."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = True, affine: bool = True):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine and bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), (self.dim,), w, b, self.eps).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, bias={self.bias is not None}"
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich, 2019): x / rms(x) * weight, reduced in float32."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, affine: bool = True):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+def make_norm(kind: str, dim: int, *, eps: float = 1e-5, bias: bool = True, affine: bool = True) -> nn.Module:
+    if kind == "layernorm":
+        return LayerNorm(dim, eps=eps, bias=bias, affine=affine)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps, affine=affine)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")

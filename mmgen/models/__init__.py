@@ -1,0 +1,1 @@
+"""Model families. Each module registers its presets on import (see mmgen.registry)."""

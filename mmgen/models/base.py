@@ -1,0 +1,49 @@
+"""The base class of every mmgen model: checkpointing plus the training contract."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import PretrainedMixin
+
+
+class Model(nn.Module, PretrainedMixin):
+    """Subclasses set `config_class`, are decorated with `@register_model("name")`, take
+    their config as the only constructor argument and implement:
+
+    - `loss(batch) -> (loss, logs)`: the one method the training loop calls; logs is a dict
+      of floats.
+    - `example_batch(batch_size=2, device="cpu")`: a small valid batch for `loss`, used by the
+      preset tests (forward, backward reaching every parameter) and the benchmarks.
+    """
+
+    config_class: type
+
+    def __init__(self, config):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        self.config = config
+
+    def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def example_batch(self, batch_size: int = 2, device: str | torch.device = "cpu") -> Any:
+        raise NotImplementedError
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        """Parameter count, each tied tensor counted once."""
+        seen, total = set(), 0
+        for p in self.parameters():
+            if id(p) in seen or (trainable_only and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
