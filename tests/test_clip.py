@@ -214,12 +214,31 @@ def test_eos_pooling_ignores_padding_and_needs_eos():
         model.encode_text(torch.full((1, 5), 10_000, dtype=torch.long))
 
 
+def test_pruned_vocabulary_round_trips_through_the_checkpoint(tmp_path):
+    from mmgen.text import get_tokenizer
+    captions = ["a red circle on the left", "two blue squares", "a green triangle at the top right"]
+    tok = get_tokenizer("clip_bpe").pruned(captions)
+    assert tok.vocab_size < 40  # from 49,408
+    model = make_clip(tokenizer=tok)
+    assert model.text.token_embedding.num_embeddings == tok.vocab_size
+    tokens = model.tokenize(captions)
+    assert [tok.decode(t.tolist()) for t in tokens] == captions
+    model.eval().save_pretrained(tmp_path / "ck")
+    loaded = mmgen.load_pretrained(tmp_path / "ck")  # rebuilt from config.json alone
+    assert loaded.tokenizer.tokenizer.kept == tok.kept
+    torch.testing.assert_close(loaded.tokenize(captions), tokens)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(captions), model.encode_text(tokens))
+    unk = loaded.tokenize(["a purple circle"])[0].tolist()
+    assert tok.unk_id in unk and tok.decode(unk) == "a <unk> circle"
+
+
 def test_text_longer_than_context_raises_or_warns():
     model = make_clip()
     long = "a very long caption " * 5
-    with pytest.raises(ValueError, match=r"context is 32.*truncate=True"):
+    with pytest.raises(ValueError, match=r"context_length is 32.*truncate=True"):
         model.tokenize([long])
-    with pytest.warns(UserWarning, match="cut to the context of 32"):
+    with pytest.warns(UserWarning, match="truncated 1 of 1 captions to context_length=32"):
         tokens = model.tokenize([long], truncate=True)
     assert tokens.shape == (1, 32) and tokens[0, -1] == model.config.text.eos_id
     with warnings.catch_warnings():
@@ -232,7 +251,7 @@ def test_text_longer_than_context_raises_or_warns():
 def test_forward_shapes_and_unit_norm():
     model = make_clip()
     b = model.example_batch(3)
-    out = model(b["image"], b["text"])
+    out = model(b["image"], b["input_ids"])
     assert out["image_features"].shape == out["text_features"].shape == (3, 16)
     torch.testing.assert_close(out["image_features"].norm(dim=-1), torch.ones(3))
     assert out["logits_per_image"].shape == (3, 3)
@@ -299,8 +318,8 @@ def test_save_load_round_trip_keeps_tokenizer(tmp_path):
     assert loaded.config.vision_model == "clip_test_tower" and loaded.config.vision["dim"] == 32
     b = model.example_batch(2)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(b["image"], b["text"])["logits_per_image"],
-                                   model(b["image"], b["text"])["logits_per_image"])
+        torch.testing.assert_close(loaded(b["image"], b["input_ids"])["logits_per_image"],
+                                   model(b["image"], b["input_ids"])["logits_per_image"])
     torch.testing.assert_close(loaded.tokenize(["a red circle"]), model.tokenize(["a red circle"]))
 
 

@@ -18,7 +18,6 @@ Order of this file (timm's): losses, text tower, model, presets.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -207,7 +206,8 @@ class SigLipLoss(nn.Module):
 
 class CLIPTokenize:
     """Callable turning captions into a (N, context_length) LongTensor: BOS, the tokens, EOS,
-    then padding. The shape open_clip's `build_zero_shot_classifier` expects of a tokenizer.
+    then padding (mmgen.data's `tokenize_captions`). The shape open_clip's
+    `build_zero_shot_classifier` expects of a tokenizer.
 
     Text that does not fit raises a ValueError naming the caption and both lengths; with
     truncate=True it is cut (keeping EOS last) with a warning instead. Never a silent cut."""
@@ -215,56 +215,29 @@ class CLIPTokenize:
     def __init__(self, tokenizer, context_length: int, *, truncate: bool = False):
         self.tokenizer, self.context_length, self.truncate = tokenizer, context_length, truncate
 
-    def encode_one(self, text: str, context_length: int | None = None, truncate: bool | None = None) -> list[int]:
-        ctx = context_length or self.context_length
-        tok = self.tokenizer
-        ids = [tok.bos_id] + list(tok.encode(text)) + [tok.eos_id]
-        if len(ids) > ctx:
-            if not (self.truncate if truncate is None else truncate):
-                raise ValueError(f"text {text[:60]!r}{'...' if len(text) > 60 else ''} is {len(ids)} tokens "
-                                 f"with BOS/EOS; the text tower's context is {ctx}. Shorten it, or pass "
-                                 f"truncate=True to cut it (with a warning)")
-            warnings.warn(f"text {text[:40]!r}... has {len(ids)} tokens with BOS/EOS; cut to the context "
-                          f"of {ctx}", stacklevel=3)
-            ids = ids[:ctx - 1] + [tok.eos_id]
-        return ids
-
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None, *,
                  truncate: bool | None = None) -> torch.Tensor:
+        from ..data.collate import tokenize_captions
         if isinstance(texts, str):
             texts = [texts]
+        texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError(f"tokenize takes str or a list of str, got {[type(t).__name__ for t in texts][:4]}")
-        ctx = context_length or self.context_length
-        out = torch.full((len(texts), ctx), self.tokenizer.pad_id, dtype=torch.long)
-        for i, text in enumerate(texts):
-            ids = self.encode_one(text, ctx, truncate)
-            out[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return out
+        cut = self.truncate if truncate is None else truncate
+        try:
+            return tokenize_captions(texts, self.tokenizer, context_length or self.context_length,
+                                     on_overflow="truncate" if cut else "error")["input_ids"]
+        except ValueError as e:
+            raise ValueError(f"{e} (for CLIP: model.tokenize(texts, truncate=True), or truncate=True in the "
+                             f"config, cuts with a warning)") from None
 
 
-def _tokenizer_state(tokenizer) -> dict[str, str]:
-    """The files `tokenizer.save(dir)` writes, as {name: text}, to travel inside config.json."""
-    import tempfile
-    from pathlib import Path
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save(tmp)
-        return {p.name: p.read_text() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
-
-
-def build_tokenizer(name: str, state: dict[str, str] | None = None):
-    """`mmgen.text.get_tokenizer(name)`, or the saved (e.g. pruned) one rebuilt from `state`."""
+def build_tokenizer(name: str, state: dict | None = None):
+    """`mmgen.text.get_tokenizer(name)`, or the saved (e.g. pruned) one rebuilt from `state`
+    (its `to_dict()`)."""
     from ..text import get_tokenizer
-    tok = get_tokenizer(name)
-    if not state:
-        return tok
-    import tempfile
-    from pathlib import Path
-    with tempfile.TemporaryDirectory() as tmp:
-        for fname, text in state.items():
-            (Path(tmp) / fname).write_text(text)
-        loaded = tok.load(tmp)
-    return loaded if loaded is not None else tok
+    from ..text.tokenizers import tokenizer_from_dict
+    return tokenizer_from_dict(state) if state else get_tokenizer(name)
 
 
 # --------------------------------------------------------------------------- text tower
@@ -356,7 +329,7 @@ class CLIPConfig:
     text: CLIPTextConfig = field(default_factory=CLIPTextConfig)
     embed_dim: int = 128
     tokenizer: str = "byte"  # mmgen.text.get_tokenizer name: byte | clip_bpe
-    tokenizer_state: dict | None = None  # the saved tokenizer files (a pruned vocabulary), set by set_tokenizer
+    tokenizer_state: dict | None = None  # the tokenizer's to_dict() (a pruned vocabulary), set from `tokenizer=`
     truncate: bool = False  # cut over-long captions with a warning instead of raising
     loss: str = "clip"  # clip (softmax InfoNCE) | siglip (sigmoid)
     label_aware: bool = False  # same-class captions are not negatives (class-template captions)
@@ -412,7 +385,7 @@ class CLIP(Model):
         # Tokenizer first: it fixes the text vocabulary and the special ids.
         tok = tokenizer if tokenizer is not None else build_tokenizer(cfg.tokenizer, cfg.tokenizer_state)
         if tokenizer is not None:
-            cfg.tokenizer_state = _tokenizer_state(tokenizer)
+            cfg.tokenizer, cfg.tokenizer_state = getattr(tokenizer, "name", cfg.tokenizer), tokenizer.to_dict()
         t = cfg.text
         if t.vocab_size == 0:
             t.vocab_size = tok.vocab_size
@@ -454,7 +427,7 @@ class CLIP(Model):
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the text embedding "
                              f"{self.config.text.vocab_size}: build the model with this tokenizer instead "
                              f"(CLIP(config, tokenizer=tok))")
-        self.config.tokenizer_state = _tokenizer_state(tokenizer)
+        self.config.tokenizer, self.config.tokenizer_state = getattr(tokenizer, "name", self.config.tokenizer), tokenizer.to_dict()
         self.config.text.pad_id, self.config.text.eos_id = tokenizer.pad_id, tokenizer.eos_id
         self.text.cfg.pad_id, self.text.cfg.eos_id = tokenizer.pad_id, tokenizer.eos_id
         self.tokenizer = CLIPTokenize(tokenizer, self.config.text.context_length, truncate=self.config.truncate)
@@ -511,25 +484,21 @@ class CLIP(Model):
 
     def collate(self, items: list[dict]) -> dict[str, Any]:
         """Dataset items {"image", "label", "caption"} -> {"image" (B,C,H,W), "label" (B,),
-        "text" (B, context) tokens, "caption" list}."""
-        if not items:
-            raise ValueError("collate got an empty list of items")
-        missing = {"image", "caption"} - set(items[0])
-        if missing:
-            raise ValueError(f"CLIP batches need 'image' and 'caption' items, missing {sorted(missing)}")
-        batch = {"image": torch.stack([torch.as_tensor(it["image"]) for it in items]),
-                 "caption": [it["caption"] for it in items],
-                 "text": self.tokenizer([it["caption"] for it in items])}
-        if "label" in items[0]:
-            batch["label"] = torch.as_tensor([int(it["label"]) for it in items], dtype=torch.long)
-        return batch
+        "caption" list, "input_ids" (B, context), "attention_mask", "eot_index"}
+        (mmgen.data's CaptionCollate with this model's tokenizer)."""
+        from ..data.collate import CaptionCollate
+        if items and "image" not in items[0]:
+            raise ValueError(f"CLIP batches need 'image' and 'caption' items, got keys {sorted(items[0])}")
+        return CaptionCollate(self.tokenizer.tokenizer, self.config.text.context_length,
+                              on_overflow="truncate" if self.config.truncate else "error")(items)
 
     def _text_of(self, batch: dict) -> torch.Tensor:
-        if "text" in batch:
-            return batch["text"].to(self.logit_scale.device)
+        for key in ("input_ids", "text"):
+            if key in batch:
+                return batch[key].to(self.logit_scale.device)
         if "caption" in batch:
             return self.tokenize(batch["caption"])
-        raise ValueError(f"CLIP batch needs 'text' tokens or 'caption' strings, got keys {sorted(batch)}")
+        raise ValueError(f"CLIP batch needs 'input_ids' tokens or 'caption' strings, got keys {sorted(batch)}")
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         self.post_step()  # safety: the clamp holds even if the loop has no post-step hook
