@@ -54,3 +54,19 @@ def split_list(text: str) -> list[str]:
     if not items:
         raise ValueError(f"expected a comma-separated list, got {text!r}")
     return items
+
+
+def parse_kv(pairs: list[str]) -> dict:
+    """["holdout=default", "length=100"] -> {"holdout": "default", "length": 100} (JSON values
+    where they parse, else strings)."""
+    import json
+    out = {}
+    for kv in pairs:
+        if "=" not in kv:
+            raise ValueError(f"expected KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out

@@ -18,15 +18,15 @@ def register(sub) -> None:
     p.add_argument("--dataset", help="evaluate recall@K on a captioned dataset (mmgen.data name)")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=1000, help="items of the dataset to use")
+    p.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset keyword argument (repeatable), e.g. holdout=default for shapes' heldout_test")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import torch
-
-    from mmgen.metrics.clip_eval import encode_images, encode_texts, retrieval_metrics
+    from mmgen.metrics.clip_eval import encode_images, encode_texts
 
     from ._clip_common import image_spec, load_clip, load_images, split_list
     modes = [m for m, on in (("--text", args.text), ("--image", args.image), ("--dataset", args.dataset)) if on]
@@ -37,7 +37,9 @@ def run(args) -> int:
     spec = image_spec(model)
     if args.dataset:
         from mmgen.metrics.clip_eval import dataset_retrieval
-        m = dataset_retrieval(model, args.dataset, split=args.split, limit=args.limit)
+        from ._clip_common import parse_kv
+        m = dataset_retrieval(model, args.dataset, split=args.split, limit=args.limit,
+                              data_kwargs=parse_kv(args.data_set))
         for k, v in m.items():
             print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
         return 0

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser("zero-shot", help="classify images with a CLIP checkpoint from class names")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--labels", required=True, help='comma-separated class names, e.g. "cat,dog,horse"')
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
+    p.add_argument("--labels", help='comma-separated class names, e.g. "cat,dog,horse" (default with '
+                   '--dataset: its classes)')
+    p.add_argument("--dataset", help="instead of IMAGEs: report accuracy on a labelled dataset split")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None, help="items of the dataset to use")
+    p.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE", help="dataset keyword argument")
     p.add_argument("--checkpoint", required=True, help="CLIP checkpoint directory")
     p.add_argument("--template", action="append", default=None,
                    help="prompt template with {} for the class name (repeatable; default 'a photo of a {}.')")
@@ -22,8 +27,20 @@ def run(args) -> int:
 
     from ._clip_common import image_spec, load_clip, load_images, split_list
     model = load_clip(args.checkpoint, args.device)
-    labels = split_list(args.labels)
     templates = args.template or list(SIMPLE_TEMPLATES)
+    if args.dataset:
+        from mmgen.metrics.clip_eval import dataset_zero_shot
+
+        from ._clip_common import parse_kv
+        m = dataset_zero_shot(model, args.dataset, split=args.split, limit=args.limit, templates=templates,
+                              data_kwargs=parse_kv(args.data_set),
+                              classnames=split_list(args.labels) if args.labels else None)
+        for k, v in m.items():
+            print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+        return 0
+    if not args.images or not args.labels:
+        raise ValueError("give IMAGE files and --labels 'cat,dog,horse' (or --dataset NAME)")
+    labels = split_list(args.labels)
     images = load_images(args.images, *image_spec(model))
     clf = zero_shot_classifier(model, labels, templates)
     with torch.no_grad():

@@ -167,3 +167,38 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     with torch.no_grad():
         return {"train_acc": float((lin(xtr).argmax(1) == ytr).float().mean()),
                 "test_acc": float((lin(xte).argmax(1) == yte).float().mean())}
+
+
+def _load_split(name: str, split: str, limit: int | None, data_kwargs: dict | None):
+    from ..data import build_dataset
+    ds = build_dataset(name, split=split, **(data_kwargs or {}))
+    n = len(ds) if limit is None else min(limit, len(ds))
+    items = [ds[i] for i in range(n)]
+    return ds, torch.stack([it["image"] for it in items]), [it["caption"] for it in items], \
+        torch.tensor([int(it.get("label", -1)) for it in items])
+
+
+def dataset_retrieval(model, name: str, *, split: str = "test", limit: int | None = 1000,
+                      data_kwargs: dict | None = None, ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """Recall@K both ways over the first `limit` items of a captioned dataset split; texts
+    with equal captions share their images (see retrieval_metrics)."""
+    _, images, captions, _ = _load_split(name, split, limit, data_kwargs)
+    img = encode_images(model, images)
+    txt = encode_texts(model, captions)
+    out = retrieval_metrics(img, txt, captions=captions, ks=ks)
+    out["n"] = len(captions)
+    out["distinct_captions"] = len(set(captions))
+    return out
+
+
+def dataset_zero_shot(model, name: str, *, split: str = "test", limit: int | None = None,
+                      templates: Sequence[str] = SIMPLE_TEMPLATES, data_kwargs: dict | None = None,
+                      classnames: Sequence[str] | None = None) -> dict:
+    """Zero-shot top-1/top-5 accuracy on a labelled dataset split, class names from the
+    dataset's `classes` (underscores read as spaces)."""
+    ds, images, _, labels = _load_split(name, split, limit, data_kwargs)
+    names = list(classnames or [c.replace("_", " ") for c in ds.classes])
+    out = zero_shot_accuracy(model, images, labels, names, templates, ks=(1, 5))
+    out["n"] = len(labels)
+    out["chance"] = 1.0 / len(names)
+    return out

@@ -232,6 +232,25 @@ class CLIPTokenize:
                              f"config, cuts with a warning)") from None
 
 
+def dataset_captions(ds) -> list[str]:
+    """Every caption of a dataset: its `captions` (attribute or method) if it has one, else
+    each item's "caption"."""
+    caps = getattr(ds, "captions", None)
+    if caps is not None:
+        return list(caps() if callable(caps) else caps)
+    return [ds[i]["caption"] for i in range(len(ds))]
+
+
+def pruned_tokenizer(source: str, extra: Sequence[str] = (), **data_kwargs):
+    """open_clip's BPE pruned to the captions of dataset `source` ("name" or "name:split")
+    plus `extra` texts."""
+    from ..data import build_dataset
+    from ..text import get_tokenizer
+    name, _, split = source.partition(":")
+    captions = dataset_captions(build_dataset(name, split=split or "train", **data_kwargs)) + list(extra)
+    return get_tokenizer("clip_bpe").pruned(captions)
+
+
 def build_tokenizer(name: str, state: dict | None = None):
     """`mmgen.text.get_tokenizer(name)`, or the saved (e.g. pruned) one rebuilt from `state`
     (its `to_dict()`)."""
@@ -330,6 +349,12 @@ class CLIPConfig:
     embed_dim: int = 128
     tokenizer: str = "byte"  # mmgen.text.get_tokenizer name: byte | clip_bpe
     tokenizer_state: dict | None = None  # the tokenizer's to_dict() (a pruned vocabulary), set from `tokenizer=`
+    # Prune the clip_bpe vocabulary to the captions of a dataset when the model is first built
+    # ("shapes", "emoji:train"; kwargs in tokenizer_prune_kwargs); the result lands in
+    # tokenizer_state, so checkpoints never rebuild the dataset.
+    tokenizer_prune_from: str = ""
+    tokenizer_prune_kwargs: dict = field(default_factory=dict)
+    tokenizer_prune_extra: tuple[str, ...] = ()  # extra texts to keep tokens of (zero-shot templates)
     truncate: bool = False  # cut over-long captions with a warning instead of raising
     loss: str = "clip"  # clip (softmax InfoNCE) | siglip (sigmoid)
     label_aware: bool = False  # same-class captions are not negatives (class-template captions)
@@ -383,6 +408,11 @@ class CLIP(Model):
         import copy
         cfg = self.config = copy.deepcopy(config)
         # Tokenizer first: it fixes the text vocabulary and the special ids.
+        if tokenizer is None and cfg.tokenizer_prune_from and not cfg.tokenizer_state:
+            if cfg.tokenizer != "clip_bpe":
+                raise ValueError(f"tokenizer_prune_from prunes the clip_bpe vocabulary; tokenizer is {cfg.tokenizer!r}")
+            tokenizer = pruned_tokenizer(cfg.tokenizer_prune_from, cfg.tokenizer_prune_extra,
+                                         **cfg.tokenizer_prune_kwargs)
         tok = tokenizer if tokenizer is not None else build_tokenizer(cfg.tokenizer, cfg.tokenizer_state)
         if tokenizer is not None:
             cfg.tokenizer, cfg.tokenizer_state = getattr(tokenizer, "name", cfg.tokenizer), tokenizer.to_dict()
