@@ -292,8 +292,12 @@ class GPT(Model):
 
     def load_hf_gpt2_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Copy a transformers GPT-2 state dict into this model (every weight must fit)."""
-        ours = convert_hf_gpt2_state_dict(sd, self.config.block.depth)
-        missing, unexpected = self.load_state_dict(ours, strict=False)
+        try:
+            ours = convert_hf_gpt2_state_dict(sd, self.config.block.depth)
+            missing, unexpected = self.load_state_dict(ours, strict=False)
+        except (KeyError, RuntimeError) as e:
+            raise ValueError(f"GPT-2 state dict does not fit this GPT ({self.config.block.depth} layers, "
+                             f"dim {self.config.block.dim}, vocab {self.config.vocab_size}): {e}"[:600]) from None
         if missing or unexpected:
             raise ValueError(f"GPT-2 state dict does not fit this GPT: missing {missing[:8]}, "
                              f"unexpected {unexpected[:8]}")
