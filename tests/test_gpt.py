@@ -25,7 +25,7 @@ def tiny(**overrides) -> GPT:
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_cached_decode_equals_full_forward(name):
     model = tiny(**VARIANTS[name])
-    ids = torch.randint(0, 264, (2, 12))
+    ids = torch.randint(0, 259, (2, 12))
     with torch.no_grad():
         full = model(ids)  # (2, 12, V)
         cache = model.make_cache(2, 12)
@@ -93,7 +93,7 @@ def test_bad_prompts_give_clear_errors():
     model = tiny()
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         model.generate([[1], []], 3)
-    with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 264\)"):
+    with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 259\)"):
         model.generate([[1, 999]], 3)
     with pytest.raises(ValueError, match="tokenizer"):
         model.generate("hello", 3)
@@ -128,7 +128,7 @@ def test_save_load_round_trip_keeps_tied_weights(tmp_path):
     model.save_pretrained(tmp_path / "ck")
     loaded = mmgen.load_pretrained(tmp_path / "ck")
     assert isinstance(loaded, GPT) and loaded.lm_head.weight is loaded.tok_embed.weight
-    ids = torch.randint(0, 264, (2, 10))
+    ids = torch.randint(0, 259, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), model(ids))
 
@@ -179,3 +179,29 @@ def test_hf_gpt2_parity_on_random_weights():
         torch.testing.assert_close(again(ids), ours(ids))
     with pytest.raises(ValueError, match="does not fit"):
         mmgen.create_model("gpt_tiny").load_hf_gpt2_state_dict(hf.state_dict())
+
+
+def test_byte_tokenizer_round_trips_chinese_and_emoji_through_generation():
+    from mmgen.text import get_tokenizer
+    tok = get_tokenizer("byte")
+    text = "莎士比亚 🎭 to be, or not 😀!"
+    assert tok.decode(tok.encode(text, add_bos=True, add_eos=True)) == text
+    model = tiny()
+    assert model.config.vocab_size == tok.vocab_size
+    out = model.generate_text(text, tok, 10, seed=0)
+    assert isinstance(out, str)
+
+
+def test_cli_streams_a_continuation(tmp_path, capsys):
+    from mmgen.cli import main
+    from mmgen.text import get_tokenizer
+    model = tiny()
+    model.save_pretrained(tmp_path / "ck")
+    assert main(["text", "To be", "--checkpoint", str(tmp_path / "ck"), "-n", "12", "-t", "0"]) == 0
+    printed = capsys.readouterr().out
+    tok = get_tokenizer("byte")
+    want = tok.decode(model.generate("To be", 12, temperature=0, tokenizer=tok, eos_id=tok.eos_id)[0])
+    assert printed == "To be" + want + "\n"
+    assert main(["text", "To be", "--checkpoint", str(tmp_path / "ck"), "-n", "100"]) == 2
+    assert "exceeds the context of 64 tokens" in capsys.readouterr().err
+    assert main(["text", "x" * 40, "--checkpoint", str(tmp_path / "ck"), "-n", "100", "--overflow", "slide"]) == 0

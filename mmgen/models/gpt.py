@@ -31,7 +31,7 @@ OVERFLOW = ("error", "slide")
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 264  # byte-level: 256 bytes + specials, rounded up to a multiple of 8
+    vocab_size: int = 259  # byte-level: 256 bytes + bos, eos, pad (mmgen.text ByteTokenizer)
     context: int = 256  # block size: the most positions the model attends over
     pos: str = "learned"  # learned | rope (block.rope is set from this)
     tie_weights: bool = True  # share the token embedding with the output head
@@ -238,7 +238,11 @@ class GPT(Model):
                 return logits[:, -1], cache, positions[:, -1]
 
             logits, cache, last_pos = prefill(ids, mask)
+            # a vocabulary padded past the tokenizer's (e.g. to a multiple of 64) never emits the extra ids
+            tok_vocab = getattr(tokenizer, "vocab_size", V)
             for step in range(max_new_tokens):
+                if tok_vocab < V:
+                    logits = logits.masked_fill(torch.arange(V, device=dev) >= tok_vocab, float("-inf"))
                 nxt = sample_next(logits, params, seen, gen)  # (B,)
                 nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
                 seen[torch.arange(B, device=dev), nxt] |= ~done
@@ -360,18 +364,18 @@ def _block(**kw) -> dict:
 
 
 register_preset("gpt_tiny", GPT, "2-layer 64-wide byte-level GPT for tests",
-                vocab_size=264, context=64, block=_block(dim=64, depth=2, num_heads=4))
+                vocab_size=259, context=64, block=_block(dim=64, depth=2, num_heads=4))
 register_preset("gpt_llama_tiny", GPT, "LLaMA-shaped tiny GPT (RoPE, RMSNorm, SwiGLU, GQA 4:2, untied)",
-                vocab_size=264, context=64, pos="rope", tie_weights=False,
+                vocab_size=259, context=64, pos="rope", tie_weights=False,
                 block=_block(dim=64, depth=2, num_heads=4, num_kv_heads=2, norm="rmsnorm", norm_eps=1e-6,
                              mlp="swiglu", qkv_bias=False, proj_bias=False, mlp_bias=False))
 register_preset("gpt_char_shakespeare", GPT,
                 "nanoGPT's shakespeare_char shape (6 layers, 6 heads, 384 wide, context 256, dropout 0.2), "
-                "byte-level vocabulary", vocab_size=264, context=256, embed_dropout=0.2,
+                "byte-level vocabulary", vocab_size=259, context=256, embed_dropout=0.2,
                 block=_block(dim=384, depth=6, num_heads=6, dropout=0.2))
 register_preset("gpt_char_shakespeare_cpu", GPT,
                 "char-level Shakespeare model sized for minutes of CPU training (4 layers, 128 wide, context 128)",
-                vocab_size=264, context=128, embed_dropout=0.0,
+                vocab_size=259, context=128, embed_dropout=0.0,
                 block=_block(dim=128, depth=4, num_heads=4, dropout=0.0))
 register_preset("gpt2_small", GPT, "GPT-2 small shape (124M; loads HF GPT-2 weights)",
                 vocab_size=50257, context=1024,
