@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .norm import make_norm
+from .norm import make_norm, upcast
 from .pos import apply_rope
 
 ATTN_IMPLS = ("sdpa", "math")
@@ -100,22 +100,22 @@ def merge_mask_and_bias(mask: torch.Tensor | None, bias: torch.Tensor | None, dt
 
 
 def attention_math(q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=None):
-    """Reference attention: softmax(q k^T * scale + mask) v in float32. q (B,H,T,D), k/v (B,Hkv,S,D)."""
+    """Reference attention: softmax(q k^T * scale + mask) v, at least in float32. q (B,H,T,D), k/v (B,Hkv,S,D)."""
     H, Hkv = q.shape[1], k.shape[1]
     if Hkv != H:  # GQA: each group of H/Hkv query heads shares one kv head
         k = k.repeat_interleave(H // Hkv, dim=1)
         v = v.repeat_interleave(H // Hkv, dim=1)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, T, S)
+    scores = (upcast(q) @ upcast(k).transpose(-2, -1)) * scale  # (B, H, T, S)
     if is_causal:
         T, S = scores.shape[-2:]
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.to(scores.dtype)
     attn = scores.softmax(-1)
     if dropout_p > 0:
         attn = F.dropout(attn, dropout_p)
-    return (attn @ v.float()).to(q.dtype)
+    return (attn @ upcast(v)).to(q.dtype)
 
 
 def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, impl="sdpa", scale=None):

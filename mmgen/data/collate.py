@@ -1,0 +1,107 @@
+"""Tokenising collate functions for captioned image data, shared by CLIP, DDPM and DALL-E.
+
+``tokenize_captions(texts, tokenizer, context_length)`` returns
+
+* ``input_ids``      (B, T) long: ``[bos] caption [eos] pad pad ...``
+* ``attention_mask`` (B, T) bool: True on real tokens (bos..eos), False on padding
+* ``eot_index``      (B,)   long: position of the eos token (CLIP pools the text tower there)
+
+``T`` is ``context_length`` (fixed shapes, the default) or the longest sequence in the batch
+(``pad_to="longest"``).
+
+Over-long captions are never cut silently. ``on_overflow="error"`` (the default) raises a
+``ValueError`` naming the caption, its token count and the context length;
+``on_overflow="truncate"`` keeps the first ``context_length - 1`` tokens, puts eos last
+(as open_clip does) and emits a ``UserWarning`` saying how many captions were cut.
+
+``CaptionCollate(tokenizer, context_length)`` turns a list of dataset items
+``{"image", "label", "caption"}`` into a batch ``{"image": (B,C,H,W), "label": (B,),
+"caption": [str], "input_ids", "attention_mask", "eot_index"}``.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+
+OVERFLOW_MODES = ("error", "truncate")
+
+
+def tokenize_captions(texts: Sequence[str], tokenizer, context_length: int, *,
+                      add_bos: bool = True, add_eos: bool = True, on_overflow: str = "error",
+                      pad_to: str = "context") -> dict:
+    """Tokenise a batch of captions to padded ids + attention mask (see module docstring)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if on_overflow not in OVERFLOW_MODES:
+        raise ValueError(f"on_overflow must be one of {OVERFLOW_MODES}, got {on_overflow!r}")
+    if pad_to not in ("context", "longest"):
+        raise ValueError(f"pad_to must be 'context' or 'longest', got {pad_to!r}")
+    if context_length < 1 + int(add_bos) + int(add_eos):
+        raise ValueError(f"context_length={context_length} leaves no room for text "
+                         f"(add_bos={add_bos}, add_eos={add_eos})")
+    seqs, n_cut = [], 0
+    for text in texts:
+        ids = tokenizer.encode(text, add_bos=add_bos, add_eos=add_eos)
+        if len(ids) > context_length:
+            if on_overflow == "error":
+                raise ValueError(
+                    f"caption {text[:60]!r}{'...' if len(text) > 60 else ''} is {len(ids)} tokens "
+                    f"(with bos/eos) but context_length is {context_length}; use a larger "
+                    f"context_length or on_overflow='truncate'")
+            ids = ids[:context_length]
+            if add_eos:
+                ids[-1] = tokenizer.eos_id
+            n_cut += 1
+        seqs.append(ids)
+    if n_cut:
+        warnings.warn(f"tokenize_captions: truncated {n_cut} of {len(seqs)} captions to "
+                      f"context_length={context_length}", UserWarning, stacklevel=2)
+    T = context_length if pad_to == "context" else max(len(s) for s in seqs)
+    B = len(seqs)
+    input_ids = torch.full((B, T), tokenizer.pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((B, T), dtype=torch.bool)  # (B, T)
+    eot = torch.zeros(B, dtype=torch.long)  # (B,)
+    for i, s in enumerate(seqs):
+        input_ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = True
+        eot[i] = len(s) - 1
+    return {"input_ids": input_ids, "attention_mask": mask, "eot_index": eot}
+
+
+class CaptionCollate:
+    """Collate ``{"image", "label", "caption"}`` items and tokenise their captions.
+
+    Picklable (a plain class), so it works with ``DataLoader(num_workers>0)``.
+    """
+
+    def __init__(self, tokenizer, context_length: int = 77, *, add_bos: bool = True,
+                 add_eos: bool = True, on_overflow: str = "error", pad_to: str = "context"):
+        if isinstance(tokenizer, str):
+            from mmgen.text import get_tokenizer
+
+            tokenizer = get_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.kw = dict(add_bos=add_bos, add_eos=add_eos, on_overflow=on_overflow, pad_to=pad_to)
+        if on_overflow not in OVERFLOW_MODES:
+            raise ValueError(f"on_overflow must be one of {OVERFLOW_MODES}, got {on_overflow!r}")
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        if not items:
+            raise ValueError("CaptionCollate got an empty list of items")
+        batch: dict = {}
+        if "image" in items[0]:
+            batch["image"] = torch.stack([it["image"] for it in items])  # (B, C, H, W)
+        if "label" in items[0]:
+            batch["label"] = torch.tensor([int(it["label"]) for it in items], dtype=torch.long)
+        captions = [it["caption"] for it in items]
+        batch["caption"] = captions
+        batch.update(tokenize_captions(captions, self.tokenizer, self.context_length, **self.kw))
+        return batch
+
+
+def caption_collate(tokenizer="byte", context_length: int = 77, **kw) -> CaptionCollate:
+    """Shorthand: ``caption_collate("clip_bpe", 77)``."""
+    return CaptionCollate(tokenizer, context_length, **kw)
