@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import json
 import sys
 import textwrap
@@ -141,7 +142,7 @@ def build_dataset(name: str, split: str, **kw):
     return build(name, split=split, **kw)
 
 
-def run(rc: dict, out: Path, resume: bool) -> dict:
+def run(rc: dict, out: Path, resume: bool, argv: list[str] | None = None) -> dict:
     import mmgen
     cfg: TrainConfig = rc["train"]
     seed_everything(cfg.seed)  # the initial weights depend on the seed only
@@ -156,7 +157,7 @@ def run(rc: dict, out: Path, resume: bool) -> dict:
                   file=sys.stderr)
     run_config = {"preset": rc["preset"], "recipe": rc["recipe"], "data": rc["data"],
                   "model_overrides": rc["model_overrides"], "data_kwargs": rc["data_kwargs"],
-                  "model": mmgen.config.config_to_dict(model.config), "argv": sys.argv[1:],
+                  "model": mmgen.config.config_to_dict(model.config), "argv": sys.argv[1:] if argv is None else list(argv),
                   "num_params": model.num_params() if hasattr(model, "num_params") else None}
     return fit(model, train_ds, cfg, out=out, val_ds=val_ds, resume=resume, run_config=run_config)
 
@@ -178,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             import dataclasses
             print(json.dumps({**rc, "train": dataclasses.asdict(rc["train"]), "out": str(out)}, indent=2))
             return 0
-        summary = run(rc, out, args.resume)
+        summary = run(rc, out, args.resume, argv)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
         keys = [k for k in summary if k in ("step", "loss", "examples_per_s", "wall_s") or k.startswith("val/")]
         print("train: done " + " ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
                                         f"{k}={summary[k]}" for k in keys) + f" -> {out}", file=sys.stderr)

@@ -107,7 +107,12 @@ def wrap_model(model: nn.Module, mode: str, info: DistInfo, device: torch.device
                   find_unused_parameters=find_unused_parameters)
         return ddp, lambda last: contextlib.nullcontext() if last else ddp.no_sync()
     if mode == "fsdp":
+        import warnings
+
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+        # the loop never modifies the loss in place (it divides out of place), so FSDP2's
+        # warning about views returned from a forward does not apply
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         for unit in fsdp_units(model):
             fully_shard(unit)
         fully_shard(model)

@@ -399,7 +399,9 @@ class Trainer:
         n = 0
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.cfg.seed)
-            for batch in eval_batches(self.val_ds, self.micro, self.cfg.eval_batches, self.collate):
+            # batches of the global micro-batch size: the same numbers whatever the world size
+            size = self.cfg.batch_size // self.cfg.grad_accum
+            for batch in eval_batches(self.val_ds, size, self.cfg.eval_batches, self.collate):
                 batch = to_device(batch, self.device)
                 with self.autocast():
                     if hasattr(m, "evaluate"):
@@ -543,10 +545,16 @@ class Trainer:
         max_norm = cfg.clip if cfg.clip > 0 else float("inf")
         gn = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         gn = D.full_tensor(gn)
-        loss_val = loss_sum.item() / cfg.grad_accum
+        # mean loss and logs over ranks (one small all-reduce); NaN on any rank reaches all
+        keys = sorted(logs_sum)
+        stats = torch.stack([loss_sum, *[torch.tensor(logs_sum[k], device=self.device) for k in keys]]).float()
+        if self.info.enabled:
+            torch.distributed.all_reduce(stats)
+            stats /= self.info.world_size
+        stats = (stats / cfg.grad_accum).tolist()
+        loss_val, logs_mean = stats[0], dict(zip(keys, stats[1:]))
         gn_val = float(gn)
-        bad = not (math.isfinite(loss_val) and math.isfinite(gn_val))
-        if D.any_true(bad, self.info, self.device):
+        if not (math.isfinite(loss_val) and math.isfinite(gn_val)):
             where = (f"the last good checkpoint is {self.out} (step {self.last_saved_step})"
                      if self.last_saved_step is not None else "no checkpoint was written yet")
             raise NonFiniteLossError(
@@ -557,7 +565,7 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None and (self.step + 1) % cfg.ema_every == 0:
             self.ema.update(self.model)
-        return loss_val, {k: v / cfg.grad_accum for k, v in logs_sum.items()}, gn_val, examples
+        return loss_val, logs_mean, gn_val, examples
 
 
 def fit(model: nn.Module, train_ds, cfg: TrainConfig | None = None, *, out: str | os.PathLike, val_ds=None,
