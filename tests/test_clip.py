@@ -336,12 +336,12 @@ def test_bad_configs_are_rejected():
 
 def _agreeing_model(classnames, templates):
     """A model whose image tower maps image k exactly onto class k's zero-shot text embedding:
-    images are one-hot pixel patterns, and the image projection is solved so that
+    images are black with one lit pixel, and the image projection is solved so that
     encode_image(image_k) = classifier[:, k]."""
     model = make_clip().eval()
     clf = zero_shot_classifier(model, classnames, templates)  # (E, K)
     K = len(classnames)
-    images = torch.zeros(K, 3, 8, 8)
+    images = -torch.ones(K, 3, 8, 8)  # black, with one white pixel (k) per class
     for k in range(K):
         images[k].view(-1)[k] = 1.0
     with torch.no_grad():
@@ -384,3 +384,37 @@ def test_linear_probe_separates_separable_features():
     assert m["test_acc"] == 1.0
     rand = linear_probe(torch.randn(45, 8, generator=g), y[:45], torch.randn(15, 8, generator=g), y[45:])
     assert rand["test_acc"] < 0.9
+
+
+# ---------------------------------------------------------------- CLI
+
+def _png(path, value):
+    import numpy as np
+    from PIL import Image
+    arr = np.zeros((8, 8, 3), dtype=np.uint8)
+    arr.reshape(-1)[value] = 255
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+def test_cli_zero_shot_and_retrieve(tmp_path, capsys):
+    from mmgen.cli import main
+    classnames = ["cat", "dog", "horse"]
+    model, _ = _agreeing_model(classnames, ["a photo of a {}."])
+    model.save_pretrained(tmp_path / "ck")
+    # Pixel k of the flattened (H, W, C) PNG is pixel k of the (C, H, W) tensor only for k = 0.
+    img = _png(tmp_path / "a.png", 0)
+    assert main(["zero-shot", img, "--labels", ",".join(classnames), "--checkpoint", str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{img}: cat ")
+    assert main(["retrieve", "--checkpoint", str(tmp_path / "ck"), "--image", img, "--texts",
+                 "a photo of a dog.,a photo of a cat.", "--top-k", "1"]) == 0
+    assert capsys.readouterr().out.strip().endswith("a photo of a cat.")
+    assert main(["retrieve", "--checkpoint", str(tmp_path / "ck"), "--text", "a photo of a cat.", img,
+                 _png(tmp_path / "b.png", 5)]) == 0
+    assert "a.png" in capsys.readouterr().out.splitlines()[0]
+    assert main(["retrieve", "--checkpoint", str(tmp_path / "ck")]) == 2
+    assert "exactly one of --text" in capsys.readouterr().err
+    assert main(["zero-shot", str(tmp_path / "missing.png"), "--labels", "a,b", "--checkpoint",
+                 str(tmp_path / "ck")]) == 2
+    assert "does not exist" in capsys.readouterr().err
