@@ -418,3 +418,22 @@ def test_cli_zero_shot_and_retrieve(tmp_path, capsys):
     assert main(["zero-shot", str(tmp_path / "missing.png"), "--labels", "a,b", "--checkpoint",
                  str(tmp_path / "ck")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_lit_starts_from_a_trained_image_tower(tmp_path):
+    trained = make_clip()
+    with torch.no_grad():
+        for p in trained.visual.parameters():
+            p.add_(1.0)
+    trained.save_pretrained(tmp_path / "trained")
+    lit = make_clip(init_image_from=str(tmp_path / "trained"), lock_image="tower")
+    b = trained.example_batch(2)
+    torch.testing.assert_close(lit.encode_image(b["image"]), trained.encode_image(b["image"]))
+    assert not any(p.requires_grad for p in lit.visual.parameters())
+    lit.save_pretrained(tmp_path / "lit")
+    import shutil
+    shutil.rmtree(tmp_path / "trained")  # a saved LiT model no longer needs its source
+    loaded = mmgen.load_pretrained(tmp_path / "lit")
+    torch.testing.assert_close(loaded.encode_image(b["image"]), trained.encode_image(b["image"]))
+    with pytest.raises(ValueError, match="do not fit"):
+        make_clip(init_image_from=str(tmp_path / "lit"), vision=dict(img_size=8, dim=16))

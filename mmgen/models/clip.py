@@ -364,6 +364,10 @@ class CLIPConfig:
     logit_scale_max: float = math.log(100.0)
     logit_bias_init: float = -10.0  # siglip only
     lock_image: str = "none"  # LiT: none | tower (freeze the image tower) | tower_proj (and its projection)
+    # LiT: start the image tower from a checkpoint directory, a CLIP's (its image tower and
+    # projection) or an image model's (e.g. a ViT classifier; the head is dropped). Read once
+    # when the model is first built; loading a saved CLIP takes its own weights instead.
+    init_image_from: str = ""
 
     def __post_init__(self):
         for name, value, allowed in (("loss", self.loss, LOSSES), ("lock_image", self.lock_image, LOCKS)):
@@ -447,7 +451,49 @@ class CLIP(Model):
                                     label_aware=cfg.label_aware)
         else:
             self.loss_fn = SigLipLoss(label_aware=cfg.label_aware)
+        if cfg.init_image_from and not CLIP._loading_checkpoint:
+            self.load_image_tower(cfg.init_image_from)
         self.lock_image_tower(cfg.lock_image)
+
+    _loading_checkpoint = False  # set by from_pretrained: the checkpoint's weights replace init_image_from's
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        prev, CLIP._loading_checkpoint = CLIP._loading_checkpoint, True
+        try:
+            return super().from_pretrained(path, **kwargs)
+        finally:
+            CLIP._loading_checkpoint = prev
+
+    def load_image_tower(self, path: str) -> None:
+        """Copy image-tower weights from a checkpoint directory: a CLIP (visual.* and
+        image_proj.*) or an image model of the same family and config (its classifier head,
+        if any, is left out)."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        from ..checkpoint import WEIGHTS_NAME, read_config
+        meta = read_config(path)
+        sd = load_file(str(Path(path) / WEIGHTS_NAME))
+        if meta["model_type"] == "clip":
+            vis = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+            proj = {k[len("image_proj."):]: v for k, v in sd.items() if k.startswith("image_proj.")}
+        else:
+            if meta["model_type"] != self.config.vision_model:
+                raise ValueError(f"{path!r} holds a {meta['model_type']!r} model; this CLIP's image tower is "
+                                 f"{self.config.vision_model!r}")
+            vis, proj = sd, {}
+        own = self.visual.state_dict()
+        vis = {k: v for k, v in vis.items() if k in own}  # drops a classifier head
+        missing = [k for k in own if k not in vis]
+        bad = [k for k in vis if vis[k].shape != own[k].shape]
+        if missing or bad:
+            raise ValueError(f"image tower weights in {path!r} do not fit this CLIP's {self.config.vision_model} "
+                             f"(missing {missing[:5]}, shape mismatch {bad[:5]}): build it with the same vision config")
+        self.visual.load_state_dict(vis)
+        if proj and proj["weight"].shape == self.image_proj.weight.shape:
+            self.image_proj.load_state_dict(proj)
 
     # ---- the tokenizer travels with the model
     def set_tokenizer(self, tokenizer) -> None:
