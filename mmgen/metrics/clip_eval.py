@@ -202,3 +202,17 @@ def dataset_zero_shot(model, name: str, *, split: str = "test", limit: int | Non
     out["n"] = len(labels)
     out["chance"] = 1.0 / len(names)
     return out
+
+
+def dataset_linear_probe(model, name: str, *, train_split: str = "train", test_split: str = "test",
+                         n_train: int = 5000, n_test: int | None = 1000, data_kwargs: dict | None = None,
+                         pre_projection: bool = True) -> dict:
+    """Linear-probe accuracy on a labelled dataset: logistic regression on the frozen image
+    features of the first n_train train items, scored on the test split."""
+    _, xtr, _, ytr = _load_split(name, train_split, n_train, data_kwargs)
+    _, xte, _, yte = _load_split(name, test_split, n_test, data_kwargs)
+    ftr = encode_images(model, xtr, pre_projection=pre_projection)
+    fte = encode_images(model, xte, pre_projection=pre_projection)
+    out = linear_probe(ftr, ytr, fte, yte)
+    out.update(n_train=len(ytr), n_test=len(yte))
+    return out

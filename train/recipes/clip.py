@@ -20,3 +20,15 @@ register_recipe(Recipe(
                eval_batches=4, log_every=50, save_every=400),
     description="CLIP on shapes captions; six colour-shape pairs never seen in training",
     expected="see docs/clip.md: text->image R@1 on 1,000 held-out-pair test captions"))
+
+# LiT (Zhai et al., 2022): the image tower of the clip_shapes run, locked; a fresh text tower
+# (and the image projection) learn to read it. Run clip_shapes first (its --out is the path below).
+register_recipe(Recipe(
+    name="clip_shapes_lit", model="clip_tiny", data="shapes",
+    model_overrides={**SMALL, "tokenizer_prune_from": "shapes:val", "tokenizer_prune_kwargs": {"holdout": "default"},
+                     "init_image_from": "runs/clip_shapes", "lock_image": "tower"},
+    data_kwargs={"holdout": "default"},
+    train=dict(steps=600, batch_size=64, lr=2e-3, warmup=50, weight_decay=0.1, val_split="heldout_test",
+               eval_batches=4, log_every=50, save_every=400),
+    description="LiT on shapes: the clip_shapes image tower locked, only the text side trains",
+    expected="see docs/clip.md"))
