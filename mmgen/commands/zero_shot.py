@@ -14,7 +14,10 @@ def register(sub) -> None:
     p.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE", help="dataset keyword argument")
     p.add_argument("--checkpoint", required=True, help="CLIP checkpoint directory")
     p.add_argument("--template", action="append", default=None,
-                   help="prompt template with {} for the class name (repeatable; default 'a photo of a {}.')")
+                   help="prompt template with {} for the class name (repeatable; default 'a photo of a {}.', "
+                        "or the dataset's own templates with --dataset)")
+    p.add_argument("--templates", choices=["simple", "cifar"], default=None,
+                   help="a template set: simple ('a photo of a {}.') or cifar (the CLIP paper's 18)")
     p.add_argument("--top-k", type=int, default=3, help="classes to print per image")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
@@ -27,7 +30,13 @@ def run(args) -> int:
 
     from ._clip_common import image_spec, load_clip, load_images, split_list
     model = load_clip(args.checkpoint, args.device)
-    templates = args.template or list(SIMPLE_TEMPLATES)
+    from mmgen.metrics.clip_eval import CIFAR_TEMPLATES
+    named = {"simple": list(SIMPLE_TEMPLATES), "cifar": list(CIFAR_TEMPLATES), None: None}[args.templates]
+    templates = (args.template or []) + (named or [])
+    if not templates and args.dataset:
+        from mmgen.data.captions import TEMPLATES
+        templates = list(TEMPLATES.get(args.dataset.replace("-", "_"), SIMPLE_TEMPLATES))
+    templates = templates or list(SIMPLE_TEMPLATES)
     if args.dataset:
         from mmgen.metrics.clip_eval import dataset_zero_shot
 
