@@ -38,6 +38,24 @@ def measure(fn, *, warmup: int = 3, repeats: int = 10, min_time_s: float = 0.0) 
     return Timing(statistics.median(times), min(times), len(times))
 
 
+def compare(fns: dict, *, warmup: int = 3, repeats: int = 10) -> dict[str, Timing]:
+    """Time several candidates doing the same work, interleaved round-robin so that load
+    from other processes hits every side alike. Returns name -> Timing."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {k: Timing(statistics.median(v), min(v), len(v)) for k, v in times.items()}
+
+
 def autocast(dtype: str, device: str = "cpu"):
     """'fp32' -> no autocast; 'bf16' -> torch.autocast(device, bfloat16)."""
     if dtype == "fp32":

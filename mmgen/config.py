@@ -32,9 +32,20 @@ def _unknown(cls, name: str) -> ValueError:
     return ValueError(f"{cls.__name__} has no field {name!r}{hint} (fields: {', '.join(names)})")
 
 
+def _field_default(cls, name: str) -> Any:
+    """The default value of a dataclass field (calling its default_factory)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
 def config_from_dict(cls, data: dict[str, Any]):
-    """Build dataclass `cls` from a dict, recursing into nested dataclass fields.
-    Missing fields take their defaults, so old checkpoints keep loading."""
+    """Build dataclass `cls` from a dict, recursing into nested dataclass fields. A nested
+    dict overrides that field's default (so presets can name only what they change);
+    missing fields take their defaults, so old checkpoints keep loading."""
     if not isinstance(data, dict):
         raise TypeError(f"{cls.__name__} config must be a dict, got {type(data).__name__}")
     types_ = _field_types(cls)
@@ -44,7 +55,9 @@ def config_from_dict(cls, data: dict[str, Any]):
             raise _unknown(cls, key)
         sub = _dataclass_in(types_[key])
         if sub is not None and isinstance(value, dict):
-            value = config_from_dict(sub, value)
+            default = _field_default(cls, key)
+            base = config_to_dict(default) if dataclasses.is_dataclass(default) else {}
+            value = config_from_dict(sub, {**base, **value})
         elif isinstance(value, list) and typing.get_origin(types_[key]) is tuple:
             value = tuple(value)
         kwargs[key] = value
@@ -66,9 +79,10 @@ def merge_overrides(cls, base: dict[str, Any], overrides: dict[str, Any]) -> dic
             types_ = _field_types(tcls)
             if p not in types_ or _dataclass_in(types_[p]) is None:
                 raise _unknown(tcls, p) if p not in types_ else ValueError(f"{tcls.__name__}.{p} is not a nested config")
-            tcls = _dataclass_in(types_[p])
+            parent, tcls = tcls, _dataclass_in(types_[p])
             if not isinstance(target.get(p), dict):
-                target[p] = config_to_dict(tcls()) if target.get(p) is None else dict(target[p])
+                default = _field_default(parent, p)
+                target[p] = config_to_dict(default if dataclasses.is_dataclass(default) else tcls())
             target = target[p]
         last = parts[-1]
         types_ = _field_types(tcls)

@@ -3,6 +3,7 @@
 from .attention import Attention, KVCache, attention, attention_math, make_attn_mask
 from .block import Transformer, TransformerBlock, TransformerConfig
 from .cond import AdaLNModulation, modulate
+from .conv import AttnBlock, Downsample, ResBlock, Upsample, group_norm, num_groups
 from .drop import DropPath, LayerScale
 from .embed import PatchEmbed, TimestepEmbedding
 from .mlp import GatedMlp, Mlp, make_mlp, mlp_hidden_dim
@@ -13,6 +14,7 @@ from .pos import (LearnedPositions, RotaryEmbedding, apply_rope, grid_positions,
 __all__ = [
     "Attention", "KVCache", "attention", "attention_math", "make_attn_mask",
     "Transformer", "TransformerBlock", "TransformerConfig", "AdaLNModulation", "modulate",
+    "AttnBlock", "Downsample", "ResBlock", "Upsample", "group_norm", "num_groups",
     "DropPath", "LayerScale", "PatchEmbed", "TimestepEmbedding", "GatedMlp", "Mlp", "make_mlp",
     "mlp_hidden_dim", "LayerNorm", "RMSNorm", "make_norm", "LearnedPositions", "RotaryEmbedding",
     "apply_rope", "grid_positions", "sincos_1d", "sincos_2d", "timestep_features",

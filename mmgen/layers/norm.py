@@ -8,6 +8,11 @@ from torch import nn
 NORMS = ("layernorm", "rmsnorm")
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors to float32; float32/float64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with optional bias (and optional affine), always reduced in float32."""
 
@@ -18,9 +23,10 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if affine and bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), (self.dim,), w, b, self.eps).to(x.dtype)
+        xf = upcast(x)
+        w = self.weight.to(xf.dtype) if self.weight is not None else None
+        b = self.bias.to(xf.dtype) if self.bias is not None else None
+        return F.layer_norm(xf, (self.dim,), w, b, self.eps).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}, bias={self.bias is not None}"
@@ -35,10 +41,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = upcast(x)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
-            y = y * self.weight.float()
+            y = y * self.weight.to(xf.dtype)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

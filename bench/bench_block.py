@@ -1,0 +1,56 @@
+"""Our TransformerBlock against timm's `Block` of the same size (ViT-S/16-like width on
+CIFAR-sized token counts): forward and forward+backward, fp32 and bf16 autocast."""
+from __future__ import annotations
+
+import torch
+
+from bench.timing import autocast, compare, print_table
+from mmgen.layers import TransformerBlock, TransformerConfig
+
+
+def _copy_timm_to_ours(timm_blk, ours) -> None:
+    sd = timm_blk.state_dict()
+    ours.load_state_dict({
+        "norm1.weight": sd["norm1.weight"], "norm1.bias": sd["norm1.bias"],
+        "attn.qkv.weight": sd["attn.qkv.weight"], "attn.qkv.bias": sd["attn.qkv.bias"],
+        "attn.proj.weight": sd["attn.proj.weight"], "attn.proj.bias": sd["attn.proj.bias"],
+        "norm2.weight": sd["norm2.weight"], "norm2.bias": sd["norm2.bias"],
+        "mlp.fc1.weight": sd["mlp.fc1.weight"], "mlp.fc1.bias": sd["mlp.fc1.bias"],
+        "mlp.fc2.weight": sd["mlp.fc2.weight"], "mlp.fc2.bias": sd["mlp.fc2.bias"],
+    })
+
+
+def main(dim: int = 384, heads: int = 6, tokens: int = 65, batch: int = 32) -> None:
+    from timm.models.vision_transformer import Block
+
+    torch.manual_seed(0)
+    theirs = Block(dim, heads, mlp_ratio=4.0, qkv_bias=True)
+    ours = TransformerBlock(TransformerConfig(dim=dim, num_heads=heads, norm_eps=1e-6))
+    _copy_timm_to_ours(theirs, ours)
+    x = torch.randn(batch, tokens, dim)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=1e-4)  # same work, same result
+
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        for mode in ("fwd", "fwd+bwd"):
+            def make_step(blk):
+                xi = x.clone().requires_grad_(mode != "fwd")
+
+                def step():
+                    with torch.set_grad_enabled(mode != "fwd"), autocast(dtype):
+                        y = blk(xi)
+                    if mode != "fwd":
+                        y.float().sum().backward()
+                return step
+
+            res = compare({"mmgen": make_step(ours), "timm": make_step(theirs)}, warmup=2, repeats=10)
+            tok = batch * tokens
+            rows.append([dtype, mode, res["mmgen"].rate(tok), res["timm"].rate(tok),
+                         res["timm"].median_s / res["mmgen"].median_s])
+    print_table(f"TransformerBlock vs timm Block (dim {dim}, {heads} heads, {batch}x{tokens} tokens)",
+                ["dtype", "pass", "mmgen tok/s", "timm tok/s", "speed ratio (>1: mmgen faster)"], rows)
+
+
+if __name__ == "__main__":
+    main()
