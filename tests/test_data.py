@@ -241,8 +241,9 @@ def test_shakespeare_blocks_and_split():
     a = tr[0]["input_ids"]
     torch.manual_seed(0)
     assert torch.equal(a, tr[0]["input_ids"])
+    assert build_dataset("shakespeare", split="test", block_size=64).text == va.text  # test = val block
     with pytest.raises(ValueError, match="'train' and 'val'"):
-        build_dataset("shakespeare", split="test")
+        build_dataset("shakespeare", split="heldout")
 
 
 def test_text_file_and_captions(tmp_path):
