@@ -155,6 +155,26 @@ def test_fake_cifar10_loads_through_cifar_path(tmp_path):
         build_dataset("cifar10", split="test", root=str(tmp_path))
 
 
+def test_fake_cifar100_loads(tmp_path):
+    import os
+    import pickle
+
+    d = os.path.join(tmp_path, "cifar-100-python")
+    os.makedirs(d)
+    names = [f"class_{i}" for i in range(100)]
+    for fn, n in (("train", 1000), ("test", 100)):
+        labels = [i % 100 for i in range(n)]
+        with open(os.path.join(d, fn), "wb") as f:
+            pickle.dump({"data": np.zeros((n, 3072), np.uint8), "fine_labels": labels,
+                         "coarse_labels": [x // 5 for x in labels], "filenames": [""] * n}, f)
+    with open(os.path.join(d, "meta"), "wb") as f:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": names[:20]}, f)
+    tr = build_dataset("cifar100", split="train", root=str(tmp_path), check_md5=False)
+    te = build_dataset("cifar100", split="test", root=str(tmp_path), check_md5=False)
+    assert (len(tr), len(te), len(tr.classes)) == (900, 100, 100)
+    assert tr.classes[7] == "class 7" and "class " in te[0]["caption"]
+
+
 def test_missing_cifar_names_root_and_flag(tmp_path):
     for name in ("cifar10", "cifar100"):
         with pytest.raises(FileNotFoundError) as e:
