@@ -229,6 +229,8 @@ def test_emoji():
     n = sum(len(d) for d in dss.values())
     assert n == 3655 and [len(d) for d in dss.values()] == [2923, 366, 366]
     assert dss["train"].classes[0] == "Smileys & Emotion" and len(dss["train"].classes) == 9
+    per_group = [sum(d.label_counts().get(g, 0) for d in dss.values()) for g in range(9)]
+    assert per_group == [166, 2148, 152, 133, 218, 85, 261, 223, 269]  # docs/data.md
     it = dss["train"][0]
     assert it["image"].shape == (3, 64, 64) and it["caption"] == "grinning face"
     # composited on white: corners are white
