@@ -2,7 +2,8 @@
 
 The offline stand-in for CIFAR-10: by default padded to 32x32 and repeated to 3 channels so
 CIFAR-10 models run on it unchanged (``channels=1``, ``resize="resize"`` are options).
-Splits: 8,000 / 1,000 / 1,000, stratified (800 / 100 / 100 per class), fixed seed.
+Splits: 8,000 / 1,000 / 1,000, stratified (800 / 100 / 100 per class), fixed seed; the
+source holds 284 images twice (9,716 distinct), and both copies always share a split.
 Install: ``pip install --no-deps animal-mnist==0.4`` (its declared deps pull TensorFlow).
 """
 from __future__ import annotations
@@ -52,7 +53,9 @@ def load_raw() -> tuple[np.ndarray, np.ndarray]:
 def animal_mnist(split: str = "train", *, image_size: int = 32, channels: int = 3, resize: str = "pad",
                  transform=None, caption_mode=None) -> ImageArrayDataset:
     x, y = load_raw()
-    idx = split_indices(len(y), split, stratify=y)
+    # 284 images occur twice in the source: duplicates are grouped into the same split
+    groups = [x[i].tobytes() for i in range(len(x))]
+    idx = split_indices(len(y), split, stratify=y, groups=groups)
     images = convert_images(x[idx], image_size, channels, resize)
     return ImageArrayDataset(images, y[idx], ANIMAL_MNIST_CLASSES, templates=CIFAR_TEMPLATES,
                              caption_mode=default_caption_mode(split, caption_mode), transform=transform,

@@ -22,38 +22,48 @@ SPLIT_SEED = 0  # the fixed seed behind every split in mmgen.data
 def split_indices(n: int, split: str, fractions=(0.8, 0.1, 0.1), *, seed: int = SPLIT_SEED,
                   stratify: Sequence[int] | None = None, groups: Sequence | None = None) -> np.ndarray:
     """Indices of ``split`` ("train" | "val" | "test") in a deterministic partition of
-    ``range(n)``. ``stratify`` (labels) splits every class with the same fractions;
-    ``groups`` keeps items with the same group key in one split. Sorted indices."""
+    ``range(n)``.
+
+    ``stratify`` (labels) splits every class with the same fractions. ``groups`` keeps the
+    items sharing a group key (duplicate images, skin-tone variants of one emoji) in one
+    split: groups are visited in a seeded random order and each goes to the first of val,
+    test, train whose item quota it still fits, so the split sizes hit their quotas
+    (``round(m * fraction)``) exactly whenever the group sizes allow. Sorted indices."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be 3 numbers summing to 1 (train, val, test), got {fractions}")
     k = SPLITS.index(split)
     rng = np.random.default_rng(seed)
-
-    def cut(m):  # boundaries for m items: [0, a) train, [a, b) val, [b, m) test
-        a = int(round(m * fractions[0]))
-        b = a + int(round(m * fractions[1]))
-        return (0, a, b, m)
-
-    if groups is not None:
-        keys = list(dict.fromkeys(groups))  # unique, first-seen order (deterministic)
-        order = rng.permutation(len(keys))
-        bounds = cut(len(keys))
-        chosen = {keys[i] for i in order[bounds[k]:bounds[k + 1]]}
-        return np.array([i for i, g in enumerate(groups) if g in chosen], dtype=np.int64)
-    if stratify is not None:
-        labels = np.asarray(stratify)
-        out = []
-        for c in np.unique(labels):
-            idx = np.nonzero(labels == c)[0]
-            idx = idx[rng.permutation(len(idx))]
-            bounds = cut(len(idx))
-            out.append(idx[bounds[k]:bounds[k + 1]])
-        return np.sort(np.concatenate(out)).astype(np.int64)
-    order = rng.permutation(n)
-    bounds = cut(n)
-    return np.sort(order[bounds[k]:bounds[k + 1]]).astype(np.int64)
+    labels = np.zeros(n, dtype=np.int64) if stratify is None else np.asarray(stratify)
+    if len(labels) != n or (groups is not None and len(groups) != n):
+        raise ValueError(f"stratify/groups must have one entry per item ({n})")
+    gkeys = list(range(n)) if groups is None else list(groups)
+    out = []
+    for c in np.unique(labels):
+        idx = np.nonzero(labels == c)[0]
+        members: dict = {}
+        for i in idx:  # group -> item indices, first-seen order (deterministic)
+            members.setdefault(gkeys[i], []).append(int(i))
+        keys = list(members)
+        m = len(idx)
+        quota = [0, int(round(m * fractions[1])), 0]
+        quota[2] = min(int(round(m * fractions[2])), m - quota[1])
+        quota[0] = m - quota[1] - quota[2]
+        left = list(quota)
+        chosen = []
+        for j in rng.permutation(len(keys)):
+            g = members[keys[j]]
+            for s in (1, 2, 0):
+                if len(g) <= left[s]:
+                    break
+            else:
+                s = 0
+            left[s] -= len(g)
+            if s == k:
+                chosen.extend(g)
+        out.append(np.asarray(chosen, dtype=np.int64))
+    return np.sort(np.concatenate(out)).astype(np.int64)
 
 
 def convert_images(images: np.ndarray, image_size: int | None = None, channels: int | None = None,

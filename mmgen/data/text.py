@@ -13,7 +13,7 @@ Items are ``{"input_ids": (T,), "labels": (T,)}`` long tensors, ``labels`` being
 
 Splits by contiguous blocks: ``train`` is the first 90% of the token stream and ``val`` the
 last 10% (cut at a blank line at or after the 90% mark), so no text is in both; there is
-no separate ``test`` split (``val_fraction`` sets the share). ``sampling="random"`` (the
+no third block: ``test`` returns the ``val`` block (``val_fraction`` sets its share). ``sampling="random"`` (the
 train default) draws a random block start on every access from torch's RNG (seeded by the
 training loop), with ``len()`` = the number of blocks; ``"contiguous"`` (the val default)
 tiles the split with non-overlapping blocks, deterministic.
@@ -105,10 +105,17 @@ def _tokenize(text: str, tokenizer) -> np.ndarray:
     return np.asarray(tokenizer.encode(text), dtype=np.int64)
 
 
+def _canonical_split(split: str) -> str:
+    """'test' is accepted as the held-out block (there is no third text split), so evaluation
+    code written for image sets (which asks for 'test') works unchanged."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"text datasets have splits 'train' and 'val' (the last block of the text; "
+                         f"'test' is the same block), got {split!r}")
+    return "val" if split == "test" else split
+
+
 def _split_text(text: str, split: str, val_fraction: float) -> str:
-    if split not in ("train", "val"):
-        raise ValueError(f"text datasets have splits 'train' and 'val' (last {val_fraction:.0%} of the "
-                         f"text), got {split!r}")
+    split = _canonical_split(split)
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     cut = int(len(text) * (1 - val_fraction))
@@ -125,6 +132,7 @@ class TextDataset(torch.utils.data.Dataset):
         from mmgen.text import get_tokenizer
 
         self.tokenizer = get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        split = _canonical_split(split)
         self.split, self.name, self.block_size = split, name, int(block_size)
         self.sampling = sampling or ("random" if split == "train" else "contiguous")
         if self.sampling not in ("random", "contiguous"):
@@ -193,8 +201,7 @@ def captions(split: str = "train", *, source: str = "shapes", limit: int | None 
     """``build_dataset("captions", split, source="emoji")``: one caption per line. Train/val
     text come from the source's own train/val splits (no caption of a val image in train);
     within that text, blocks are drawn as for any TextDataset (val_fraction is not used)."""
-    if split not in ("train", "val"):
-        raise ValueError(f"captions has splits 'train' and 'val', got {split!r}")
+    split = _canonical_split(split)
     lines = caption_lines(source, split, limit, **(source_kwargs or {}))
     kw.setdefault("block_size", 64)
     return TextDataset("\n".join(lines) + "\n", split, val_fraction=None, name=f"captions:{source}", **kw)
