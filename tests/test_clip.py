@@ -437,3 +437,18 @@ def test_lit_starts_from_a_trained_image_tower(tmp_path):
     torch.testing.assert_close(loaded.encode_image(b["image"]), trained.encode_image(b["image"]))
     with pytest.raises(ValueError, match="do not fit"):
         make_clip(init_image_from=str(tmp_path / "lit"), vision=dict(img_size=8, dim=16))
+
+
+def test_swin_image_tower(tmp_path):
+    """Any image family with the timm encoder API serves: here our Swin, given by preset name
+    and stored as family + full config."""
+    model = make_clip(vision_model="swin_tiny", vision={})
+    assert model.config.vision_model == "swin" and model.config.vision["num_classes"] == 0
+    b = model.example_batch(2)
+    loss, _ = model.loss(b)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval().save_pretrained(tmp_path / "ck")
+    loaded = mmgen.load_pretrained(tmp_path / "ck")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(b["image"]), model.encode_image(b["image"]))
