@@ -160,9 +160,9 @@ class SigLipLoss(nn.Module):
     diagonal and -1 elsewhere, summed and divided by the local batch (open_clip's SigLipLoss).
 
     Under torch.distributed the text features of every rank are gathered with gradient
-    ("gather" exchange) and this rank's images see them as negatives, so the sum of the
-    rank losses equals the single-process loss on the global batch times world_size / 1
-    per-rank normalisation (each rank divides by its local batch, as open_clip does).
+    (open_clip's "gather" exchange) and this rank's images see them as negatives. Each rank
+    divides its rows by the local batch, so the mean of the rank losses (and DDP's averaged
+    gradient) equals the single-process loss on the global batch.
     label_aware=True leaves out same-class pairs (neither positive nor negative)."""
 
     def __init__(self, *, label_aware: bool = False, rank: int | None = None, world_size: int | None = None):
