@@ -50,6 +50,31 @@ def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[i
     return 0, 1
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Concatenate a (B, ...) tensor from every rank along dim 0 (equal B everywhere). The
+    backward sums every rank's gradient of the gathered tensor and hands each rank its own
+    slice (what torch.distributed.nn.all_gather does; that one is deprecated)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)  # (W*B, ...)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # sum over ranks of d(loss_r)/d(gathered)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    return _AllGatherWithGrad.apply(x)
+
+
 def gather_features(image_features: torch.Tensor, text_features: torch.Tensor, *, local_loss: bool,
                     gather_with_grad: bool, rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All-gather both feature sets across ranks, as open_clip does. With gather_with_grad the
@@ -57,11 +82,8 @@ def gather_features(image_features: torch.Tensor, text_features: torch.Tensor, *
     slice); otherwise the gathered copies carry no gradient and, unless local_loss, the local
     slice is swapped back in so that this rank's own features still get one."""
     import torch.distributed as dist
-    from torch.distributed.nn.functional import all_gather as all_gather_with_grad
     if gather_with_grad:
-        all_img = torch.cat(all_gather_with_grad(image_features), dim=0)
-        all_txt = torch.cat(all_gather_with_grad(text_features), dim=0)
-        return all_img, all_txt
+        return all_gather_with_grad(image_features), all_gather_with_grad(text_features)
     imgs = [torch.zeros_like(image_features) for _ in range(world_size)]
     txts = [torch.zeros_like(text_features) for _ in range(world_size)]
     dist.all_gather(imgs, image_features.detach())
@@ -112,9 +134,10 @@ class ClipLoss(nn.Module):
         self.local_loss, self.gather_with_grad, self.label_aware = local_loss, gather_with_grad, label_aware
         self.rank, self.world_size = rank, world_size
 
-    def get_logits(self, image_features, text_features, logit_scale, logit_bias=None, labels=None):
+    def get_logits(self, image_features, text_features, logit_scale, logit_bias=None, labels=None,
+                   distributed: bool = True):
         """(logits_per_image, logits_per_text, targets), label-aware masking applied."""
-        rank, world = dist_info(self.rank, self.world_size)
+        rank, world = dist_info(self.rank, self.world_size) if distributed else (0, 1)
         B = image_features.shape[0]
         all_labels = labels
         if world > 1:
@@ -149,9 +172,12 @@ class ClipLoss(nn.Module):
             logits_per_text = logits_per_text.masked_fill(drop, float("-inf"))
         return logits_per_image, logits_per_text, targets
 
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None) -> torch.Tensor:
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None, *,
+                distributed: bool = True) -> torch.Tensor:
+        """distributed=False: this process's batch alone, even inside a process group (for
+        evaluation on one rank, where a collective would wait forever for the others)."""
         _check_features(image_features, text_features, labels)
-        li, lt, targets = self.get_logits(image_features, text_features, logit_scale, logit_bias, labels)
+        li, lt, targets = self.get_logits(image_features, text_features, logit_scale, logit_bias, labels, distributed)
         return (F.cross_entropy(li, targets) + F.cross_entropy(lt, targets)) / 2
 
 
@@ -181,18 +207,18 @@ class SigLipLoss(nn.Module):
             terms = terms.masked_fill(drop, 0.0)
         return -terms.sum() / image_features.shape[0]
 
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None) -> torch.Tensor:
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None, *,
+                distributed: bool = True) -> torch.Tensor:
         _check_features(image_features, text_features, labels)
         if self.label_aware and labels is None:
             raise ValueError("label_aware SigLipLoss needs labels (batch,)")
-        rank, world = dist_info(self.rank, self.world_size)
+        rank, world = dist_info(self.rank, self.world_size) if distributed else (0, 1)
         B = image_features.shape[0]
         diag = torch.arange(B, device=image_features.device)
         drop = _same_label_mask(labels, labels, diag) if self.label_aware else None
         loss = self._block(image_features, text_features, logit_scale, logit_bias, True, drop)
         if world > 1:
-            from torch.distributed.nn.functional import all_gather as all_gather_with_grad
-            all_txt = all_gather_with_grad(text_features)
+            all_txt = all_gather_with_grad(text_features).chunk(world)  # W x (B, D)
             all_lab = gather_labels(labels, world) if self.label_aware else None
             for r in range(world):
                 if r == rank:
@@ -586,7 +612,10 @@ class CLIP(Model):
             labels = torch.as_tensor(labels, device=image.device)
         img, txt = self.encode_image(image), self.encode_text(self._text_of(batch))
         scale = self.logit_scale.exp()
-        loss = self.loss_fn(img, txt, scale, self.logit_bias, labels if self.config.label_aware else None)
+        # The global batch (all-gather across ranks) only in training: evaluation may run on
+        # one rank alone (the train loop evaluates on rank 0), where a collective would hang.
+        loss = self.loss_fn(img, txt, scale, self.logit_bias, labels if self.config.label_aware else None,
+                            distributed=self.training)
         with torch.no_grad():
             sims = img @ txt.T
             diag = torch.arange(len(img), device=img.device)
