@@ -38,7 +38,7 @@ class TrainConfig:
     # final step always evaluates, samples and saves)
     eval_every: int = 0
     eval_batches: int = 10
-    val_split: str = "test"  # split given to build_dataset for evaluation ("" = no evaluation)
+    val_split: str = "val"  # split given to build_dataset for evaluation ("" = no evaluation)
     sample_every: int = 0
     num_samples: int = 16
     log_every: int = 10

@@ -115,8 +115,13 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
         params = dict(model.named_parameters())
-        for n in self.names:
-            self.shadow[n].lerp_(params[n].detach().float(), 1.0 - d)
+        shadow = [self.shadow[n] for n in self.names]
+        src = [params[n].detach().float() for n in self.names]
+        if D.is_sharded(model):  # DTensor shards: one at a time
+            for e, p in zip(shadow, src):
+                e.lerp_(p, 1.0 - d)
+        else:
+            torch._foreach_lerp_(shadow, src, 1.0 - d)
         self.updates += 1
 
     def full_state(self) -> dict[str, torch.Tensor]:
@@ -213,6 +218,35 @@ def append_jsonl(path: Path, record: dict) -> None:
     # Open per write: the file must survive (and never be held open across) a kill.
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+class MetricsWriter:
+    """metrics.jsonl (always) and TensorBoard scalars under out/tb (when tensorboard is
+    installed); rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.path, self.tb = out / METRICS_NAME, None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:  # tensorboard not installed: JSONL only
+                pass
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        append_jsonl(self.path, record)
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -460,6 +494,7 @@ class Trainer:
         kill_at = int(os.environ.get(KILL_ENV, "0"))
         stream = batch_stream(self.train_ds, self.micro, seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                               start=self.data_pos, collate=self.collate, num_workers=cfg.num_workers)
+        metrics = MetricsWriter(self.out, info.is_main)
         bar = None
         if info.is_main and cfg.progress:
             from tqdm.auto import tqdm
@@ -486,8 +521,8 @@ class Trainer:
                        "steps_per_s": window["n"] / max(dt, 1e-9), "epoch": self._epoch(),
                        **{k: v / window["n"] for k, v in window["logs"].items()}}
                 summary.update(rec)
+                metrics.write(rec)
                 if info.is_main:
-                    append_jsonl(self.out / METRICS_NAME, rec)
                     if bar is not None:
                         bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
                 window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
@@ -505,7 +540,7 @@ class Trainer:
                     if do_sample:
                         rec["samples"] = str(self.sample().relative_to(self.out))
                     summary.update(rec)
-                    append_jsonl(self.out / METRICS_NAME, rec)
+                    metrics.write(rec)
                     if bar is not None and do_eval:
                         bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in rec.items()
                                                                       if isinstance(v, float)))
@@ -517,6 +552,7 @@ class Trainer:
                 os.kill(os.getpid(), signal.SIGKILL)
         if bar is not None:
             bar.close()
+        metrics.close()
         summary["wall_s"] = time.perf_counter() - t_start
         summary["step"] = self.step
         return summary
