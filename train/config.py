@@ -17,7 +17,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-steps per optimizer step
     lr: float = 3e-4  # peak learning rate
     min_lr: float = 0.0  # the cosine decays to this
-    warmup: int = 100  # linear warm-up steps (from 0 to lr)
+    warmup: int = 100  # linear warm-up steps (lr / warmup, 2 lr / warmup, ..., lr)
     schedule: str = "cosine"  # cosine | constant (after warm-up)
     # optimizer (AdamW)
     weight_decay: float = 0.01  # on >=2-D weights only; see train.loop.param_groups
