@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import default_collate
 
 import mmgen
 import train
 from tests.train_toy import ToyStream, toy_data
+from tests.train_toy import byte_text as tests_byte_text
 from train.data import ResumableBatchSampler, batch_stream
 from train.loop import KILL_ENV, lr_factor, param_groups
 
@@ -62,6 +64,24 @@ def test_cli_smoke_and_load_pretrained(tmp_path):
     assert not torch.equal(state["ema"]["head.weight"], state["model"]["head.weight"])
     # a second run into the same directory without --resume is refused
     assert train.main(TOY + ["--set", "train.steps=2", "--out", str(out)]) == 2
+
+
+def test_cli_gpt_tiny_learns_and_loads(tmp_path):
+    out = tmp_path / "gpt"
+    rc = train.main(["gpt_tiny", "--data", "tests.train_toy:byte_text", "--data-set", "block=16",
+                     "--set", "train.steps=30", "--set", "train.batch_size=16", "--set", "train.lr=3e-3",
+                     "--set", "train.warmup=5", "--set", "train.log_every=10", "--set", "train.eval_batches=2",
+                     "--set", "train.progress=false", "--out", str(out)])
+    assert rc == 0
+    model = mmgen.load_pretrained(out)
+    assert model.preset_name == "gpt_tiny"
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r and "val/loss" not in r]
+    assert losses[-1] < 0.7 * losses[0] and losses[0] > 4.0  # from ~ln(259) to well below
+    val = [r["val/loss"] for r in records if "val/loss" in r][-1]
+    batch = default_collate([tests_byte_text("val")[i] for i in range(4)])
+    with torch.no_grad():
+        assert model.loss(batch)[0].item() == pytest.approx(val, rel=0.2)
 
 
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):

@@ -101,3 +101,25 @@ def toy_data(split="train", n=64, stream=False):
     if stream:
         return ToyStream(0 if split == "train" else 1)
     return ToyData(split, n=n)
+
+
+class ByteText(torch.utils.data.Dataset):
+    """Byte-token blocks {"input_ids" (T,), "labels" (T,)} of a repeated sentence (a text
+    stand-in for the GPT smoke test that needs no data files)."""
+
+    def __init__(self, split="train", block=16):
+        text = ("to be, or not to be, that is the question. " * 40).encode()
+        ids = torch.tensor(list(text))
+        starts = range(0 if split == "train" else 7, len(ids) - block - 1, block)
+        self.blocks = [ids[s:s + block + 1] for s in starts]
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __getitem__(self, i):
+        b = self.blocks[i]
+        return {"input_ids": b[:-1], "labels": b[1:]}
+
+
+def byte_text(split="train", block=16):
+    return ByteText(split, block)
