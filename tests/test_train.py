@@ -17,7 +17,7 @@ from torch.utils.data import default_collate
 import mmgen
 import train
 from tests.train_toy import ToyStream, toy_data
-from tests.train_toy import byte_text as tests_byte_text
+from tests.train_toy import byte_text as make_byte_text
 from train.data import ResumableBatchSampler, batch_stream
 from train.loop import KILL_ENV, lr_factor, param_groups
 
@@ -79,7 +79,7 @@ def test_cli_gpt_tiny_learns_and_loads(tmp_path):
     losses = [r["loss"] for r in records if "loss" in r and "val/loss" not in r]
     assert losses[-1] < 0.7 * losses[0] and losses[0] > 4.0  # from ~ln(259) to well below
     val = [r["val/loss"] for r in records if "val/loss" in r][-1]
-    batch = default_collate([tests_byte_text("val")[i] for i in range(4)])
+    batch = default_collate([make_byte_text("val")[i] for i in range(4)])
     with torch.no_grad():
         assert model.loss(batch)[0].item() == pytest.approx(val, rel=0.2)
 
@@ -128,6 +128,25 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     m = mmgen.create_model("train_toy_tiny", nan_after=3)
     with pytest.raises(train.NonFiniteLossError, match="no checkpoint was written yet"):
         train.fit(m, toy_data(), out=tmp_path / "nan2", steps=5, batch_size=4, progress=False)
+
+
+def test_sigterm_saves_and_resume_is_exact(tmp_path):
+    """SIGTERM (preemption) finishes the step, saves and returns; resuming in the same process
+    ends bit-identical to an uninterrupted run."""
+    kw = dict(steps=7, batch_size=4, lr=3e-3, warmup=2, ema=0.9, progress=False, save_every=100)
+    torch.manual_seed(0)
+    ref = mmgen.create_model("train_toy_tiny")
+    train.fit(ref, toy_data(n=16), out=tmp_path / "ref", **kw)
+    torch.manual_seed(0)
+    m = mmgen.create_model("train_toy_tiny", sigterm_at=3)
+    summary = train.fit(m, toy_data(n=16), out=tmp_path / "stop", **kw)
+    assert summary["interrupted"] == 15 and summary["step"] == 3
+    assert torch.load(tmp_path / "stop" / "train_state.pt", weights_only=True)["step"] == 3
+    torch.manual_seed(123)  # the resumed run must not depend on the RNG state it starts with
+    m2 = mmgen.create_model("train_toy_tiny")
+    train.fit(m2, toy_data(n=16), out=tmp_path / "stop", resume=True, **kw)
+    a, b = ref.state_dict(), m2.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_overrides_help_and_errors(tmp_path, capsys):

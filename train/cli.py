@@ -180,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({**rc, "train": dataclasses.asdict(rc["train"]), "out": str(out)}, indent=2))
             return 0
         summary = run(rc, out, args.resume, argv)
+        code = 128 + summary["interrupted"] if summary.get("interrupted") else 0
         if int(os.environ.get("RANK", "0")) != 0:
-            return 0
+            return code
         keys = [k for k in summary if k in ("step", "loss", "examples_per_s", "wall_s") or k.startswith("val/")]
         print("train: done " + " ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
                                         f"{k}={summary[k]}" for k in keys) + f" -> {out}", file=sys.stderr)
-        return 0
+        return code
     except NonFiniteLossError as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 3

@@ -330,6 +330,7 @@ class Trainer:
         if cfg.compile:
             self.loss_fn = torch.compile(self.loss_fn)
         self.step, self.data_pos = 0, 0
+        self.stop_signal = 0  # SIGTERM / SIGINT received: save after this step and return
         self.last_saved_step = None
 
     @staticmethod
@@ -466,7 +467,37 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
 
+    def stop_all_signal(self) -> int:
+        return self.stop_signal or signal.SIGTERM  # another rank's signal: report SIGTERM
+
+    def _install_signal_handlers(self) -> dict:
+        """First SIGTERM / SIGINT: finish the step, save, return (preemption, Ctrl-C).
+        A second one acts as usual."""
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+
+        def handler(signum, frame):
+            if self.stop_signal:
+                signal.signal(signum, old.get(signum, signal.SIG_DFL))
+                signal.raise_signal(signum)
+                return
+            self.stop_signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, handler)
+        return old
+
     def fit(self) -> dict:
+        old = self._install_signal_handlers()
+        try:
+            return self._fit()
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    def _fit(self) -> dict:
         cfg, info = self.cfg, self.info
         state_path = self.out / STATE_NAME
         if info.is_main:
@@ -550,6 +581,14 @@ class Trainer:
             window["t0"] += time.perf_counter() - t_side
             if kill_at and self.step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if self.stop_all and self.step < cfg.steps:
+                if self.last_saved_step != self.step:
+                    self.save()
+                if info.is_main:
+                    print(f"\ntrain: stopped by a signal at step {self.step}; saved {self.out}; continue with "
+                          f"--resume", file=sys.stderr)
+                summary["interrupted"] = int(self.stop_all_signal())
+                break
         if bar is not None:
             bar.close()
         metrics.close()
@@ -583,11 +622,14 @@ class Trainer:
         gn = D.full_tensor(gn)
         # mean loss and logs over ranks (one small all-reduce); NaN on any rank reaches all
         keys = sorted(logs_sum)
-        stats = torch.stack([loss_sum, *[torch.tensor(logs_sum[k], device=self.device) for k in keys]]).float()
+        stop = torch.tensor(float(self.stop_signal), device=self.device)  # a signal on any rank stops all
+        stats = torch.stack([loss_sum, *[torch.tensor(logs_sum[k], device=self.device) for k in keys], stop]).float()
         if self.info.enabled:
             torch.distributed.all_reduce(stats)
-            stats /= self.info.world_size
-        stats = (stats / cfg.grad_accum).tolist()
+            stats[:-1] /= self.info.world_size
+        stats = stats.tolist()
+        self.stop_all = stats[-1] > 0
+        stats = [v / cfg.grad_accum for v in stats[:-1]]
         loss_val, logs_mean = stats[0], dict(zip(keys, stats[1:]))
         gn_val = float(gn)
         if not (math.isfinite(loss_val) and math.isfinite(gn_val)):
