@@ -159,7 +159,12 @@ def run(rc: dict, out: Path, resume: bool, argv: list[str] | None = None) -> dic
                   "model_overrides": rc["model_overrides"], "data_kwargs": rc["data_kwargs"],
                   "model": mmgen.config.config_to_dict(model.config), "argv": sys.argv[1:] if argv is None else list(argv),
                   "num_params": model.num_params() if hasattr(model, "num_params") else None}
-    return fit(model, train_ds, cfg, out=out, val_ds=val_ds, resume=resume, run_config=run_config)
+    try:
+        return fit(model, train_ds, cfg, out=out, val_ds=val_ds, resume=resume, run_config=run_config)
+    finally:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

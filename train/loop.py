@@ -413,6 +413,14 @@ class Trainer:
             else:
                 self.ema.load_full_state(state["ema"], state.get("ema_updates", 0))
         self.step, self.data_pos = int(state["step"]), int(state["data_position"])
+        old_cfg = state.get("train_config", {})
+        old_g = old_cfg.get("batch_size", self.cfg.batch_size) // old_cfg.get("grad_accum", self.cfg.grad_accum)
+        new_g = self.cfg.batch_size // self.cfg.grad_accum
+        if old_g != new_g:  # the position counts global micro-batches: convert through examples
+            self.data_pos = self.data_pos * old_g // new_g
+            if self.info.is_main:
+                print(f"train: the global micro-batch changed from {old_g} to {new_g} examples; continuing "
+                      f"at example {self.data_pos * new_g} of the data order", file=sys.stderr)
         rngs = state["rng"]
         if len(rngs) == self.info.world_size:
             set_rng_state(rngs[self.info.rank])
