@@ -205,6 +205,12 @@ def test_data_order_resumes_and_shards():
     r1 = iter(ResumableBatchSampler(20, 2, seed=3, rank=1, world_size=2))
     for _ in range(8):
         assert next(one) == next(r0) + next(r1)
+    # DataLoader workers deliver the same batches as the main process, from any start
+    ds = toy_data(n=20)
+    main_proc = batch_stream(ds, 4, seed=2, start=3)
+    workers = batch_stream(ds, 4, seed=2, start=3, num_workers=2)
+    for _ in range(6):
+        assert torch.equal(next(main_proc)["x"], next(workers)["x"])
     # an iterable stream resumes at the same place
     a = batch_stream(ToyStream(), 3, seed=0)
     seq = [next(a)["x"] for _ in range(4)]

@@ -542,64 +542,66 @@ class Trainer:
         window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
         summary: dict = {}
         t_start = time.perf_counter()
-        while self.step < cfg.steps:
-            loss, logs, grad_norm, examples = self.train_step(stream)
-            self.step += 1
-            window["loss"] += loss
-            window["n"] += 1
-            window["examples"] += examples
-            for k, v in logs.items():
-                window["logs"][k] = window["logs"].get(k, 0.0) + v
-            last = self.step == cfg.steps
-            if bar is not None:
-                bar.update(1)
-            if cfg.log_every and (self.step % cfg.log_every == 0 or last):
-                dt = time.perf_counter() - window["t0"]
-                rec = {"step": self.step, "loss": window["loss"] / window["n"], "lr": self.scheduler.get_last_lr()[0],
-                       "grad_norm": grad_norm, "examples_per_s": window["examples"] * info.world_size / max(dt, 1e-9),
-                       "steps_per_s": window["n"] / max(dt, 1e-9), "epoch": self._epoch(),
-                       **{k: v / window["n"] for k, v in window["logs"].items()}}
-                summary.update(rec)
-                metrics.write(rec)
-                if info.is_main:
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
-                window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
-            do_eval = self.val_ds is not None and cfg.eval_batches > 0 and (
-                last or (cfg.eval_every and self.step % cfg.eval_every == 0))
-            do_sample = hasattr(self.model, "sample_images") and cfg.num_samples > 0 and (
-                last or (cfg.sample_every and self.step % cfg.sample_every == 0))
-            t_side = time.perf_counter()  # evaluation / sampling / saving: not in the throughput
-            if do_eval or do_sample:
-                self.sync_eval_model()
-                if info.is_main:
-                    rec = {"step": self.step}
-                    if do_eval:
-                        rec.update(self.evaluate())
-                    if do_sample:
-                        rec["samples"] = str(self.sample().relative_to(self.out))
+        try:
+            while self.step < cfg.steps:
+                loss, logs, grad_norm, examples = self.train_step(stream)
+                self.step += 1
+                window["loss"] += loss
+                window["n"] += 1
+                window["examples"] += examples
+                for k, v in logs.items():
+                    window["logs"][k] = window["logs"].get(k, 0.0) + v
+                last = self.step == cfg.steps
+                if bar is not None:
+                    bar.update(1)
+                if cfg.log_every and (self.step % cfg.log_every == 0 or last):
+                    dt = time.perf_counter() - window["t0"]
+                    rec = {"step": self.step, "loss": window["loss"] / window["n"], "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": grad_norm, "examples_per_s": window["examples"] * info.world_size / max(dt, 1e-9),
+                           "steps_per_s": window["n"] / max(dt, 1e-9), "epoch": self._epoch(),
+                           **{k: v / window["n"] for k, v in window["logs"].items()}}
                     summary.update(rec)
                     metrics.write(rec)
-                    if bar is not None and do_eval:
-                        bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in rec.items()
-                                                                      if isinstance(v, float)))
-                D.barrier(info)
-            if last or (cfg.save_every and self.step % cfg.save_every == 0):
-                self.save()
-            window["t0"] += time.perf_counter() - t_side
-            if kill_at and self.step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if self.stop_all and self.step < cfg.steps:
-                if self.last_saved_step != self.step:
+                    if info.is_main:
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
+                    window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
+                do_eval = self.val_ds is not None and cfg.eval_batches > 0 and (
+                    last or (cfg.eval_every and self.step % cfg.eval_every == 0))
+                do_sample = hasattr(self.model, "sample_images") and cfg.num_samples > 0 and (
+                    last or (cfg.sample_every and self.step % cfg.sample_every == 0))
+                t_side = time.perf_counter()  # evaluation / sampling / saving: not in the throughput
+                if do_eval or do_sample:
+                    self.sync_eval_model()
+                    if info.is_main:
+                        rec = {"step": self.step}
+                        if do_eval:
+                            rec.update(self.evaluate())
+                        if do_sample:
+                            rec["samples"] = str(self.sample().relative_to(self.out))
+                        summary.update(rec)
+                        metrics.write(rec)
+                        if bar is not None and do_eval:
+                            bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in rec.items()
+                                                                          if isinstance(v, float)))
+                    D.barrier(info)
+                if last or (cfg.save_every and self.step % cfg.save_every == 0):
                     self.save()
-                if info.is_main:
-                    print(f"\ntrain: stopped by a signal at step {self.step}; saved {self.out}; continue with "
-                          f"--resume", file=sys.stderr)
-                summary["interrupted"] = int(self.stop_all_signal())
-                break
-        if bar is not None:
-            bar.close()
-        metrics.close()
+                window["t0"] += time.perf_counter() - t_side
+                if kill_at and self.step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.stop_all and self.step < cfg.steps:
+                    if self.last_saved_step != self.step:
+                        self.save()
+                    if info.is_main:
+                        print(f"\ntrain: stopped by a signal at step {self.step}; saved {self.out}; continue with "
+                              f"--resume", file=sys.stderr)
+                    summary["interrupted"] = int(self.stop_all_signal())
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            metrics.close()
         summary["wall_s"] = time.perf_counter() - t_start
         summary["step"] = self.step
         return summary
