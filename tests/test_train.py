@@ -16,7 +16,7 @@ from torch.utils.data import default_collate
 
 import mmgen
 import train
-from tests.train_toy import ToyStream, toy_data
+from tests.train_toy import ToyStream, launch, toy_data
 from tests.train_toy import byte_text as make_byte_text
 from train.data import ResumableBatchSampler, batch_stream
 from train.loop import KILL_ENV, lr_factor, param_groups
@@ -90,13 +90,12 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
                     "--set", "train.warmup=2", "--set", "train.log_every=1", "--set", "train.progress=false",
                     "--set", "train.eval_every=4", "--set", "train.eval_batches=1", "--data-set", "n=24"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    r = _cli(common + ["--out", str(full)])
-    assert r.returncode == 0, r.stderr
+    assert launch(1, common + ["--out", str(full)]) == [0]  # forked child running train.main
+    # the real `python -m train` in a fresh interpreter, SIGKILLed mid-run after step 5
     r = _cli(common + ["--out", str(killed)], **{KILL_ENV: "5"})
-    assert r.returncode == -9, r.stderr  # SIGKILLed mid-run, after step 5
+    assert r.returncode == -9, r.stderr
     assert torch.load(killed / "train_state.pt", weights_only=True)["step"] == 3
-    r = _cli(["--resume", "--out", str(killed)])  # everything else comes from run_config.json
-    assert r.returncode == 0, r.stderr
+    assert launch(1, ["--resume", "--out", str(killed)]) == [0]  # the rest comes from run_config.json
     a = torch.load(full / "train_state.pt", weights_only=True)
     b = torch.load(killed / "train_state.pt", weights_only=True)
     assert a["step"] == b["step"] == 8 and a["data_position"] == b["data_position"] == 16

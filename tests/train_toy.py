@@ -2,6 +2,9 @@
 tests.train_toy, also by the CLI: `--data tests.train_toy:toy_data`)."""
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -128,3 +131,42 @@ class ByteText(torch.utils.data.Dataset):
 
 def byte_text(split="train", block=16):
     return ByteText(split, block)
+
+
+# ---------------------------------------------------------------------------------------------
+# launching the CLI in child processes
+
+def _child(rank: int, world: int, port: int, args: list[str], env: dict) -> None:
+    # what torchrun would set; forked from pytest, so torch is already imported (fast start)
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **env})
+    torch.set_num_threads(1)
+    try:
+        import train
+        code = train.main(args)
+    except BaseException:  # noqa: BLE001 - report, then leave without running pytest's atexit
+        import traceback
+        traceback.print_exc()
+        code = 1
+    os._exit(code)
+
+
+def launch(world: int, args: list[str], **env) -> list[int]:
+    """Run `python -m train ARGS` (train.main) in `world` forked processes with torchrun's
+    environment (gloo when world > 1). Forked, not fresh interpreters: torch is already
+    imported, which saves seconds per process on a loaded machine. Returns the exit codes
+    (-9 for a SIGKILL)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_child, args=(r, world, port, args, env)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=150)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    return [p.exitcode for p in procs]
