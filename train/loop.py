@@ -268,7 +268,12 @@ def export_checkpoint(model: nn.Module, out: Path, extra: dict) -> None:
     (files of `out` it does not write are left alone)."""
     tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=out))
     try:
-        model.save_pretrained(tmp / "ckpt", extra=extra)
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(tmp / "ckpt", extra=extra)
+        else:  # a plain nn.Module given to train.fit: weights only
+            from safetensors.torch import save_model
+            (tmp / "ckpt").mkdir()
+            save_model(model, str(tmp / "ckpt" / "model.safetensors"))
         # weights first, config last: a reader that sees the new config sees the new weights
         for f in sorted((tmp / "ckpt").iterdir(), key=lambda p: p.name == "config.json"):
             os.replace(f, out / f.name)
