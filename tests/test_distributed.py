@@ -51,3 +51,10 @@ def test_ddp_and_fsdp_follow_the_single_process_curve(tmp_path):
     got = mmgen.load_pretrained(tmp_path / "fsdp")
     x = torch.randn(3, 4, 6)
     torch.testing.assert_close(got(x), ref(x), rtol=1e-3, atol=1e-3)
+
+
+def test_a_signal_on_one_rank_stops_every_rank_after_a_save(tmp_path):
+    out = tmp_path / "stop"
+    # rank 0 alone gets SIGTERM during its 3rd loss call (step 2 with grad_accum=2)
+    assert launch(2, ARGS + ["--set", "model.sigterm_at=3", "--out", str(out)]) == [143, 143]
+    assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 2

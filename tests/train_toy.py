@@ -25,7 +25,7 @@ class ToyConfig:
     seq: int = 4
     dropout: float = 0.1  # exercises the RNG restore on resume
     nan_after: int = 0  # loss calls after which the loss is NaN (0 = never): the NaN-stop test
-    sigterm_at: int = 0  # send SIGTERM to this process at this loss call (0 = never): the stop test
+    sigterm_at: int = 0  # rank 0 sends itself SIGTERM at this loss call (0 = never): the stop test
 
 
 @register_model("train_toy")
@@ -48,8 +48,7 @@ class ToyModel(Model):
         pred = self(batch["x"])
         loss = F.mse_loss(pred, batch["y"])
         self.calls += 1
-        if self.config.sigterm_at and self.calls == self.config.sigterm_at:
-            import os
+        if self.config.sigterm_at and self.calls == self.config.sigterm_at and os.environ.get("RANK", "0") == "0":
             import signal
             os.kill(os.getpid(), signal.SIGTERM)
         if self.config.nan_after and self.calls > self.config.nan_after:

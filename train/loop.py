@@ -357,6 +357,8 @@ class Trainer:
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import get_model_state_dict
             return get_model_state_dict(self.model, options=self._sd_options())
+        if not self.info.is_main:  # DDP replicas: rank 0's copy is the one written
+            return {}
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def full_optimizer_state(self) -> dict:
@@ -387,6 +389,7 @@ class Trainer:
         ema_state = self.ema.full_state() if self.ema is not None else None
         optim_state = self.full_optimizer_state()
         rngs = D.all_gather_object(get_rng_state(), self.info)
+        self.last_saved_step = self.step  # on every rank: ranks must agree on whether to save
         if not self.info.is_main:
             D.barrier(self.info)
             return
@@ -397,7 +400,6 @@ class Trainer:
                  "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "rng": rngs,
                  "train_config": dataclasses.asdict(self.cfg)}
         atomic_save_file(lambda tmp: torch.save(state, tmp), self.out / STATE_NAME)
-        self.last_saved_step = self.step
         D.barrier(self.info)
 
     def load(self, path: Path) -> None:
