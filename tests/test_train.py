@@ -234,3 +234,12 @@ def test_fit_api_with_stream_and_accumulation_equivalence(tmp_path):
         curves.append(_losses(tmp_path / f"a{accum}"))
     assert len(curves[0]) == 6
     torch.testing.assert_close(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    torch.manual_seed(0)
+    m = mmgen.create_model("train_toy_tiny")
+    s = train.fit(m, toy_data(n=16), out=tmp_path / "bf16", steps=4, batch_size=4, amp="bf16", progress=False,
+                  log_every=1)
+    assert math.isfinite(s["loss"]) and s["step"] == 4
+    assert next(m.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
