@@ -26,10 +26,9 @@ TOY = ["train_toy_tiny", "--data", "tests.train_toy:toy_data"]
 
 
 def _env(**extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(ROOT), **extra}
-    env.pop(KILL_ENV, None) if KILL_ENV not in extra else None
-    return env
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(ROOT), **extra}
 
 
 def _cli(args, **env):
