@@ -657,6 +657,9 @@ class Trainer:
                 f"(loss={loss_val}, grad_norm={gn_val}); stopped without saving: {where}. Try a lower train.lr, "
                 f"a longer train.warmup, train.clip > 0 or train.amp=fp32.")
         self.optimizer.step()
+        if hasattr(self.model, "post_step"):  # e.g. CLIP clamps its logit scale after every step
+            with torch.no_grad():
+                self.model.post_step()
         self.scheduler.step()
         if self.ema is not None and (self.step + 1) % cfg.ema_every == 0:
             self.ema.update(self.model)
