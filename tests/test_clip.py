@@ -280,6 +280,12 @@ def test_forward_shapes_and_unit_norm():
     assert out["logits_per_image"].shape == (3, 3)
     torch.testing.assert_close(out["logit_scale"], torch.tensor(1 / 0.07))
     assert model.encode_image(b["image"], normalize=False).norm(dim=-1).sub(1).abs().max() > 1e-3
+    model.eval()
+    sims = model.similarity(b["image"], b["caption"])
+    torch.testing.assert_close(sims, out["logits_per_image"].detach() / out["logit_scale"].detach())
+    torch.testing.assert_close(model.score(b["image"], b["caption"]), sims.diagonal())
+    with pytest.raises(ValueError, match="3 images and 1 texts"):
+        model.score(b["image"], b["caption"][:1])
 
 
 def test_logit_scale_clamped_after_step():

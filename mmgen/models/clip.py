@@ -578,6 +578,20 @@ class CLIP(Model):
         return {"image_features": img, "text_features": txt, "logit_scale": scale, "logit_bias": self.logit_bias,
                 "logits_per_image": logits, "logits_per_text": logits.T}
 
+    @torch.no_grad()
+    def similarity(self, images: torch.Tensor, texts: torch.Tensor | Sequence[str]) -> torch.Tensor:
+        """(N_img, N_txt) cosine similarities, e.g. to rerank generated images for a prompt."""
+        return self.encode_image(images.to(self.logit_scale.device)) @ self.encode_text(texts).T
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, texts: torch.Tensor | Sequence[str]) -> torch.Tensor:
+        """(N,) cosine similarity of each image with its own text (CLIPScore is 100 * max(s, 0))."""
+        img = self.encode_image(images.to(self.logit_scale.device))
+        txt = self.encode_text(texts)
+        if img.shape[0] != txt.shape[0]:
+            raise ValueError(f"score pairs images with texts: got {img.shape[0]} images and {txt.shape[0]} texts")
+        return (img * txt).sum(-1)
+
     # ---- training contract
     @torch.no_grad()
     def post_step(self) -> None:
