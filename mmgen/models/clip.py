@@ -18,6 +18,7 @@ Order of this file (timm's): losses, text tower, model, presets.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -251,11 +252,18 @@ class CLIPTokenize:
             raise TypeError(f"tokenize takes str or a list of str, got {[type(t).__name__ for t in texts][:4]}")
         cut = self.truncate if truncate is None else truncate
         try:
-            return tokenize_captions(texts, self.tokenizer, context_length or self.context_length,
-                                     on_overflow="truncate" if cut else "error")["input_ids"]
+            ids = tokenize_captions(texts, self.tokenizer, context_length or self.context_length,
+                                    on_overflow="truncate" if cut else "error")["input_ids"]
         except ValueError as e:
             raise ValueError(f"{e} (for CLIP: model.tokenize(texts, truncate=True), or truncate=True in the "
                              f"config, cuts with a warning)") from None
+        unk = getattr(self.tokenizer, "unk_id", None)
+        if unk is not None and unk != self.tokenizer.pad_id:
+            rows = (ids == unk).any(-1).nonzero().flatten().tolist()
+            if rows:  # a pruned vocabulary reads unseen words as <unk>: say so
+                warnings.warn(f"{len(rows)} of {len(texts)} texts hold words outside this model's pruned "
+                              f"vocabulary, read as <unk>: e.g. {texts[rows[0]]!r}", stacklevel=2)
+        return ids
 
 
 def dataset_captions(ds) -> list[str]:
