@@ -210,7 +210,7 @@ class GPT(Model):
                         repetition_penalty: float = 1.0, stop=None, eos_id: int | None = None,
                         seed: int | None = None, generator: torch.Generator | None = None,
                         tokenizer=None, use_cache: bool = True, overflow: str = "error",
-                        pad_id: int = 0) -> Iterator[list[int | None]]:
+                        pad_id: int = 0, logits_processor=None) -> Iterator[list[int | None]]:
         """Yield, per step, a list with the new token of every row (None for rows that have
         stopped). Stops after `max_new_tokens` or when every row hit `eos_id` or one of
         `stop` (token-id sequences, or strings with `tokenizer`); the stop tokens are emitted.
@@ -219,6 +219,8 @@ class GPT(Model):
         `tokenizer`. overflow: when prompt + max_new_tokens exceeds the context, "error"
         raises; "slide" keeps going, re-encoding the most recent context // 2 tokens each
         time the window fills (every token then sees between context/2 and context tokens).
+        logits_processor: optional `fn(logits (B, V), step) -> logits`, applied before the
+        sampler (e.g. to restrict a multimodal vocabulary to image tokens).
         """
         if overflow not in OVERFLOW:
             raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
@@ -263,6 +265,8 @@ class GPT(Model):
             for step in range(max_new_tokens):
                 if tok_vocab < V:
                     logits = logits.masked_fill(torch.arange(V, device=dev) >= tok_vocab, float("-inf"))
+                if logits_processor is not None:
+                    logits = logits_processor(logits, step)
                 nxt = sample_next(logits, params, seen, gen)  # (B,)
                 nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
                 seen[torch.arange(B, device=dev), nxt] |= ~done
