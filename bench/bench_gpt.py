@@ -54,6 +54,9 @@ def generate_table(ours, hf, new_tokens, repeats: int, prompt_len: int = 8) -> N
     rows = []
     V = ours.config.vocab_size
     prompt = torch.randint(0, V, (1, prompt_len))
+    with torch.inference_mode():  # warm both sides up once on a short run
+        ours.generate(prompt, 8, temperature=0)
+        hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False, pad_token_id=0)
     for N in new_tokens:
         with torch.inference_mode():
             ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=N, min_new_tokens=N,
@@ -63,7 +66,7 @@ def generate_table(ours, hf, new_tokens, repeats: int, prompt_len: int = 8) -> N
                 "mmgen": lambda: ours.generate(prompt, N, temperature=0),
                 "hf": lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=N,
                                           min_new_tokens=N, do_sample=False, pad_token_id=0),
-            }, warmup=1, repeats=repeats)
+            }, warmup=0, repeats=repeats)
         rows.append([N, res["mmgen"].rate(N), res["hf"].rate(N), res["hf"].median_s / res["mmgen"].median_s,
                      "yes" if same else "NO"])
     print_table(f"generate: mmgen GPT vs transformers GPT2LMHeadModel (same weights, greedy, KV cache, "
@@ -98,18 +101,23 @@ def train_table(presets, repeats: int) -> None:
                 ["preset", "batch", "dtype", "params", "tok/s", "GFLOP/s", "MFU %"], rows)
 
 
-def main(quick: bool = False) -> None:
+def main(quick: bool = False, only: tuple[str, ...] = ("decode", "generate", "train")) -> None:
     from mmgen.models.gpt import gpt_from_hf_gpt2
     hf = _hf_gpt2(context=1024, dim=768, depth=12, heads=12, vocab=50257)  # GPT-2 small (124M), random weights
     ours = gpt_from_hf_gpt2(hf)
     reps = 2 if quick else 3
-    decode_table(ours, [64, 256] if quick else [64, 256, 1024], repeats=reps)
-    generate_table(ours, hf, [32] if quick else [64, 256], repeats=reps)
-    train_table([("gpt_char_shakespeare_cpu", 16, 128), ("gpt_char_shakespeare", 8, 256)],
-                repeats=3 if quick else 5)
+    if "decode" in only:
+        decode_table(ours, [64, 256] if quick else [64, 256, 1024], repeats=reps)
+    if "generate" in only:
+        generate_table(ours, hf, [32] if quick else [64], repeats=2)
+    if "train" in only:
+        train_table([("gpt_char_shakespeare_cpu", 16, 128), ("gpt_char_shakespeare", 8, 256)],
+                    repeats=3 if quick else 5)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
-    main(ap.parse_args().quick)
+    ap.add_argument("--only", default="decode,generate,train", help="comma-separated: decode, generate, train")
+    args = ap.parse_args()
+    main(args.quick, tuple(args.only.split(",")))
