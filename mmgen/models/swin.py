@@ -25,7 +25,7 @@ from torch import nn
 from ..layers import PatchEmbed, TransformerBlock, TransformerConfig, make_norm
 from ..layers.attention import ATTN_IMPLS
 from ..registry import register_model, register_preset
-from .base import Model
+from ._classify import AUGMENTS, ImageClassifier
 from .vit import _take_indices
 
 MASK_VALUE = -100.0  # what timm and torchvision add for masked pairs (finite: no NaN rows)
@@ -52,11 +52,14 @@ class SwinConfig:
     head_dropout: float = 0.0
     attn_impl: str = "sdpa"
     label_smoothing: float = 0.0
+    augment: str = "none"  # none | flip | crop | crop_flip (training batches only)
 
     def __post_init__(self):
         self.depths, self.num_heads = tuple(self.depths), tuple(self.num_heads)
         if self.global_pool not in ("avg", "none"):
             raise ValueError(f"SwinConfig.global_pool must be 'avg' or 'none', got {self.global_pool!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"SwinConfig.augment must be one of {AUGMENTS}, got {self.augment!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"SwinConfig.attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         if len(self.depths) != len(self.num_heads) or not self.depths:
@@ -212,7 +215,7 @@ class SwinStage(nn.Module):
 
 
 @register_model("swin")
-class Swin(Model):
+class Swin(ImageClassifier):
     config_class = SwinConfig
 
     def __init__(self, config: SwinConfig):
@@ -296,29 +299,10 @@ class Swin(Model):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
-    # ------------------------------------------------------------------ training contract
-    def loss(self, batch):
-        if self.config.num_classes <= 0 or self.config.global_pool != "avg":
-            raise ValueError("classification loss needs a head (num_classes > 0) and global_pool='avg'")
-        logits = self(batch["image"])
-        labels = torch.as_tensor(batch["label"], device=logits.device)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
-        acc = (logits.argmax(-1) == labels).float().mean()
-        return loss, {"loss": loss.item(), "acc": acc.item()}
-
-    @torch.no_grad()
-    def evaluate(self, batch):
-        logits = self(batch["image"])
-        labels = torch.as_tensor(batch["label"], device=logits.device)
-        return {"loss": F.cross_entropy(logits.float(), labels).item(),
-                "acc": (logits.argmax(-1) == labels).float().mean().item()}
-
-    def example_batch(self, batch_size: int = 2, device="cpu"):
-        c = self.config
-        g = torch.Generator().manual_seed(0)
-        image = (torch.rand(batch_size, c.in_chans, c.img_size, c.img_size, generator=g) * 2 - 1).to(device)
-        label = torch.randint(0, max(c.num_classes, 1), (batch_size,), generator=g).to(device)
-        return {"image": image, "label": label}
+    def _check_classifier(self) -> None:
+        super()._check_classifier()
+        if self.config.global_pool != "avg":
+            raise ValueError("the classification loss needs pooled logits: set global_pool='avg'")
 
     # ------------------------------------------------------------------ other libraries
     def load_timm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
