@@ -247,6 +247,7 @@ class Swin(ImageClassifier):
     # ---------------------------------------------------------------------- timm API
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x, (h, w) = self.patch_embed(x)  # (B, h*w, C)
+        x = x.to(self.norm.weight.dtype)  # float32 residual stream under bf16 autocast (as timm)
         return rearrange(x, "b (h w) c -> b h w c", h=h, w=w)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

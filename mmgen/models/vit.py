@@ -191,6 +191,8 @@ class ViT(ImageClassifier):
         """Images (B, C, H, W) -> tokens (B, P + h*w, D) with positions added, and the grid (h, w)."""
         c = self.config
         x, grid = self.patch_embed(x)  # (B, h*w, D)
+        # the residual stream stays in the parameter dtype (float32 under bf16 autocast, as timm)
+        x = x.to(self.patch_embed.proj.weight.dtype)
         B = x.shape[0]
         prefix = [t.expand(B, -1, -1).to(x.dtype) for t in (self.cls_token, self.reg_token) if t is not None]
         if c.pos == "learned":
