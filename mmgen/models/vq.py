@@ -376,9 +376,9 @@ register_preset("dvae_tiny", VQModel, "Gumbel dVAE, 16 px -> 4x4 tokens from 32 
                 img_size=16, ch=8, ch_mult=(1, 2, 2), groups=8, codebook_size=32, code_dim=8,
                 quantizer="gumbel", gumbel_anneal_steps=100, gumbel_kl_warmup=10)
 register_preset("vq_32", VQModel, "VQ-VAE tokenizer: 32 px -> 8x8 tokens from 512 codes (EMA codebook)",
-                img_size=32, ch=32, ch_mult=(1, 2, 2), codebook_size=512, code_dim=64)
+                img_size=32, patch=2, ch=32, ch_mult=(1, 2), codebook_size=512, code_dim=64)
 register_preset("vq_32_attn", VQModel, "vq_32 with a 2-block transformer bottleneck at 8x8",
-                img_size=32, ch=32, ch_mult=(1, 2, 2), codebook_size=512, code_dim=64,
+                img_size=32, patch=2, ch=32, ch_mult=(1, 2), codebook_size=512, code_dim=64,
                 bottleneck="transformer", bottleneck_depth=2, bottleneck_heads=4)
 register_preset("dvae_32", VQModel, "DALL-E-style Gumbel-softmax dVAE: 32 px -> 8x8 tokens from 512 codes",
-                img_size=32, ch=32, ch_mult=(1, 2, 2), codebook_size=512, code_dim=64, quantizer="gumbel")
+                img_size=32, patch=2, ch=32, ch_mult=(1, 2), codebook_size=512, code_dim=64, quantizer="gumbel")
