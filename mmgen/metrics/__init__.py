@@ -1,0 +1,1 @@
+"""Offline evaluation: CLIP zero-shot / retrieval / linear probe, and more."""
