@@ -409,7 +409,10 @@ class DDPM(Model):
         x = torch.randn(shape, generator=generator).to(self.device) * sched.init_noise_sigma
         step_kw = {"generator": generator}
         if isinstance(sched, _ddim_cls()):
-            step_kw = {"eta": eta, "generator": generator} if eta > 0 else {}
+            # with clip_sample, recompute eps from the clipped x0 (as DDPM's posterior does)
+            step_kw = {"eta": eta, "use_clipped_model_output": True}
+            if eta > 0:
+                step_kw["generator"] = generator
         elif isinstance(sched, _dpm_cls()):
             step_kw = {"generator": generator}
         for t in _progress(sched.timesteps, progress, desc=f"{scheduler or cfg.scheduler} x{steps}"):
