@@ -188,3 +188,36 @@ def test_half_precision_checkpoint_round_trip(tmp_path):
     kw = dict(num_steps=3, seed=1, progress=False)
     torch.testing.assert_close(loaded.sample(["a red circle"], **kw), model.sample(["a red circle"], **kw),
                                atol=2e-2, rtol=0)
+
+
+def test_generate_cli(tmp_path, capsys):
+    from mmgen.cli import main
+    model = mmgen.create_model("ddpm_unet_text_tiny")
+    model.save_pretrained(tmp_path / "ckpt", dtype=torch.float16)
+    out = tmp_path / "grid.png"
+    rc = main(["generate", "a red circle", "a blue square", "-o", str(out), "--model", str(tmp_path / "ckpt"),
+               "--num-images", "2", "--steps", "2", "--scheduler", "dpm++", "--guidance", "2", "--quiet"])
+    assert rc == 0 and out.is_file()
+    from PIL import Image
+    assert Image.open(out).size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)  # 2x2 grid with 2 px padding
+    for argv, msg in ((["   "], "empty prompt"), (["x", "--model", "nosuchmodel"], "unknown model"),
+                      (["x", "--model", str(tmp_path / "missing/")], "does not exist"),
+                      (["x", "--model", str(tmp_path)], "no config.json")):
+        assert main(["generate", *argv, "-o", str(out)]) == 2
+        assert msg in capsys.readouterr().err
+    mmgen.create_model("ddpm_unet_tiny").save_pretrained(tmp_path / "uncond")
+    assert main(["generate", "x", "--model", str(tmp_path / "uncond"), "--steps", "1", "--num-images", "1",
+                 "-o", str(out), "--quiet"]) == 0
+
+
+def test_generate_cli_rejects_non_generators(tmp_path, capsys, monkeypatch):
+    from mmgen.cli import main
+    from mmgen.commands import generate
+    model = mmgen.create_model("ddpm_unet_tiny")
+    model.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(DDPM, "generate_images", None)
+    assert main(["generate", "x", "--model", str(tmp_path / "m"), "-o", str(tmp_path / "o.png")]) == 2
+    assert "not an image generator" in capsys.readouterr().err
+    monkeypatch.setitem(generate.MODELS, "ghost", "no_such_dir")
+    assert main(["generate", "x", "--model", "ghost", "-o", str(tmp_path / "o.png")]) == 2
+    assert "checkpoints/no_such_dir" in capsys.readouterr().err
