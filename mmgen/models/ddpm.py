@@ -105,21 +105,30 @@ class ByteTextEncoder(nn.Module):
 class FrozenTextEncoder(nn.Module):
     """A trained mmgen CLIP text tower or GPT decoder, frozen, as a text encoder.
 
-    The wrapped model must provide `encode_text_tokens(texts) -> (states (B, S, D), mask (B, S),
-    pooled (B, D))`; for CLIP the pooled vector is the (unnormalised) text embedding, for GPT
-    the mean of the final hidden states over the prompt."""
+    clip: the text tower's token states (B, T, width) before its pooling, real up to the EOS
+          token; pooled = the state it pools (the EOS token), before CLIP's projection.
+    gpt:  the decoder's final hidden states (B, T, dim) over BOS + prompt + EOS (causal, so
+          right padding does not change them); pooled = the state at EOS, which has read the
+          whole prompt."""
 
     def __init__(self, kind: str, model: nn.Module):
         super().__init__()
+        expected = {"clip": "clip", "gpt": "gpt"}[kind]
+        if getattr(model, "model_type", None) != expected:
+            raise TypeError(f"text_encoder={kind!r} needs a {expected!r} checkpoint, got a "
+                            f"{getattr(model, 'model_type', type(model).__name__)!r} model")
         self.kind = kind
         self.model = model.eval().requires_grad_(False)
-        if not hasattr(model, "encode_text_tokens"):
-            raise TypeError(f"text_encoder={kind!r} needs a model with encode_text_tokens(texts); "
-                            f"{type(model).__name__} has none")
+        if kind == "gpt":
+            from ..text import get_tokenizer
+            self.tokenizer = get_tokenizer("byte")
+            if self.tokenizer.vocab_size > model.config.vocab_size:
+                raise ValueError(f"the GPT text encoder must be byte-level (vocab >= {self.tokenizer.vocab_size}), "
+                                 f"got vocab_size={model.config.vocab_size}")
 
     @property
     def width(self) -> int:
-        return self.model.text_width
+        return self.model.text.cfg.width if self.kind == "clip" else self.model.config.block.dim
 
     def train(self, mode: bool = True):  # always frozen in eval mode
         super().train(mode)
@@ -128,8 +137,26 @@ class FrozenTextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, texts, device):
-        states, mask, pooled = self.model.encode_text_tokens(list(texts))
-        return states.to(device).float(), mask.to(device), pooled.to(device).float()
+        texts = list(texts)
+        if self.kind == "clip":
+            tokens = self.model.tokenize(texts).to(device)  # (B, T) with BOS ... EOS pad
+            tower = self.model.text
+            x = tower.token_embedding(tokens)  # (B, T, width)
+            if tower.pos is not None:
+                x = tower.pos(x)
+            key_padding = None if tower.cfg.causal else tokens != tower.cfg.pad_id
+            states = tower.transformer(x, key_padding=key_padding)  # (B, T, width)
+            eos = tower.pool_index(tokens)  # (B,)
+        else:
+            from ..data.collate import tokenize_captions
+            tok = tokenize_captions(texts, self.tokenizer, self.model.config.context, on_overflow="truncate",
+                                    pad_to="longest")
+            ids, real = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+            _, states = self.model(ids, key_padding=real, return_hidden=True)  # (B, T, dim)
+            eos = tok["eot_index"].to(device)
+        mask = torch.arange(states.shape[1], device=device)[None] <= eos[:, None]  # (B, T) real tokens
+        pooled = states[torch.arange(states.shape[0], device=device), eos]  # (B, width)
+        return states.float(), mask, pooled.float()
 
 
 # ----------------------------------------------------------------------------- config
