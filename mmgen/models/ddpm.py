@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import config_to_dict
 from ..layers import LearnedPositions, Transformer, TransformerConfig
 from ..registry import register_model, register_preset
 from .base import Model
@@ -210,8 +211,12 @@ class DDPMConfig:
 
 # ----------------------------------------------------------------------------- model
 def _build_from_meta(meta: dict):
+    """A sub-model from {"model_type", "config"} (what checkpoints record) or {"preset": name}
+    (a randomly initialised registered preset, for tests)."""
     from ..config import config_from_dict
-    from ..registry import get_family
+    from ..registry import create_model, get_family
+    if "preset" in meta:
+        return create_model(meta["preset"])
     cls = get_family(meta["model_type"])
     return cls(config_from_dict(cls.config_class, meta["config"]))
 
@@ -260,6 +265,10 @@ class DDPM(Model):
     def _frozen_submodel(self, path_field: str, meta_field: str):
         cfg = self.config
         path, meta = getattr(cfg, path_field), getattr(cfg, meta_field)
+        if meta is not None and "preset" in meta:  # test presets: a fresh model, recorded in full
+            sub = _build_from_meta(meta)
+            setattr(cfg, meta_field, {"model_type": sub.model_type, "config": config_to_dict(sub.config)})
+            return sub
         if meta is None:  # first build: read the other checkpoint and record its config in ours
             from ..checkpoint import load_pretrained, read_config
             if path is None:
@@ -277,18 +286,14 @@ class DDPM(Model):
         return z.shape[1], z.shape[2]
 
     def _vae_encode(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
-        post = self.vae.encode(x)
-        if isinstance(post, torch.Tensor):
-            z = post
-        elif hasattr(post, "sample"):
-            z = post.sample() if sample else post.mean
-        else:  # (mean, logvar)
-            mean, logvar = post[0], post[1]
-            z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
-        return z * self.config.latent_scale
+        """Images -> diffusion latents: the VAE's (scaled) posterior sample or mean, times latent_scale."""
+        if not hasattr(self.vae, "encode_latents"):
+            raise TypeError(f"latent diffusion needs a Gaussian VAE with encode_latents/decode_latents, "
+                            f"got {type(self.vae).__name__}")
+        return self.vae.encode_latents(x, sample=sample) * self.config.latent_scale
 
     def _vae_decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z / self.config.latent_scale).clamp(-1, 1)
+        return self.vae.decode_latents(z / self.config.latent_scale).clamp(-1, 1)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -516,7 +521,8 @@ def _progress(it, enabled: bool, desc: str):
 
 
 # ----------------------------------------------------------------------------- presets
-_SHAPES_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow circle at the top left")
+_SHAPES_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow diamond",
+                   "a red circle above a blue square", "a cyan cross left of a magenta triangle")
 
 register_preset("ddpm_unet_tiny", DDPM, "tiny pixel UNet, unconditional (tests)",
                 image_size=16, unet={"base_ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_res": (8,),
@@ -537,7 +543,8 @@ register_preset("ddpm_dit_tiny", DDPM, "tiny pixel DiT, text-conditional (tests)
 register_preset("ddpm_unet_shapes", DDPM, "text-conditional pixel UNet for the shapes dataset (32x32)",
                 image_size=32, conditioning="text", cond_dim=128, sample_prompts=_SHAPES_PROMPTS,
                 text={"dim": 128, "depth": 2, "num_heads": 4, "max_len": 64},
-                unet={"base_ch": 48, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4})
+                unet={"base_ch": 32, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4,
+                      "groups": 8})
 register_preset("ddpm_unet_animal_mnist", DDPM, "class-conditional pixel UNet for animal-mnist (28x28 grey)",
                 image_size=28, in_chans=1, conditioning="class", num_classes=10, cond_dim=128,
                 unet={"base_ch": 48, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (7,), "num_heads": 4})
