@@ -221,3 +221,51 @@ def test_generate_cli_rejects_non_generators(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(generate.MODELS, "ghost", "no_such_dir")
     assert main(["generate", "x", "--model", "ghost", "-o", str(tmp_path / "o.png")]) == 2
     assert "checkpoints/no_such_dir" in capsys.readouterr().err
+
+
+def test_latent_dit_on_vae_latents(tmp_path):
+    model = _wake(mmgen.create_model("ddpm_dit_latent_tiny"))
+    assert (model.latent_chans, model.latent_size) == tuple(model.vae.latent_shape[:2])
+    assert not any(p.requires_grad for p in model.vae.parameters())
+    loss, _ = model.loss(model.example_batch(2))
+    loss.backward()
+    assert all(p.grad is None for p in model.vae.parameters())
+    model.eval()
+    lat = model.sample([1, 2], num_steps=2, seed=0, progress=False, return_latents=True)
+    assert lat.shape == (2, *model.vae.latent_shape)
+    img = model.sample([1, 2], num_steps=2, seed=0, progress=False)
+    assert img.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(img, model.vae.decode_latents(lat).clamp(-1, 1))
+    model.save_pretrained(tmp_path / "ldm")  # the VAE travels inside the checkpoint
+    loaded = mmgen.load_pretrained(tmp_path / "ldm")
+    torch.testing.assert_close(loaded.sample([1, 2], num_steps=2, seed=0, progress=False), img)
+    with pytest.raises(ValueError, match="clip_sample=False"):
+        mmgen.create_model("ddpm_dit_latent_tiny", clip_sample=True)
+
+
+def test_gpt_hidden_states_as_text_encoder(tmp_path):
+    """Text conditioning from a frozen GPT's hidden states; the checkpoint carries the GPT."""
+    import shutil
+    gpt = mmgen.create_model("gpt_tiny")
+    gpt.save_pretrained(tmp_path / "gpt")
+    model = mmgen.create_model("ddpm_unet_text_tiny", text_encoder="gpt", text_encoder_path=str(tmp_path / "gpt"))
+    assert model.config.text_encoder_meta["model_type"] == "gpt"
+    states, mask, pooled = model.text_encoder(["a red circle", "a blue square above a green cross"], "cpu")
+    n = len("a red circle") + 2
+    assert mask[0].sum() == n and mask[1].sum() == len("a blue square above a green cross") + 2
+    with torch.no_grad():
+        full = gpt(torch.tensor([[256, *"a red circle".encode(), 257]]), return_hidden=True)[1]
+    torch.testing.assert_close(states[0, :n], full[0])  # right padding leaves the causal states alone
+    torch.testing.assert_close(pooled[0], full[0, -1])
+    loss, _ = model.loss(model.example_batch(2))
+    loss.backward()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    assert model.text_proj.weight.grad is not None
+    model.save_pretrained(tmp_path / "ddpm")
+    shutil.rmtree(tmp_path / "gpt")  # self-contained: no reference to the GPT directory is needed
+    loaded = mmgen.load_pretrained(tmp_path / "ddpm").eval()
+    model.eval()
+    kw = dict(num_steps=2, seed=0, progress=False)
+    torch.testing.assert_close(loaded.sample(["a red circle"], **kw), model.sample(["a red circle"], **kw))
+    with pytest.raises(TypeError, match="needs a 'clip' checkpoint"):
+        mmgen.create_model("ddpm_unet_text_tiny", text_encoder="clip", text_encoder_meta=model.config.text_encoder_meta)

@@ -552,3 +552,6 @@ register_preset("ddpm_dit_emoji", DDPM, "text-conditional DiT for emoji (32x32 R
                 image_size=32, denoiser="dit", conditioning="text", cond_dim=192, prediction="v",
                 loss_weighting="min_snr", text={"dim": 128, "depth": 2, "num_heads": 4, "max_len": 64},
                 dit={"patch_size": 2, "dim": 192, "depth": 6, "num_heads": 3})
+register_preset("ddpm_dit_latent_tiny", DDPM, "tiny latent DiT on a (random) vae_tiny's latents, class-conditional (tests)",
+                image_size=16, denoiser="dit", conditioning="class", cond_dim=32, clip_sample=False,
+                vae_meta={"preset": "vae_tiny"}, dit={"patch_size": 2, "dim": 32, "depth": 2, "num_heads": 2})
