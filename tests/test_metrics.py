@@ -96,3 +96,13 @@ def test_prompt_fidelity_with_a_checker():
     assert prompt_fidelity(imgs, ["red", "red", "blue", "red"], checker=checker) == 0.75
     with pytest.raises(ValueError, match="one caption per image"):
         prompt_fidelity(imgs, ["red"], checker=checker)
+
+
+def test_prompt_fidelity_with_the_shapes_checker():
+    from mmgen.data import build_dataset
+    ds = build_dataset("shapes", split="test")
+    items = [ds[i] for i in range(12)]
+    imgs = torch.stack([it["image"] for it in items])
+    caps = [it["caption"] for it in items]
+    assert prompt_fidelity(imgs, caps) >= 0.9  # real images match their own captions
+    assert prompt_fidelity(-torch.ones_like(imgs), caps) == 0.0  # blank images match nothing
