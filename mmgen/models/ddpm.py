@@ -221,8 +221,6 @@ def _build_from_meta(meta: dict):
     return cls(config_from_dict(cls.config_class, meta["config"]))
 
 
-
-
 @register_model("ddpm")
 class DDPM(Model):
     config_class = DDPMConfig
