@@ -269,3 +269,44 @@ def test_gpt_hidden_states_as_text_encoder(tmp_path):
     torch.testing.assert_close(loaded.sample(["a red circle"], **kw), model.sample(["a red circle"], **kw))
     with pytest.raises(TypeError, match="needs a 'clip' checkpoint"):
         mmgen.create_model("ddpm_unet_text_tiny", text_encoder="clip", text_encoder_meta=model.config.text_encoder_meta)
+
+
+class _Oracle(torch.nn.Module):
+    """The perfect denoiser for a data set of one image x0: returns the exact eps / v / x0."""
+
+    def __init__(self, x0, alphas_cumprod, prediction):
+        super().__init__()
+        self.x0, self.abar, self.prediction = x0, alphas_cumprod, prediction
+        self.dummy = torch.nn.Parameter(torch.zeros(1))  # so model.device has a parameter to read
+
+    def forward(self, x, t, **cond):
+        a = self.abar[t.round().long()].view(-1, 1, 1, 1)
+        x0 = self.x0.expand_as(x)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[self.prediction]
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm++", "euler"])
+def test_every_sampler_lands_on_the_data_with_a_perfect_denoiser(scheduler, prediction):
+    model = mmgen.create_model("ddpm_unet_tiny", prediction=prediction).eval()
+    x0 = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    model.net = _Oracle(x0, model.alphas_cumprod, prediction)
+    out = model.sample(num_images=2, num_steps=8, scheduler=scheduler, seed=0, progress=False)
+    torch.testing.assert_close(out, x0.expand_as(out), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_clip_prediction_keeps_in_range_predictions_and_clips_x0(prediction):
+    model = mmgen.create_model("ddpm_unet_tiny", prediction=prediction)
+    sched = model.noise_scheduler
+    x0, eps, t = torch.rand(2, 3, 4, 4) * 1.8 - 0.9, torch.randn(2, 3, 4, 4), torch.tensor(500)
+    xt = sched.add_noise(x0, eps, t[None])
+    target = {"eps": eps, "x0": x0, "v": sched.get_velocity(x0, eps, t[None])}[prediction]
+    torch.testing.assert_close(model.clip_prediction(target, xt, t), target, atol=1e-5, rtol=1e-5)
+    far = {"eps": eps - 5, "x0": x0 + 5, "v": target - 5}[prediction]  # implies x0 far outside [-1, 1]
+    clipped = model.clip_prediction(far, xt, t)
+    a = model.alphas_cumprod[500]
+    implied = {"eps": lambda p: (xt - (1 - a).sqrt() * p) / a.sqrt(), "x0": lambda p: p,
+               "v": lambda p: a.sqrt() * xt - (1 - a).sqrt() * p}[prediction](clipped)
+    assert implied.abs().max() <= 1 + 1e-5

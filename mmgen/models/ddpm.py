@@ -57,8 +57,11 @@ def make_scheduler(name: str, *, num_train_timesteps: int = 1000, beta_schedule:
     if name == "ddim":
         return DDIMScheduler(clip_sample=clip_sample, set_alpha_to_one=True, **common)
     if name == "dpm++":
-        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
-                                           lower_order_final=True, **common)
+        # clip_sample's counterpart: threshold x0 to [-1, 1] (with sample_max_value=1 the dynamic
+        # threshold is plain clipping); without it the first steps of a cosine schedule, where
+        # alpha_t ~ 0, blow x0 = (x - sigma eps) / alpha up.
+        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+                                           thresholding=clip_sample, sample_max_value=1.0, **common)
     return EulerDiscreteScheduler(**common)
 
 
@@ -391,6 +394,20 @@ class DDPM(Model):
         c, u = out.chunk(2)
         return u + guidance_scale * (c - u)
 
+    def clip_prediction(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The prediction (eps, v or x0) whose implied x0 is clipped to [-1, 1], given the
+        variance-preserving input x at integer timestep t. At the first steps of a cosine
+        schedule (alpha_t ~ 0) a small eps error means a huge x0; this keeps it in range."""
+        a = self.alphas_cumprod[int(round(float(t)))].to(x.dtype)
+        sa, s1a = a.sqrt(), (1 - a).sqrt()
+        pred = self.config.prediction
+        x0 = out if pred == "x0" else (x - s1a * out) / sa if pred == "eps" else sa * x - s1a * out
+        x0 = x0.clamp(-1, 1)
+        if pred == "x0":
+            return x0
+        eps = (x - sa * x0) / s1a
+        return eps if pred == "eps" else sa * eps - s1a * x0
+
     @torch.no_grad()
     def sample(self, prompts=None, num_steps: int | None = None, guidance_scale: float | None = None,
                scheduler: str | None = None, seed: int | None = 0, *, num_images: int | None = None,
@@ -438,6 +455,9 @@ class DDPM(Model):
         shape = (n, self.latent_chans, self.latent_size, self.latent_size)
         x = torch.randn(shape, generator=generator).to(self.device) * sched.init_noise_sigma
         step_kw = {"generator": generator}
+        # ddpm/ddim clip x0 themselves (clip_sample) and dpm++ thresholds it; euler cannot, so
+        # its model output is replaced by the one whose x0 is clipped.
+        clip_x0 = cfg.clip_sample and (scheduler or cfg.scheduler) == "euler"
         if isinstance(sched, _ddim_cls()):
             # with clip_sample, recompute eps from the clipped x0 (as DDPM's posterior does)
             step_kw = {"eta": eta, "use_clipped_model_output": True}
@@ -448,6 +468,8 @@ class DDPM(Model):
         for t in _progress(sched.timesteps, progress, desc=f"{scheduler or cfg.scheduler} x{steps}"):
             xin = sched.scale_model_input(x, t)
             out = self.guided_prediction(xin, t.to(self.device).float(), cond, uncond, scale)
+            if clip_x0:
+                out = self.clip_prediction(out, xin, t)
             x = sched.step(out, t, x, **step_kw).prev_sample
         if return_latents or self.vae is None:
             return x if return_latents else x.clamp(-1, 1)
