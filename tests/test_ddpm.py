@@ -310,3 +310,27 @@ def test_clip_prediction_keeps_in_range_predictions_and_clips_x0(prediction):
     implied = {"eps": lambda p: (xt - (1 - a).sqrt() * p) / a.sqrt(), "x0": lambda p: p,
                "v": lambda p: a.sqrt() * xt - (1 - a).sqrt() * p}[prediction](clipped)
     assert implied.abs().max() <= 1 + 1e-5
+
+
+def test_clip_text_tower_as_text_encoder(tmp_path):
+    """Text conditioning from a frozen CLIP text tower: its token states up to EOS, pooled at EOS
+    (projected by CLIP, the pooled state is CLIP's text embedding); the DDPM checkpoint carries it."""
+    import shutil
+    clip = mmgen.create_model("clip_tiny").eval()
+    clip.save_pretrained(tmp_path / "clip")
+    model = mmgen.create_model("ddpm_unet_text_tiny", text_encoder="clip", text_encoder_path=str(tmp_path / "clip"))
+    prompts = ["a red circle", "a blue square above a green cross"]
+    states, mask, pooled = model.text_encoder(prompts, "cpu")
+    with torch.no_grad():
+        ref = clip.encode_text(prompts, normalize=False)
+    torch.testing.assert_close(clip.text_proj(pooled), ref, atol=1e-5, rtol=1e-5)
+    eos = clip.text.pool_index(clip.tokenize(prompts))  # (B,) position of EOS
+    assert mask.sum(1).tolist() == (eos + 1).tolist() and mask[:, 0].all()  # BOS .. EOS, nothing after
+    loss, _ = model.loss(model.example_batch(2))
+    loss.backward()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    model.save_pretrained(tmp_path / "ddpm", dtype=torch.float16)
+    shutil.rmtree(tmp_path / "clip")
+    loaded = mmgen.load_pretrained(tmp_path / "ddpm")
+    assert loaded.config.text_encoder_meta["model_type"] == "clip"
+    assert loaded.sample(prompts, num_steps=2, progress=False).shape == (2, 3, 16, 16)
