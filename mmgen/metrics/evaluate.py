@@ -51,6 +51,16 @@ def main(argv=None) -> int:
     real = torch.stack([it["image"] for it in items])
     results = {"model": str(args.model), "clip": args.clip, "n": args.n, "steps": args.steps,
                "scheduler": args.scheduler, "seed": args.seed, "captions": "shapes test split, first n", "runs": []}
+    if clip is not None:  # the floor: real test images against as many real val images
+        val = build_dataset("shapes", split="val")
+        val_items = [val[i] for i in range(args.n)]
+        ref = torch.stack([it["image"] for it in val_items])
+        floor = fd_kid(clip, real, ref)
+        floor["clip_score"] = clip_score(clip, ref, [it["caption"] for it in val_items])
+        floor.update({f"fidelity_{k}": v for k, v in check_batch(ref, [it["caption"] for it in val_items]).items()
+                      if k != "n"})
+        results["real_val_vs_real_test"] = floor
+        print("real val vs real test:", json.dumps(floor))
     for g in args.guidance:
         t0 = time.perf_counter()
         chunks = []
