@@ -118,10 +118,26 @@ def attention_math(q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=Non
     return (attn @ upcast(v)).to(q.dtype)
 
 
+def attention_bias_grad(q, k, v, bias, dropout_p=0.0, scale=None):
+    """softmax(q k^T * scale + bias) v in the input dtype, for an additive bias that needs a
+    gradient (a learned relative position bias): SDPA then falls back to its slow math kernel."""
+    H, Hkv = q.shape[1], k.shape[1]
+    if Hkv != H:
+        k = k.repeat_interleave(H // Hkv, dim=1)
+        v = v.repeat_interleave(H // Hkv, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    attn = ((q * scale) @ k.transpose(-2, -1) + bias).softmax(-1)  # (B, H, T, S)
+    if dropout_p > 0:
+        attn = F.dropout(attn, dropout_p)
+    return attn.to(v.dtype) @ v
+
+
 def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, impl="sdpa", scale=None):
     """Dispatch to fused SDPA or the reference path. q (B,H,T,D), k/v (B,Hkv,S,D) -> (B,H,T,D)."""
     if impl == "math":
         return attention_math(q, k, v, mask, is_causal, dropout_p, scale)
+    if mask is not None and mask.requires_grad and torch.is_grad_enabled() and not is_causal:
+        return attention_bias_grad(q, k, v, mask, dropout_p, scale)
     gqa = k.shape[1] != q.shape[1]
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=gqa)
@@ -181,7 +197,14 @@ class Attention(nn.Module):
         """x (B, T, dim); context (B, S, context_dim) for cross-attention; mask bool (True =
         attend) or additive, broadcastable to (B, H, T, S); bias additive (e.g. relative
         position bias); is_causal uses SDPA's built-in causal mask (no cache offset);
-        rope (cos, sin) for the T query positions; cache + start for incremental decoding."""
+        rope (cos, sin) for the T query positions; cache + start for incremental decoding.
+
+        Grouped self-attention: x (B, G, T, dim) attends within each of G independent groups
+        (Swin's windows); mask / bias then broadcast to (B, G, H, T, T). The groups are folded
+        into the head axis, (B, G*H, T, D), so one mask per group is shared across the batch
+        without being copied B times."""
+        if x.ndim == 4:
+            return self._grouped(x, mask=mask, bias=bias, rope=rope, cache=cache, context=context)
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if self.is_cross:
             if context is None:
@@ -204,6 +227,30 @@ class Attention(nn.Module):
         out = attention(q, k, v, attn_mask, is_causal and attn_mask is None,
                         self.attn_dropout if self.training else 0.0, self.impl)
         return self.proj_drop(self.proj(rearrange(out, "b h t d -> b t (h d)")))
+
+    def _grouped(self, x, *, mask, bias, rope, cache, context):
+        if self.is_cross or cache is not None or context is not None:
+            raise ValueError("grouped attention (x of shape (B, G, T, dim)) is self-attention without a KV cache")
+        B, G, T, _ = x.shape
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        if Hkv != H:
+            raise ValueError("grouped attention needs num_kv_heads == num_heads")
+        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = rearrange(q, "b g t (h d) -> b (g h) t d", h=H)
+        k = rearrange(k, "b g t (h d) -> b (g h) t d", h=H)
+        v = rearrange(v, "b g t (h d) -> b (g h) t d", h=H)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope, dims=self.rope_dims), apply_rope(k, *rope, dims=self.rope_dims)
+        attn_mask = merge_mask_and_bias(mask, bias, q.dtype)
+        if attn_mask is not None:  # broadcastable to (B, G, H, T, T) -> (B or 1, G*H, T, T)
+            while attn_mask.ndim < 5:
+                attn_mask = attn_mask[None]
+            b = attn_mask.shape[0]
+            attn_mask = attn_mask.expand(b, G, H, T, T).reshape(b, G * H, T, T)
+        out = attention(q, k, v, attn_mask, False, self.attn_dropout if self.training else 0.0, self.impl)
+        out = rearrange(out, "b (g h) t d -> b g t (h d)", g=G)
+        return self.proj_drop(self.proj(out))
 
     def make_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> KVCache:
         device = device or self.proj.weight.device

@@ -1,0 +1,517 @@
+"""Shapes: procedurally drawn 32x32 scenes with compositional captions, and a checker.
+
+Scenes hold one or two objects on black. Each object is a (colour, shape) pair at a random
+position and size (7-13 px in two-object scenes, 8-16 px alone), drawn 4x supersampled and
+box-filtered down (antialiased edges).
+
+Caption grammar::
+
+    caption  := object | object " " relation " " object
+    object   := "a " colour " " shape
+    colour   := red | green | blue | yellow | magenta | cyan
+    shape    := circle | square | triangle | diamond | cross
+    relation := above | below | left of | right of
+
+e.g. "a red circle above a blue square". In a two-object scene the relation's axis
+dominates: for "above" the first object's box ends at least 2 px above the second's, and
+the vertical centre distance exceeds the horizontal one by 2 px or more.
+
+Splits (every item is a pure function of ``(seed, split, index)``, so any index is valid;
+scenes are partitioned by a crc32 hash of their description -- val and test each own 1/40
+of all possible scenes and train the rest -- so no scene occurs in two splits):
+
+* ``train``: the seeded training stream, ``length`` items (default 100,000; raise it at will,
+  or use ``ShapesStream`` for an endless iterable). Objects never use a held-out pair.
+* ``val`` / ``test``: fixed 1,000-item sets drawn the same way (no held-out pairs).
+* ``heldout_val`` / ``heldout_test``: 1,000 items where every scene contains at least one
+  held-out (colour, shape) pair -- compositional generalisation.
+
+Holding out combinations: ``build_dataset("shapes", split="train", holdout=[("red",
+"circle"), ("blue", "square")])``; ``holdout="default"`` uses ``DEFAULT_HOLDOUT`` (one pair
+per colour, every colour and every shape still seen in training); ``holdout=None`` (the
+default) holds nothing out (then the ``heldout_*`` splits are refused).
+
+The checker ``check(image, caption)`` reads colour, shape and relative position back from
+an image (tensor (3,H,W) in [-1,1], uint8 HWC array or PIL image) and reports each
+attribute: ``{"count", "colour", "shape", "relation", "correct", "found", "expected"}``.
+``python -m mmgen.data.shapes --n 2000`` prints its accuracy on rendered ground truth and
+on shuffled captions.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import zlib
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+COLOURS = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+    "magenta": (255, 0, 255),
+    "cyan": (0, 255, 255),
+}
+COLOUR_NAMES = list(COLOURS)
+SHAPES = ["circle", "square", "triangle", "diamond", "cross"]
+RELATIONS = ["above", "below", "left of", "right of"]
+PAIRS = [(c, s) for c in COLOUR_NAMES for s in SHAPES]  # the 30 classes, label = index
+CLASSES = [f"{c} {s}" for c, s in PAIRS]
+# one pair per colour, each shape held out at least once, every colour/shape still in train
+DEFAULT_HOLDOUT = [("red", "circle"), ("green", "square"), ("blue", "triangle"),
+                   ("yellow", "diamond"), ("magenta", "cross"), ("cyan", "circle")]
+
+IMAGE_SIZE = 32
+SS = 4  # supersampling factor
+SIZE_TWO = (7, 13)
+SIZE_ONE = (8, 16)
+MARGIN, GAP = 1, 2
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "heldout_val": 3, "heldout_test": 4}
+EVAL_SIZE = 1000
+
+
+# ------------------------------------------------------------------------------------------
+# rendering
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill):
+    """Draw ``shape`` filling ``box=(x0, y0, x1, y1)`` (x1/y1 exclusive) in supersampled pixels."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if shape == "circle":
+        draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill)
+    elif shape == "square":
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    elif shape == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
+    elif shape == "cross":
+        tw, th = (x1 - x0) / 3, (y1 - y0) / 3
+        draw.rectangle([x0, cy - th / 2, x1 - 1, cy + th / 2 - 1], fill=fill)
+        draw.rectangle([cx - tw / 2, y0, cx + tw / 2 - 1, y1 - 1], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def render(objects, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """Render objects ``[{"colour", "shape", "x", "y", "size"}]`` (pixel units at
+    ``image_size``) to a uint8 (H, W, 3) array on black."""
+    im = Image.new("RGB", (image_size * SS, image_size * SS))
+    d = ImageDraw.Draw(im)
+    for o in objects:
+        x, y, s = o["x"] * SS, o["y"] * SS, o["size"] * SS
+        _draw_shape(d, o["shape"], (x, y, x + s, y + s), COLOURS[o["colour"]])
+    return np.asarray(im.resize((image_size, image_size), Image.BOX))
+
+
+def caption_of(objects, relation: str | None = None) -> str:
+    first = f"a {objects[0]['colour']} {objects[0]['shape']}"
+    if len(objects) == 1:
+        return first
+    return f"{first} {relation} a {objects[1]['colour']} {objects[1]['shape']}"
+
+
+def _place_two(rng, s1, s2, relation, n=IMAGE_SIZE):
+    """Positions (x1, y1, x2, y2) so that object 1 is ``relation`` object 2."""
+    lo, hi = MARGIN, n - MARGIN
+    while True:
+        # main axis: first-in-reading-order object a, then b, disjoint with >= GAP between
+        a_size, b_size = (s1, s2) if relation in ("above", "left of") else (s2, s1)
+        a = int(rng.integers(lo, hi - (a_size + GAP + b_size) + 1))
+        b = int(rng.integers(a + a_size + GAP, hi - b_size + 1))
+        p1, p2 = (a, b) if relation in ("above", "left of") else (b, a)
+        # cross axis: free, but the main axis must dominate the centre offset
+        q1 = int(rng.integers(lo, hi - s1 + 1))
+        q2 = int(rng.integers(lo, hi - s2 + 1))
+        d_main = abs((p1 + s1 / 2) - (p2 + s2 / 2))
+        d_cross = abs((q1 + s1 / 2) - (q2 + s2 / 2))
+        if d_main >= d_cross + 2:
+            break
+    if relation in ("above", "below"):
+        return q1, p1, q2, p2
+    return p1, q1, p2, q2
+
+
+def _normalise_holdout(holdout):
+    if holdout is None:
+        return []
+    if isinstance(holdout, str):
+        if holdout != "default":
+            raise ValueError(f"holdout must be 'default', None or a list of (colour, shape) pairs, got {holdout!r}")
+        holdout = DEFAULT_HOLDOUT
+    out = []
+    for pair in holdout:
+        if isinstance(pair, str):  # "red circle"
+            pair = tuple(pair.split())
+        c, s = pair
+        if c not in COLOURS or s not in SHAPES:
+            raise ValueError(f"holdout pair {pair!r}: colour must be one of {COLOUR_NAMES}, shape one of {SHAPES}")
+        out.append((c, s))
+    allowed = [p for p in PAIRS if p not in out]
+    if not allowed:
+        raise ValueError("holdout removes every (colour, shape) pair; nothing left to train on")
+    return sorted(set(out), key=PAIRS.index)
+
+
+def sample_scene(rng: np.random.Generator, allowed, required=None, p_two: float = 0.75,
+                 image_size: int = IMAGE_SIZE):
+    """Sample one scene: returns (objects, relation or None, caption). Objects' pairs come
+    from ``allowed``; if ``required`` is given, one object uses a pair from it."""
+    two = rng.random() < p_two
+    pool = [allowed[int(i)] for i in rng.integers(len(allowed), size=2)]
+    if required:
+        pool[0] = required[int(rng.integers(len(required)))]
+        if two and rng.random() < 0.5:
+            pool = pool[::-1]
+    if not two:
+        s = int(rng.integers(SIZE_ONE[0], SIZE_ONE[1] + 1))
+        x, y = (int(v) for v in rng.integers(MARGIN, image_size - MARGIN - s + 1, size=2))
+        objs = [dict(colour=pool[0][0], shape=pool[0][1], x=x, y=y, size=s)]
+        return objs, None, caption_of(objs)
+    relation = RELATIONS[int(rng.integers(4))]
+    s1, s2 = (int(v) for v in rng.integers(SIZE_TWO[0], SIZE_TWO[1] + 1, size=2))
+    x1, y1, x2, y2 = _place_two(rng, s1, s2, relation, image_size)
+    objs = [dict(colour=pool[0][0], shape=pool[0][1], x=x1, y=y1, size=s1),
+            dict(colour=pool[1][0], shape=pool[1][1], x=x2, y=y2, size=s2)]
+    return objs, relation, caption_of(objs, relation)
+
+
+N_BUCKETS = 40
+_SPLIT_BUCKET = {"val": 0, "test": 1}  # train takes buckets 2..39 (95% of all scenes)
+_EVAL_BUCKETS = set(_SPLIT_BUCKET.values())
+
+
+def scene_bucket(objects, relation) -> int:
+    """Deterministic bucket of a scene description (crc32; Python's hash() is salted)."""
+    key = ";".join(f"{o['colour']},{o['shape']},{o['x']},{o['y']},{o['size']}" for o in objects)
+    return zlib.crc32(f"{key}|{relation}".encode()) % N_BUCKETS
+
+
+def _to_float(img_u8: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
+    return torch.from_numpy(img_u8.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """Map-style shapes split. Item ``i`` is a pure function of ``(seed, split, i)``.
+
+    Items: ``{"image": (3, 32, 32) float in [-1, 1], "label": index of the first object's
+    (colour, shape) pair in ``classes``, "caption": str}``. ``scene(i)`` gives the objects.
+    ``transform`` (a torchvision v2 transform) receives the uint8 (3, H, W) image tensor.
+    """
+
+    def __init__(self, split: str = "train", *, holdout=None, seed: int = 0, length: int | None = None,
+                 p_two: float = 0.75, transform=None):
+        if split not in SPLIT_CODES:
+            raise ValueError(f"shapes split must be one of {list(SPLIT_CODES)}, got {split!r}")
+        self.split, self.seed, self.p_two, self.transform = split, seed, p_two, transform
+        self.holdout = _normalise_holdout(holdout)
+        self.allowed = [p for p in PAIRS if p not in self.holdout]
+        self.required = None
+        if split.startswith("heldout"):
+            if not self.holdout:
+                raise ValueError(f"split {split!r} needs held-out pairs: pass holdout='default' "
+                                 f"or holdout=[(colour, shape), ...]")
+            self.required = self.holdout
+        self.length = length if length is not None else (100_000 if split == "train" else EVAL_SIZE)
+        self.classes = list(CLASSES)
+
+    def __len__(self):
+        return self.length
+
+    def scene(self, i: int):
+        """(objects, relation, caption) of item ``i``. Scenes are partitioned by a hash of
+        their full description (``scene_bucket``): val and test only accept scenes of their
+        own bucket and train only the rest, so the splits are disjoint, not just unlikely
+        to collide."""
+        rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], int(i)])
+        want = _SPLIT_BUCKET.get(self.split.replace("heldout_", ""))
+        while True:
+            objs, rel, cap = sample_scene(rng, self.allowed, self.required, self.p_two)
+            b = scene_bucket(objs, rel)
+            if (want is None and b not in _EVAL_BUCKETS) or b == want:
+                return objs, rel, cap
+
+    def __getitem__(self, i: int):
+        if not -self.length <= i < self.length:
+            raise IndexError(f"index {i} out of range for shapes {self.split} of length {self.length}")
+        i = i % self.length
+        objs, _, caption = self.scene(i)
+        img = render(objs)
+        label = PAIRS.index((objs[0]["colour"], objs[0]["shape"]))
+        if self.transform is not None:
+            t = self.transform(torch.from_numpy(img.copy()).permute(2, 0, 1))
+            image = t.float().div(127.5).sub(1.0) if t.dtype == torch.uint8 else t
+        else:
+            image = _to_float(img)
+        return {"image": image, "label": label, "caption": caption}
+
+    def captions(self) -> list[str]:
+        return [self.scene(i)[2] for i in range(self.length)]
+
+
+class ShapesStream(torch.utils.data.IterableDataset):
+    """Endless seeded training stream (each DataLoader worker gets its own sub-stream)."""
+
+    def __init__(self, *, holdout=None, seed: int = 0, p_two: float = 0.75, transform=None):
+        self.base = ShapesDataset("train", holdout=holdout, seed=seed, p_two=p_two,
+                                  transform=transform, length=2**62)
+        self.classes = self.base.classes
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        for i in itertools.count(wid, nw):
+            yield self.base[i]
+
+
+def shapes(split: str = "train", *, stream: bool = False, **kw):
+    """``build_dataset("shapes", split, holdout=..., seed=0, length=..., stream=False)``."""
+    if stream:
+        if split != "train":
+            raise ValueError(f"stream=True is for split='train', got {split!r}")
+        return ShapesStream(**kw)
+    return ShapesDataset(split, **kw)
+
+
+def all_captions(holdout=None) -> list[str]:
+    """Every caption the grammar can produce (for pruning a BPE vocabulary)."""
+    objs = [f"a {c} {s}" for c in COLOUR_NAMES for s in SHAPES]
+    return objs + [f"{a} {r} {b}" for a in objs for r in RELATIONS for b in objs]
+
+
+# ------------------------------------------------------------------------------------------
+# checker
+_CAPTION_RE = re.compile(
+    r"^\s*an? (?P<c1>\w+) (?P<s1>\w+)(?: (?P<rel>above|below|left of|right of) an? (?P<c2>\w+) (?P<s2>\w+))?\s*\.?\s*$")
+_PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32) / 255.0  # (6, 3)
+
+
+def parse_caption(caption: str):
+    """'a red circle above a blue square' -> ([("red","circle"), ("blue","square")], "above")."""
+    m = _CAPTION_RE.match(caption.lower())
+    if not m:
+        raise ValueError(f"caption {caption!r} does not follow the shapes grammar "
+                         f"'a <colour> <shape> [<relation> a <colour> <shape>]'")
+    objs = [(m["c1"], m["s1"])] + ([(m["c2"], m["s2"])] if m["rel"] else [])
+    for c, s in objs:
+        if c not in COLOURS or s not in SHAPES:
+            raise ValueError(f"caption {caption!r}: colour must be one of {COLOUR_NAMES} and shape "
+                             f"one of {SHAPES}, got {c!r} {s!r}")
+    return objs, m["rel"]
+
+
+def _to_uint8_hwc(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        x = image.detach().cpu().float()
+        if x.ndim != 3 or x.shape[0] != 3:
+            raise ValueError(f"check expects an image tensor of shape (3, H, W), got {tuple(x.shape)}")
+        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(1, 2, 0).numpy()
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"check expects a (H, W, 3) uint8 array, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        raise ValueError(f"check expects uint8 arrays (or float tensors in [-1, 1]), got {a.dtype}")
+    return a
+
+
+def _components(labels: np.ndarray):
+    """8-connected components of equal non-negative values. Returns list of (colour, mask)."""
+    H, W = labels.shape
+    comp = -np.ones((H, W), dtype=np.int64)
+    out = []
+    ys, xs = np.nonzero(labels >= 0)
+    for y0, x0 in zip(ys.tolist(), xs.tolist()):
+        if comp[y0, x0] >= 0:
+            continue
+        k, col = len(out), labels[y0, x0]
+        stack, pix = [(y0, x0)], []
+        comp[y0, x0] = k
+        while stack:
+            y, x = stack.pop()
+            pix.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    v, u = y + dy, x + dx
+                    if 0 <= v < H and 0 <= u < W and comp[v, u] < 0 and labels[v, u] == col:
+                        comp[v, u] = k
+                        stack.append((v, u))
+        out.append((int(col), np.array(pix)))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _template(shape: str, w: int, h: int, ox: int, oy: int, bw: int, bh: int):
+    """Binary mask of ``shape`` drawn in a (w, h) box at offset (ox, oy) of a (bw, bh) crop:
+    returns (the part inside the crop, its total area including what falls outside)."""
+    P = 3  # pad so template pixels outside the crop count against the match
+    im = Image.new("L", ((bw + 2 * P) * SS, (bh + 2 * P) * SS))
+    x0, y0 = (ox + P) * SS, (oy + P) * SS
+    _draw_shape(ImageDraw.Draw(im), shape, (x0, y0, x0 + w * SS, y0 + h * SS), 255)
+    full = np.asarray(im.resize((bw + 2 * P, bh + 2 * P), Image.BOX)) >= 128
+    return full[P:P + bh, P:P + bw], int(full.sum())
+
+
+def classify_shape(mask: np.ndarray) -> tuple[str, float]:
+    """Best-matching shape for a binary mask cropped to its bounding box, by IoU against
+    rendered templates (box sizes and offsets searched over two pixels of slack, since
+    antialiased edges that fall under half coverage shrink the visible box)."""
+    bh, bw = mask.shape
+    area = int(mask.sum())
+    best, best_iou = SHAPES[0], -1.0
+    for shape in SHAPES:
+        for dw, dh in ((0, 0), (1, 1), (2, 2), (1, 0), (0, 1), (2, 1), (1, 2)):
+            for ox in range(-dw, 1):
+                for oy in range(-dh, 1):
+                    t, t_area = _template(shape, bw + dw, bh + dh, ox, oy, bw, bh)
+                    inter = int(np.logical_and(t, mask).sum())
+                    iou = inter / max(area + t_area - inter, 1)
+                    if iou > best_iou:
+                        best, best_iou = shape, float(iou)
+    return best, best_iou
+
+
+def detect(image, min_area: int | None = None) -> list[dict]:
+    """Find coloured objects: pixels whose brightest channel is >= 50% are assigned the
+    palette colour nearest to their brightness-normalised RGB; 8-connected same-colour
+    components of at least ``min_area`` px (default 12 at 32x32, scaled with image area)
+    become objects ``{"colour", "shape", "iou", "bbox": (x0, y0, x1, y1), "centre": (x, y), "area"}``,
+    largest first."""
+    img = _to_uint8_hwc(image).astype(np.float32) / 255.0  # (H, W, 3)
+    H, W, _ = img.shape
+    if min_area is None:
+        min_area = max(4, int(round(12 * H * W / IMAGE_SIZE**2)))
+    v = img.max(axis=2)  # (H, W)
+    fg = v >= 0.5
+    norm = img / np.maximum(v, 1e-6)[..., None]
+    d = ((norm[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1)  # (H, W, 6)
+    labels = np.where(fg, d.argmin(-1), -1)
+    objs = []
+    for col, pix in _components(labels):
+        if len(pix) < min_area:
+            continue
+        y0, x0 = pix.min(0)
+        y1, x1 = pix.max(0) + 1
+        x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+        mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        mask[pix[:, 0] - y0, pix[:, 1] - x0] = True
+        shape, iou = classify_shape(mask)
+        objs.append({"colour": COLOUR_NAMES[col], "shape": shape, "iou": iou,
+                     "bbox": (x0, y0, x1, y1),
+                     "centre": ((x0 + x1) / 2, (y0 + y1) / 2),  # bbox centre (a triangle's
+                     # pixel centroid sits low, so relations use the box)
+                     "area": int(len(pix))})
+    objs.sort(key=lambda o: -o["area"])
+    return objs
+
+
+def relation_of(a: dict, b: dict) -> str:
+    """Relation of object a to object b by the dominant axis of their box-centre offset."""
+    dx = a["centre"][0] - b["centre"][0]
+    dy = a["centre"][1] - b["centre"][1]
+    if abs(dy) >= abs(dx):
+        return "above" if dy < 0 else "below"
+    return "left of" if dx < 0 else "right of"
+
+
+def check(image, caption: str, found: list[dict] | None = None) -> dict:
+    """Check an image against a shapes caption, attribute by attribute.
+
+    Caption objects are matched to detected objects by the assignment that agrees on the
+    most attributes; then ``colour`` / ``shape`` are True when every caption object's
+    matched object has that colour / shape, ``relation`` (None for one-object captions) when
+    the matched pair stands in the stated relation, ``count`` when the number of detected
+    objects equals the number named, and ``correct`` when all of them hold.
+    """
+    expected, rel = parse_caption(caption)
+    if found is None:
+        found = detect(image)
+    cands = found[:6]
+    best, best_score = None, -1
+    for perm in itertools.permutations(range(len(cands)), min(len(expected), len(cands))):
+        score = sum((cands[j]["colour"] == c) + (cands[j]["shape"] == s)
+                    for (c, s), j in zip(expected, perm))
+        if len(perm) == 2 and rel is not None:
+            score += relation_of(cands[perm[0]], cands[perm[1]]) == rel
+        if score > best_score:
+            best, best_score = perm, score
+    best = best or ()
+    complete = len(best) == len(expected)
+    colour = complete and all(cands[j]["colour"] == c for (c, _), j in zip(expected, best))
+    shape = complete and all(cands[j]["shape"] == s for (_, s), j in zip(expected, best))
+    relation = None
+    if rel is not None:
+        relation = complete and relation_of(cands[best[0]], cands[best[1]]) == rel
+    count = len(found) == len(expected)
+    correct = bool(count and colour and shape and relation is not False)
+    return {"count": bool(count), "colour": bool(colour), "shape": bool(shape),
+            "relation": relation if relation is None else bool(relation), "correct": correct,
+            "expected": {"objects": expected, "relation": rel}, "found": found}
+
+
+def check_batch(images, captions) -> dict:
+    """Mean of each attribute over a batch (relation over two-object captions only)."""
+    if len(images) != len(captions):
+        raise ValueError(f"check_batch: {len(images)} images but {len(captions)} captions")
+    rs = [check(im, c) for im, c in zip(images, captions)]
+    out = {k: float(np.mean([r[k] for r in rs])) for k in ("count", "colour", "shape", "correct")}
+    rel = [r["relation"] for r in rs if r["relation"] is not None]
+    out["relation"] = float(np.mean(rel)) if rel else float("nan")
+    out["n"] = len(rs)
+    return out
+
+
+def _truth(objs, rel, caption) -> dict:
+    """What a perfect checker would report: the checker applied to the scene's own metadata."""
+    found = [{"colour": o["colour"], "shape": o["shape"],
+              "centre": (o["x"] + o["size"] / 2, o["y"] + o["size"] / 2)} for o in objs]
+    return check(None, caption, found=found)
+
+
+def evaluate_checker(n: int = 2000, seed: int = 1, split: str = "test") -> dict:
+    """Checker accuracy on ``n`` rendered scenes with their own captions, and with captions
+    shuffled across scenes (next to the rate at which a shuffled caption is in fact true,
+    computed from the scene metadata)."""
+    ds = ShapesDataset(split, seed=seed, length=n)
+    scenes = [ds.scene(i) for i in range(n)]
+    images = [render(o) for o, _, _ in scenes]
+    caps = [c for _, _, c in scenes]
+    perm = np.random.default_rng(seed).permutation(n)
+    shuf = [caps[j] for j in perm]
+    keys = ("count", "colour", "shape", "relation", "correct")
+
+    def agg(rs):
+        out = {}
+        for k in keys:
+            vals = [r[k] for r in rs if r[k] is not None]
+            out[k] = float(np.mean(vals)) if vals else float("nan")
+        return out
+
+    found = [detect(im) for im in images]
+    gt = agg([check(None, c, f) for c, f in zip(caps, found)])
+    sh = agg([check(None, c, f) for c, f in zip(shuf, found)])
+    sh_true = agg([_truth(o, r, c) for (o, r, _), c in zip(scenes, shuf)])
+    return {"ground_truth": gt, "shuffled": sh, "shuffled_truth": sh_true, "n": n}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Shapes checker accuracy on rendered ground truth "
+                                             "and on shuffled captions")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    r = evaluate_checker(args.n, args.seed)
+    print(f"n={r['n']}  {'':18s} " + " ".join(f"{k:>9s}" for k in r["ground_truth"]))
+    for name in ("ground_truth", "shuffled", "shuffled_truth"):
+        print(f"{name:>26s} " + " ".join(f"{v:9.4f}" for v in r[name].values()))
+
+
+if __name__ == "__main__":
+    main()

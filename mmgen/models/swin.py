@@ -1,0 +1,435 @@
+"""Swin Transformer (Liu et al., 2021) from the shared blocks, with timm's API.
+
+Each Swin block is the shared `TransformerBlock` run on a windowed layout: the (B, H, W, C)
+map is padded to a multiple of the window, cyclically shifted on odd blocks, and cut into
+windows (B, nW, N, C); the block's grouped self-attention attends inside each window, with
+the learned relative position bias and the shifted-window / padding mask as one additive
+bias. Masks are cached per resolution. Patch merging halves the grid between stages.
+
+Padding follows torchvision (pad, then shift), but padded tokens are masked out as keys, so
+real tokens never see them. Windows larger than a stage's grid are clamped to it and not
+shifted (timm). Converters load timm's `SwinTransformer` and torchvision's `swin_t` state
+dicts (`Swin.from_timm`, `Swin.from_torchvision`, `convert_timm_swin`, `convert_torchvision_swin`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..layers import PatchEmbed, TransformerBlock, TransformerConfig, make_norm
+from ..layers.attention import ATTN_IMPLS
+from ..registry import register_model, register_preset
+from .base import Model
+from .vit import _take_indices
+
+MASK_VALUE = -100.0  # what timm and torchvision add for masked pairs (finite: no NaN rows)
+
+
+@dataclass
+class SwinConfig:
+    img_size: int = 224
+    patch_size: int = 4
+    in_chans: int = 3
+    num_classes: int = 1000  # 0 = no head
+    global_pool: str = "avg"  # avg | none (head on every position)
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    norm_eps: float = 1e-5
+    dynamic_img_size: bool = False  # accept any size divisible by the patch (windows are padded)
+    drop_path: float = 0.0
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    head_dropout: float = 0.0
+    attn_impl: str = "sdpa"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        self.depths, self.num_heads = tuple(self.depths), tuple(self.num_heads)
+        if self.global_pool not in ("avg", "none"):
+            raise ValueError(f"SwinConfig.global_pool must be 'avg' or 'none', got {self.global_pool!r}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"SwinConfig.attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        if len(self.depths) != len(self.num_heads) or not self.depths:
+            raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} need one entry per stage")
+        for i, h in enumerate(self.num_heads):
+            if (self.embed_dim * 2 ** i) % h:
+                raise ValueError(f"stage {i} width {self.embed_dim * 2 ** i} is not divisible by num_heads {h}")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size ({self.img_size}) must be divisible by patch_size ({self.patch_size})")
+        if self.window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {self.window_size}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
+
+    def stage_dim(self, i: int) -> int:
+        return self.embed_dim * 2 ** i
+
+    def stage_resolution(self, i: int) -> int:
+        """Grid side of stage i at img_size (odd sides are padded by the merge, hence ceil)."""
+        r = self.img_size // self.patch_size
+        for _ in range(i):
+            r = (r + 1) // 2
+        return r
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """(N, N) index into the ((2w-1)^2, heads) bias table for every pair of positions in a
+    w x w window (Swin's / timm's / torchvision's layout)."""
+    ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()])  # (2, N)
+    rel = coords[:, :, None] - coords[:, None, :] + (window - 1)  # (2, N, N), each in [0, 2w-2]
+    return rel[0] * (2 * window - 1) + rel[1]
+
+
+def window_mask(H: int, W: int, window: int, shift: tuple[int, int], device=None) -> torch.Tensor | None:
+    """Additive mask (nW, 1, N, N) for a real H x W map padded to a multiple of `window` and
+    rolled by -shift: MASK_VALUE where the key lies in another shifted region (the pieces the
+    cyclic roll wrapped around) or is padding. None when nothing is masked."""
+    Hp, Wp = -(-H // window) * window, -(-W // window) * window
+    sh, sw = shift
+    if not (sh or sw) and (Hp, Wp) == (H, W):
+        return None
+    region = torch.zeros(Hp, Wp, device=device)
+    if sh or sw:  # the 3 x 3 regions of the rolled map (Swin's slicing)
+        hs = ((0, -window), (-window, -sh), (-sh, None)) if sh else ((0, None),)
+        ws = ((0, -window), (-window, -sw), (-sw, None)) if sw else ((0, None),)
+        cnt = 0
+        for h in hs:
+            for w in ws:
+                region[h[0]:h[1], w[0]:w[1]] = cnt
+                cnt += 1
+    valid = torch.zeros(Hp, Wp, dtype=torch.bool, device=device)
+    valid[:H, :W] = True
+    valid = torch.roll(valid, shifts=(-sh, -sw), dims=(0, 1))  # padding moves with the roll
+    region = rearrange(region, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window, ww=window)  # (nW, N)
+    valid = rearrange(valid, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window, ww=window)
+    masked = (region[:, :, None] != region[:, None, :]) | ~valid[:, None, :]  # (nW, N query, N key)
+    return (masked.float() * MASK_VALUE)[:, None]  # (nW, 1, N, N)
+
+
+class SwinBlock(TransformerBlock):
+    """The shared pre-norm TransformerBlock on windows of a (B, H, W, C) map, plus the
+    relative position bias table of its window."""
+
+    def __init__(self, cfg: TransformerConfig, *, window: int, shift: int, drop_path: float = 0.0):
+        super().__init__(cfg, drop_path)
+        self.window, self.shift = window, shift
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, cfg.num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+        self._masks: dict = {}  # (H, W, device) -> (shift, mask): one entry per resolution seen
+
+    def _shift_and_mask(self, H: int, W: int, device):
+        key = (H, W, str(device))
+        if key not in self._masks:
+            w = self.window
+            Hp, Wp = -(-H // w) * w, -(-W // w) * w
+            # no shift along an axis that one window already covers (torchvision's rule)
+            shift = (self.shift if Hp > w else 0, self.shift if Wp > w else 0)
+            self._masks[key] = shift, window_mask(H, W, w, shift, device)
+        return self._masks[key]
+
+    def rel_pos_bias(self) -> torch.Tensor:
+        N = self.window ** 2
+        bias = self.relative_position_bias_table[self.relative_position_index.flatten()]  # (N*N, heads)
+        return rearrange(bias, "(n m) h -> h n m", n=N, m=N)  # (heads, N, N)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, W, C) -> (B, H, W, C)."""
+        B, H, W, C = x.shape
+        w = self.window
+        (sh, sw), mask = self._shift_and_mask(H, W, x.device)
+        pad_h, pad_w = (w - H % w) % w, (w - W % w) % w
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
+        if sh or sw:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        Hp, Wp = x.shape[1:3]
+        x = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=w, ww=w)  # (B, nW, N, C)
+        bias = self.rel_pos_bias()  # (heads, N, N)
+        if mask is not None:
+            bias = bias + mask.to(bias.dtype)  # (nW, heads, N, N)
+        x = super().forward(x, bias=bias)  # attention inside each window; norm/MLP per token
+        x = rearrange(x, "b (nh nw) (wh ww) c -> b (nh wh) (nw ww) c", nh=Hp // w, wh=w, ww=w)
+        if sh or sw:
+            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+        if pad_h or pad_w:
+            x = x[:, :H, :W].contiguous()
+        return x
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbours -> one token: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C), odd sides
+    zero-padded. Channel order (x0, x1, x2, x3) = (top-left, bottom-left, top-right,
+    bottom-right), as in Swin, timm and torchvision."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5):
+        super().__init__()
+        self.norm = make_norm("layernorm", 4 * dim, eps=eps)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[1:3]
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = rearrange(x, "b (h p1) (w p2) c -> b h w (p2 p1 c)", p1=2, p2=2)  # (B, H/2, W/2, 4C)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, cfg: SwinConfig, i: int, drop_paths: list[float]):
+        super().__init__()
+        dim = cfg.stage_dim(i)
+        self.downsample = PatchMerging(cfg.stage_dim(i - 1), eps=cfg.norm_eps) if i > 0 else nn.Identity()
+        res = cfg.stage_resolution(i)
+        window = min(cfg.window_size, res)  # timm: a window never exceeds the stage's grid...
+        shift = 0 if res <= cfg.window_size else window // 2  # ...and is then not shifted
+        tcfg = TransformerConfig(dim=dim, depth=cfg.depths[i], num_heads=cfg.num_heads[i], mlp="gelu",
+                                 mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps, qkv_bias=cfg.qkv_bias,
+                                 dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, attn_impl=cfg.attn_impl)
+        self.blocks = nn.ModuleList(
+            SwinBlock(tcfg, window=window, shift=0 if j % 2 == 0 else shift, drop_path=drop_paths[j])
+            for j in range(cfg.depths[i]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+
+@register_model("swin")
+class Swin(Model):
+    config_class = SwinConfig
+
+    def __init__(self, config: SwinConfig):
+        super().__init__(config)
+        c = config
+        self.num_features = c.stage_dim(c.num_stages - 1)
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim,
+                                      dynamic_img_size=c.dynamic_img_size,
+                                      norm=make_norm("layernorm", c.embed_dim, eps=c.norm_eps))
+        total = sum(c.depths)
+        rates = [c.drop_path * k / max(total - 1, 1) for k in range(total)]  # linear over all blocks
+        starts = [sum(c.depths[:i]) for i in range(c.num_stages)]
+        self.stages = nn.ModuleList(SwinStage(c, i, rates[starts[i]:starts[i] + c.depths[i]])
+                                    for i in range(c.num_stages))
+        self.norm = make_norm("layernorm", self.num_features, eps=c.norm_eps)
+        self.head_drop = nn.Dropout(c.head_dropout)
+        self.head = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, SwinBlock):
+                nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
+
+    # ---------------------------------------------------------------------- timm API
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x, (h, w) = self.patch_embed(x)  # (B, h*w, C)
+        return rearrange(x, "b (h w) c -> b h w c", h=h, w=w)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normalised last-stage map (B, h, w, num_features) (NHWC, as timm)."""
+        x = self._embed(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, h, w, C) -> pooled (B, C) with pre_logits, else logits."""
+        if self.config.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, *,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Per-stage feature maps (timm's signature): indices None = all stages, k = the last k,
+        or a list. output_fmt 'NCHW' (B, C_i, h_i, w_i) or 'NHWC'. norm applies the final norm
+        to the last stage's map (the only one it is sized for). Returns (final NHWC map, list)
+        or the list alone."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        S = self.config.num_stages
+        take = _take_indices(S, indices)
+        stages = self.stages[:max(take) + 1] if stop_early and take else self.stages
+        x = self._embed(x)
+        feats = []
+        i = 0
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                f = self.norm(x) if norm and i == S - 1 else x
+                feats.append(rearrange(f, "b h w c -> b c h w").contiguous() if output_fmt == "NCHW" else f)
+        if intermediates_only:
+            return feats
+        return (self.norm(x) if i == S - 1 else x), feats
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        pool = self.config.global_pool if global_pool is None else global_pool
+        self.config = dataclasses.replace(self.config, num_classes=num_classes, global_pool=pool)
+        dev = self.norm.weight.device
+        self.head = nn.Linear(self.num_features, num_classes, device=dev) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    # ------------------------------------------------------------------ training contract
+    def loss(self, batch):
+        if self.config.num_classes <= 0 or self.config.global_pool != "avg":
+            raise ValueError("classification loss needs a head (num_classes > 0) and global_pool='avg'")
+        logits = self(batch["image"])
+        labels = torch.as_tensor(batch["label"], device=logits.device)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return loss, {"loss": loss.item(), "acc": acc.item()}
+
+    @torch.no_grad()
+    def evaluate(self, batch):
+        logits = self(batch["image"])
+        labels = torch.as_tensor(batch["label"], device=logits.device)
+        return {"loss": F.cross_entropy(logits.float(), labels).item(),
+                "acc": (logits.argmax(-1) == labels).float().mean().item()}
+
+    def example_batch(self, batch_size: int = 2, device="cpu"):
+        c = self.config
+        g = torch.Generator().manual_seed(0)
+        image = (torch.rand(batch_size, c.in_chans, c.img_size, c.img_size, generator=g) * 2 - 1).to(device)
+        label = torch.randint(0, max(c.num_classes, 1), (batch_size,), generator=g).to(device)
+        return {"image": image, "label": label}
+
+    # ------------------------------------------------------------------ other libraries
+    def load_timm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(convert_timm_swin(state_dict), strict=True)
+
+    def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(convert_torchvision_swin(state_dict), strict=True)
+
+    @classmethod
+    def from_timm(cls, model: nn.Module, **overrides) -> "Swin":
+        """Build a Swin with the shape of a timm `SwinTransformer` and load its weights."""
+        swin = cls(SwinConfig(**{**swin_config_from_timm(model), **overrides}))
+        swin.load_timm_state_dict(model.state_dict())
+        return swin
+
+    @classmethod
+    def from_torchvision(cls, model: nn.Module, img_size: int = 224, **overrides) -> "Swin":
+        """Build a Swin with the shape of a torchvision `SwinTransformer` (swin_t, ...) and load
+        it. torchvision models carry no image size: pass the one you use."""
+        swin = cls(SwinConfig(**{**swin_config_from_torchvision(model, img_size), **overrides}))
+        swin.load_torchvision_state_dict(model.state_dict())
+        return swin
+
+
+# ------------------------------------------------------------------------------ converters
+_BLOCK_SUBS = {"attn.relative_position_bias_table": "relative_position_bias_table"}
+
+
+def convert_timm_swin(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm SwinTransformer keys -> ours: `layers.i` -> `stages.i`, the bias table moves from
+    the attention to the block, `head.fc` -> `head`; non-persistent index/mask buffers dropped."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith(("relative_position_index", "attn_mask")):
+            continue
+        if k.startswith("layers."):
+            k = "stages." + k[len("layers."):]
+            k = k.replace(".attn.relative_position_bias_table", ".relative_position_bias_table")
+        elif k.startswith("head.fc."):
+            k = "head." + k[len("head.fc."):]
+        elif k.startswith("absolute_pos_embed"):
+            raise ValueError("timm Swin with an absolute position embedding (ape) is not supported")
+        out[k] = v
+    return out
+
+
+def convert_torchvision_swin(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision SwinTransformer (swin_t ...) keys -> ours. torchvision's `features` list
+    interleaves [stem, stage 0, merge, stage 1, merge, ...]; its MLP is `mlp.0` / `mlp.3`."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith("relative_position_index"):
+            continue
+        m = re.fullmatch(r"features\.(\d+)\.(.+)", k)
+        if m is None:
+            if k.startswith(("norm.", "head.")):
+                out[k] = v
+                continue
+            raise ValueError(f"unexpected torchvision Swin key {k!r}")
+        idx, rest = int(m.group(1)), m.group(2)
+        if idx == 0:  # stem: Conv2d (0), Permute (1), LayerNorm (2)
+            rest = rest.replace("0.", "proj.", 1) if rest.startswith("0.") else rest.replace("2.", "norm.", 1)
+            out[f"patch_embed.{rest}"] = v
+        elif idx % 2 == 0:  # PatchMerging in front of stage idx // 2
+            out[f"stages.{idx // 2}.downsample.{rest}"] = v
+        else:
+            stage = (idx - 1) // 2
+            j, sub = rest.split(".", 1)
+            sub = sub.replace("attn.relative_position_bias_table", "relative_position_bias_table")
+            sub = sub.replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
+            out[f"stages.{stage}.blocks.{j}.{sub}"] = v
+    return out
+
+
+def swin_config_from_timm(model: nn.Module) -> dict:
+    if getattr(model, "absolute_pos_embed", None) is not None:
+        raise ValueError("timm Swin with an absolute position embedding (ape) is not supported")
+    pe = model.patch_embed
+    stages = list(model.layers)
+    windows = {blk.attn.window_size[0] for st in stages for blk in st.blocks} | {stages[0].blocks[0].window_size[0]}
+    fc = getattr(model.head, "fc", None)
+    return dict(img_size=pe.img_size[0], patch_size=pe.patch_size[0], in_chans=pe.proj.in_channels,
+                num_classes=fc.out_features if isinstance(fc, nn.Linear) else 0,
+                global_pool="avg" if model.global_pool == "avg" else "none", embed_dim=model.embed_dim,
+                depths=tuple(len(st.blocks) for st in stages),
+                num_heads=tuple(st.blocks[0].attn.num_heads for st in stages),
+                window_size=max(windows), mlp_ratio=stages[0].blocks[0].mlp.fc1.out_features / model.embed_dim,
+                qkv_bias=stages[0].blocks[0].attn.qkv.bias is not None, norm_eps=model.norm.eps,
+                dynamic_img_size=bool(model.dynamic_img_size))
+
+
+def swin_config_from_torchvision(model: nn.Module, img_size: int = 224) -> dict:
+    feats = model.features
+    conv = feats[0][0]
+    stages = [feats[i] for i in range(1, len(feats), 2)]
+    blk = stages[0][0]
+    return dict(img_size=img_size, patch_size=conv.kernel_size[0], in_chans=conv.in_channels,
+                num_classes=model.head.out_features, embed_dim=conv.out_channels,
+                depths=tuple(len(s) for s in stages), num_heads=tuple(s[0].attn.num_heads for s in stages),
+                window_size=blk.attn.window_size[0], mlp_ratio=blk.mlp[0].out_features / conv.out_channels,
+                qkv_bias=blk.attn.qkv.bias is not None, norm_eps=model.norm.eps)
+
+
+# --------------------------------------------------------------------------------- presets
+_SWIN32 = dict(img_size=32, patch_size=2, window_size=4, num_classes=10, embed_dim=48,
+               depths=(2, 2, 2), num_heads=(3, 6, 12))
+register_preset("swin_tiny_patch2_window4_32", Swin,
+                "Swin for 32 px images: patch 2, window 4, 3 stages (16, 8, 4 grids) of width 48-192 (~1.2M)",
+                **_SWIN32)
+register_preset("swin_tiny", Swin, "alias of swin_tiny_patch2_window4_32", **_SWIN32)
+register_preset("swin_tiny_patch4_window7_224", Swin,
+                "Swin-T at 224 px (timm swin_tiny_patch4_window7_224 / torchvision swin_t)",
+                img_size=224, patch_size=4, window_size=7, num_classes=1000, embed_dim=96,
+                depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), drop_path=0.2)

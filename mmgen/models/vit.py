@@ -1,0 +1,417 @@
+"""Vision Transformer (Dosovitskiy et al., 2021) from the shared blocks, with timm's API.
+
+Conv patch embedding -> [cls] [registers] patches (+ learned / 2D sincos positions, or 2D RoPE
+inside attention) -> shared `Transformer` (pre-norm, fused SDPA, layer scale, drop path) ->
+token / mean pooling -> linear head.
+
+timm-style API: `forward_features`, `forward_head(x, pre_logits=...)`, `forward_intermediates`,
+`num_features`, `reset_classifier`. Converters load timm's `VisionTransformer` and torchvision's
+`vit_b_16` state dicts (`ViT.from_timm`, `ViT.from_torchvision`, `convert_timm_vit`,
+`convert_torchvision_vit`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..layers import PatchEmbed, Transformer, TransformerConfig, grid_positions, make_norm, sincos_2d
+from ..layers.attention import ATTN_IMPLS
+from ..layers.mlp import MLPS
+from ..registry import register_model, register_preset
+from .base import Model
+
+GLOBAL_POOLS = ("token", "avg", "none")
+POS_KINDS = ("learned", "sincos", "rope", "none")
+
+
+@dataclass
+class ViTConfig:
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000  # 0 = no head (forward returns pooled features)
+    global_pool: str = "token"  # token | avg | none (head on every token)
+    class_token: bool = True
+    reg_tokens: int = 0  # register tokens (Darcet et al., 2023)
+    pos: str = "learned"  # learned | sincos (2D, fixed) | rope (2D, in attention) | none
+    pos_embed_prefix: bool = True  # learned table also covers cls/register tokens (timm default, torchvision)
+    dynamic_img_size: bool = False  # accept any size divisible by the patch; positions are interpolated
+    patch_bias: bool = True
+    norm_pre: bool = False  # a norm before the blocks (CLIP's ln_pre)
+    fc_norm: bool | None = None  # norm after pooling instead of before; None = on for avg pooling (timm)
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp: str = "gelu"
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    qk_norm: bool = False
+    norm_eps: float = 1e-6  # timm's and torchvision's ViT LayerNorm eps
+    layer_scale: float | None = None
+    drop_path: float = 0.0
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    pos_dropout: float = 0.0
+    head_dropout: float = 0.0
+    rope_theta: float = 100.0  # 2D RoPE over a small grid wants a low base
+    attn_impl: str = "sdpa"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        for name, value, allowed in (("global_pool", self.global_pool, GLOBAL_POOLS), ("pos", self.pos, POS_KINDS),
+                                     ("mlp", self.mlp, MLPS), ("attn_impl", self.attn_impl, ATTN_IMPLS)):
+            if value not in allowed:
+                raise ValueError(f"ViTConfig.{name} must be one of {allowed}, got {value!r}")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size ({self.img_size}) must be divisible by patch_size ({self.patch_size})")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("global_pool='token' needs class_token=True; or use global_pool='avg'")
+        if self.reg_tokens < 0:
+            raise ValueError(f"reg_tokens must be >= 0, got {self.reg_tokens}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.pos == "sincos" and self.dim % 4:
+            raise ValueError(f"pos='sincos' needs dim divisible by 4, got {self.dim}")
+        if self.pos == "rope" and (self.dim // self.num_heads) % 4:
+            raise ValueError(f"pos='rope' (2D) needs a head dim divisible by 4, got {self.dim // self.num_heads}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + self.reg_tokens
+
+    @property
+    def use_fc_norm(self) -> bool:
+        return self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+
+    def transformer_config(self) -> TransformerConfig:
+        return TransformerConfig(
+            dim=self.dim, depth=self.depth, num_heads=self.num_heads, mlp=self.mlp, mlp_ratio=self.mlp_ratio,
+            norm="layernorm", norm_eps=self.norm_eps, final_norm=not self.use_fc_norm, qkv_bias=self.qkv_bias,
+            qk_norm=self.qk_norm, rope="2d" if self.pos == "rope" else "none", rope_theta=self.rope_theta,
+            dropout=self.dropout, attn_dropout=self.attn_dropout, drop_path=self.drop_path,
+            layer_scale=self.layer_scale, attn_impl=self.attn_impl)
+
+
+def resample_pos_embed(posemb: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int],
+                       num_prefix_tokens: int = 0) -> torch.Tensor:
+    """Bicubic (antialiased) resize of a learned table (1, P + h*w, D) to a new patch grid,
+    leaving the P prefix-token rows untouched (timm's `resample_abs_pos_embed`)."""
+    if tuple(new_grid) == tuple(old_grid):
+        return posemb
+    prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+    grid = rearrange(grid.float(), "1 (h w) d -> 1 d h w", h=old_grid[0], w=old_grid[1])
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True)
+    grid = rearrange(grid, "1 d h w -> 1 (h w) d").to(posemb.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def _take_indices(n: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """timm's rule: None = all, int k = the last k, a sequence = those (negative from the end)."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"indices={indices} (last n) must be in 1..{n}")
+        return list(range(n - indices, n))
+    out = []
+    for i in indices:
+        j = n + i if i < 0 else i
+        if not 0 <= j < n:
+            raise ValueError(f"feature index {i} is out of range for {n} layers")
+        out.append(j)
+    return out
+
+
+@register_model("vit")
+class ViT(Model):
+    config_class = ViTConfig
+
+    def __init__(self, config: ViTConfig):
+        super().__init__(config)
+        c = config
+        self.num_prefix_tokens = c.num_prefix_tokens
+        self.num_features = self.embed_dim = c.dim
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.dim, bias=c.patch_bias,
+                                      dynamic_img_size=c.dynamic_img_size)
+        self.grid_size = self.patch_embed.grid_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim)) if c.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, c.reg_tokens, c.dim)) if c.reg_tokens else None
+        if c.pos == "learned":
+            n = self.patch_embed.num_patches + (self.num_prefix_tokens if c.pos_embed_prefix else 0)
+            self.pos_embed = nn.Parameter(torch.zeros(1, n, c.dim))
+        else:
+            self.pos_embed = None
+        self._sincos_cache: dict = {}
+        self.pos_drop = nn.Dropout(c.pos_dropout)
+        self.norm_pre = make_norm("layernorm", c.dim, eps=c.norm_eps) if c.norm_pre else nn.Identity()
+        self.encoder = Transformer(c.transformer_config())
+        self.fc_norm = make_norm("layernorm", c.dim, eps=c.norm_eps) if c.use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(c.head_dropout)
+        self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # ----------------------------------------------------------------------------- init
+    def init_weights(self) -> None:
+        """timm's default ViT init: truncated normal(0.02) linears and positions, tiny cls/registers."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for tok in (self.cls_token, self.reg_token):
+            if tok is not None:
+                nn.init.normal_(tok, std=1e-6)
+
+    # ------------------------------------------------------------------------ embedding
+    def _sincos(self, grid: tuple[int, int], device, dtype) -> torch.Tensor:
+        key = (grid, device, dtype)
+        if key not in self._sincos_cache:
+            self._sincos_cache[key] = sincos_2d(*grid, self.config.dim).to(device, dtype)[None]  # (1, h*w, D)
+        return self._sincos_cache[key]
+
+    def _rope_positions(self, grid: tuple[int, int], device) -> torch.Tensor:
+        """(P + h*w, 2) (row, col): prefix tokens sit at (0, 0), i.e. a zero rotation (no RoPE)."""
+        pos = grid_positions(*grid, device=device)
+        return torch.cat([pos.new_zeros(self.num_prefix_tokens, 2), pos], dim=0)
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images (B, C, H, W) -> tokens (B, P + h*w, D) with positions added, and the grid (h, w)."""
+        c = self.config
+        x, grid = self.patch_embed(x)  # (B, h*w, D)
+        B = x.shape[0]
+        prefix = [t.expand(B, -1, -1).to(x.dtype) for t in (self.cls_token, self.reg_token) if t is not None]
+        if c.pos == "learned":
+            P = self.num_prefix_tokens if c.pos_embed_prefix else 0
+            pos = resample_pos_embed(self.pos_embed, grid, self.grid_size, P).to(x.dtype)
+            if c.pos_embed_prefix:
+                x = torch.cat(prefix + [x], dim=1) + pos
+            else:
+                x = torch.cat(prefix + [x + pos], dim=1)
+        else:
+            if c.pos == "sincos":
+                x = x + self._sincos(grid, x.device, x.dtype)
+            x = torch.cat(prefix + [x], dim=1)
+        return self.norm_pre(self.pos_drop(x)), grid
+
+    # ---------------------------------------------------------------------- timm API
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normalised tokens (B, P + h*w, D) (prefix tokens first)."""
+        x, grid = self._embed(x)
+        positions = self._rope_positions(grid, x.device) if self.config.pos == "rope" else None
+        return self.encoder(x, positions=positions)
+
+    def pool(self, x: torch.Tensor, pool_type: str | None = None) -> torch.Tensor:
+        pool_type = self.config.global_pool if pool_type is None else pool_type
+        if pool_type == "token":
+            return x[:, 0]
+        if pool_type == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, T, D) -> pooled features (B, D) with pre_logits, else logits (B, num_classes)."""
+        x = self.head_drop(self.fc_norm(self.pool(x)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, *,
+                              return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """Per-block outputs, timm's signature. indices: None = every block, k = the last k, or a
+        list. output_fmt 'NCHW' gives (B, D, h, w) maps (prefix tokens split off; with
+        return_prefix_tokens each item is (map, prefix (B, P, D))), 'NLC' gives (B, h*w, D).
+        norm applies the final norm to each. Returns (final tokens, list) or the list alone."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take = _take_indices(self.config.depth, indices)
+        B = x.shape[0]
+        x, grid = self._embed(x)
+        rope = None
+        if self.config.pos == "rope":
+            rope = self.encoder.rope(self._rope_positions(grid, x.device))
+        blocks = self.encoder.blocks[:max(take) + 1] if stop_early and take else self.encoder.blocks
+        feats = []
+        for i, blk in enumerate(blocks):
+            x = blk(x, rope=rope)
+            if i in take:
+                feats.append(self.encoder.norm(x) if norm else x)
+        P = self.num_prefix_tokens
+        prefix = [f[:, :P] for f in feats]
+        feats = [f[:, P:] for f in feats]
+        if output_fmt == "NCHW":
+            feats = [rearrange(f, "b (h w) d -> b d h w", h=grid[0], w=grid[1]).contiguous() for f in feats]
+        if return_prefix_tokens and P:
+            feats = list(zip(feats, prefix))
+        if intermediates_only:
+            return feats
+        return self.encoder.norm(x), feats
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new (randomly initialised) head of num_classes outputs (0 = none); optionally a new pooling."""
+        pool = self.config.global_pool if global_pool is None else global_pool
+        # keep the norm placement the model was built with
+        self.config = dataclasses.replace(self.config, num_classes=num_classes, global_pool=pool,
+                                          fc_norm=self.config.use_fc_norm)
+        dev = self.patch_embed.proj.weight.device
+        self.head = nn.Linear(self.config.dim, num_classes, device=dev) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    # ------------------------------------------------------------------ training contract
+    def loss(self, batch):
+        if self.config.num_classes <= 0:
+            raise ValueError("this ViT has no classifier head (num_classes=0): it has no classification loss")
+        logits = self(batch["image"])
+        labels = torch.as_tensor(batch["label"], device=logits.device)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        return loss, {"loss": loss.item(), "acc": acc.item()}
+
+    @torch.no_grad()
+    def evaluate(self, batch):
+        logits = self(batch["image"])
+        labels = torch.as_tensor(batch["label"], device=logits.device)
+        return {"loss": F.cross_entropy(logits.float(), labels).item(),
+                "acc": (logits.argmax(-1) == labels).float().mean().item()}
+
+    def example_batch(self, batch_size: int = 2, device="cpu"):
+        c = self.config
+        g = torch.Generator().manual_seed(0)
+        image = (torch.rand(batch_size, c.in_chans, c.img_size, c.img_size, generator=g) * 2 - 1).to(device)
+        label = torch.randint(0, max(c.num_classes, 1), (batch_size,), generator=g).to(device)
+        return {"image": image, "label": label}
+
+    # ------------------------------------------------------------------ other libraries
+    def load_timm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(convert_timm_vit(state_dict), strict=True)
+
+    def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(convert_torchvision_vit(state_dict, self.config.depth), strict=True)
+
+    @classmethod
+    def from_timm(cls, model: nn.Module, **overrides) -> "ViT":
+        """Build a ViT with the shape of a timm `VisionTransformer` and load its weights."""
+        vit = cls(ViTConfig(**{**vit_config_from_timm(model), **overrides}))
+        vit.load_timm_state_dict(model.state_dict())
+        return vit
+
+    @classmethod
+    def from_torchvision(cls, model: nn.Module, **overrides) -> "ViT":
+        """Build a ViT with the shape of a torchvision `VisionTransformer` (vit_b_16, ...) and load it."""
+        vit = cls(ViTConfig(**{**vit_config_from_torchvision(model), **overrides}))
+        vit.load_torchvision_state_dict(model.state_dict())
+        return vit
+
+
+# ------------------------------------------------------------------------------ converters
+def convert_timm_vit(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm VisionTransformer keys -> ours. timm's fused `attn.qkv` maps straight onto
+    Attention.qkv; blocks move under `encoder.`, the final norm to `encoder.norm`."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith("blocks."):
+            k = "encoder." + k
+        elif k.startswith("norm."):
+            k = "encoder." + k
+        elif k.startswith(("attn_pool.", "head_dist", "dist_token")):
+            raise ValueError(f"timm key {k!r}: attention pooling / distillation heads are not supported")
+        out[k] = v
+    return out
+
+
+def convert_torchvision_vit(state_dict: dict[str, torch.Tensor], depth: int | None = None) -> dict[str, torch.Tensor]:
+    """torchvision VisionTransformer (vit_b_16 ...) keys -> ours. nn.MultiheadAttention's
+    `in_proj` is already the fused [q; k; v] projection."""
+    out = {}
+    block = re.compile(r"encoder\.layers\.encoder_layer_(\d+)\.(.+)")
+    sub = {"ln_1": "norm1", "ln_2": "norm2", "self_attention.in_proj_weight": "attn.qkv.weight",
+           "self_attention.in_proj_bias": "attn.qkv.bias", "self_attention.out_proj": "attn.proj",
+           "mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2", "mlp.linear_1": "mlp.fc1", "mlp.linear_2": "mlp.fc2"}
+    top = {"conv_proj": "patch_embed.proj", "class_token": "cls_token", "encoder.pos_embedding": "pos_embed",
+           "encoder.ln": "encoder.norm", "heads.head": "head"}
+    for k, v in state_dict.items():
+        m = block.fullmatch(k)
+        if m:
+            i, rest = m.groups()
+            for a, b in sub.items():
+                if rest == a or rest.startswith(a + "."):
+                    rest = b + rest[len(a):]
+                    break
+            else:
+                raise ValueError(f"unexpected torchvision ViT key {k!r}")
+            out[f"encoder.blocks.{i}.{rest}"] = v
+            continue
+        for a, b in top.items():
+            if k == a or k.startswith(a + "."):
+                out[b + k[len(a):]] = v
+                break
+        else:
+            raise ValueError(f"unsupported torchvision ViT key {k!r} (conv stems and pre-logits heads are not supported)")
+    return out
+
+
+def vit_config_from_timm(model: nn.Module) -> dict:
+    """ViTConfig fields reproducing a timm VisionTransformer (class token or avg pooling,
+    registers, learned positions with or without prefix rows, qk norm, layer scale)."""
+    blk = model.blocks[0]
+    gp = model.global_pool or "none"
+    if gp not in GLOBAL_POOLS:
+        raise ValueError(f"timm global_pool={model.global_pool!r} is not supported (token, avg, '')")
+    grid = model.patch_embed.grid_size
+    if grid[0] != grid[1]:
+        raise ValueError(f"only square images are supported, timm model has grid {grid}")
+    ls = getattr(blk, "ls1", None)
+    has_ls = ls is not None and hasattr(ls, "gamma")
+    eps = model.blocks[0].norm1.eps
+    has_fc_norm = not isinstance(model.fc_norm, nn.Identity)
+    head = model.head
+    return dict(
+        img_size=model.patch_embed.img_size[0], patch_size=model.patch_embed.patch_size[0],
+        in_chans=model.patch_embed.proj.in_channels, num_classes=head.out_features if isinstance(head, nn.Linear) else 0,
+        global_pool=gp, class_token=model.cls_token is not None, reg_tokens=model.num_reg_tokens,
+        pos="learned" if model.pos_embed is not None else "none", pos_embed_prefix=not model.no_embed_class,
+        dynamic_img_size=bool(model.dynamic_img_size), patch_bias=model.patch_embed.proj.bias is not None,
+        norm_pre=not isinstance(model.norm_pre, nn.Identity), fc_norm=None if has_fc_norm == (gp == "avg") else has_fc_norm,
+        dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
+        mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
+        qk_norm=not isinstance(blk.attn.q_norm, nn.Identity), norm_eps=eps,
+        layer_scale=1e-5 if has_ls else None)
+
+
+def vit_config_from_torchvision(model: nn.Module) -> dict:
+    """ViTConfig fields reproducing a torchvision VisionTransformer."""
+    layer = model.encoder.layers[0]
+    heads = model.heads
+    if hasattr(heads, "pre_logits"):
+        raise ValueError("torchvision ViT with representation_size (a pre-logits layer) is not supported")
+    if not isinstance(model.conv_proj, nn.Conv2d):
+        raise ValueError("torchvision ViT with a conv stem is not supported")
+    return dict(img_size=model.image_size, patch_size=model.patch_size, in_chans=model.conv_proj.in_channels,
+                num_classes=heads.head.out_features, global_pool="token", dim=model.hidden_dim,
+                depth=len(model.encoder.layers), num_heads=layer.num_heads,
+                mlp_ratio=model.mlp_dim / model.hidden_dim, norm_eps=layer.ln_1.eps)
+
+
+# --------------------------------------------------------------------------------- presets
+register_preset("vit_tiny_patch4_32", ViT, "ViT for 32 px images, patch 4, 4 blocks of width 128 (~0.8M)",
+                img_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4)
+register_preset("vit_tiny", ViT, "alias of vit_tiny_patch4_32",
+                img_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4)
+register_preset("vit_small_patch4_32", ViT, "ViT for 32 px images, patch 4, 6 blocks of width 192 (~2.7M)",
+                img_size=32, patch_size=4, num_classes=10, dim=192, depth=6, num_heads=3)
+register_preset("vit_base_patch16_224", ViT, "ViT-B/16 at 224 px (timm vit_base_patch16_224 / torchvision vit_b_16)",
+                img_size=224, patch_size=16, num_classes=1000, dim=768, depth=12, num_heads=12)

@@ -1,0 +1,194 @@
+"""`python -m train`: build a model preset and a dataset, resolve typed dotted overrides,
+and run the loop.
+
+  python -m train PRESET --data NAME [--data-set k=v] [--set train.lr=3e-4 --set model.depth=4] --out DIR
+  python -m train --recipe NAME [--set ...] [--out DIR]
+  python -m train --resume --out DIR [--set train.steps=2000]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from mmgen.config import field_type, parse_value
+
+from .config import TrainConfig, train_fields
+from .loop import RUN_CONFIG_NAME, NonFiniteLossError, fit, seed_everything
+from .recipes import get_recipe, list_recipes
+
+PREFIXES = ("model.", "data.", "train.")
+
+
+def _epilog() -> str:
+    import mmgen
+    lines = ["presets (mmgen.list_models()):"]
+    lines += textwrap.wrap(", ".join(mmgen.list_models()) or "(none registered)", 100,
+                           initial_indent="  ", subsequent_indent="  ")
+    lines.append("\nrecipes (--recipe NAME; details with --list-recipes):")
+    recipes = list_recipes()
+    lines += [f"  {r.name:28s} {r.model} on {r.data}" for r in recipes] or ["  (none registered)"]
+    lines.append("\ntrain fields (--set train.NAME=VALUE):")
+    lines += [f"  {name:24s} {tp:22s} default {default!r}" for name, tp, default in train_fields()]
+    lines.append("\nmodel fields: --set model.FIELD=VALUE (dotted for nested configs, e.g. model.text.depth=2);"
+                 "\n  `--print-config` shows the resolved model overrides; the fields are those of the family config dataclass."
+                 "\ndata fields: --data-set KEY=VALUE (= --set data.KEY=VALUE), keyword arguments of "
+                 "mmgen.data.build_dataset(NAME, split, **kw).")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train", description="Train any mmgen model with the one loop.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
+    p.add_argument("preset", nargs="?", help="a registered model preset (see below)")
+    p.add_argument("--recipe", help="a registered recipe: preset + data + schedule")
+    p.add_argument("--data", help="dataset name for mmgen.data.build_dataset, or module:function "
+                                  "(called as function(split, **data_kwargs))")
+    p.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dataset keyword argument (repeatable)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="PREFIX.KEY=VALUE",
+                   help="override model.*, data.* or train.* fields, typed (repeatable)")
+    p.add_argument("--out", help="run directory (default: checkpoints/<recipe or preset>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its train_state.pt "
+                                                         "(starts fresh when there is none)")
+    p.add_argument("--list-recipes", action="store_true", help="print every recipe with its expected result")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def _split(kv: str, flag: str) -> tuple[str, str]:
+    if "=" not in kv:
+        raise ValueError(f"{flag} expects KEY=VALUE, got {kv!r}")
+    k, v = kv.split("=", 1)
+    return k.strip(), v
+
+
+def _parse_loose(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def resolve(args) -> dict:
+    """The run config: {preset, recipe, data, model_overrides, data_kwargs, train}."""
+    out_dir = Path(args.out) if args.out else None
+    saved = None
+    if args.resume and out_dir is not None and (out_dir / RUN_CONFIG_NAME).exists():
+        saved = json.loads((out_dir / RUN_CONFIG_NAME).read_text())
+    recipe = get_recipe(args.recipe) if args.recipe else None
+    preset = args.preset or (recipe.model if recipe else None) or (saved or {}).get("preset")
+    data = args.data or (recipe.data if recipe else None) or (saved or {}).get("data")
+    if saved is not None:
+        for what, new, old in (("preset", preset, saved.get("preset")), ("data", data, saved.get("data"))):
+            if new != old:
+                raise ValueError(f"--resume: {out_dir} was trained with {what} {old!r}, not {new!r}")
+    if not preset:
+        raise ValueError("name a model preset (python -m train PRESET ...) or a --recipe; see --help")
+    if not data:
+        raise ValueError("name a dataset with --data NAME (or use a --recipe); see --help")
+    if ":" in data:  # a user module: importing it may register its presets too
+        importlib.import_module(data.split(":", 1)[0])
+    import mmgen.registry as reg
+    model_cls = reg.get_preset(preset).model_cls
+
+    model_over: dict[str, Any] = {}
+    data_kw: dict[str, Any] = {}
+    train_over: dict[str, Any] = {}
+    if saved is not None:
+        model_over.update(saved.get("model_overrides", {}))
+        data_kw.update(saved.get("data_kwargs", {}))
+        train_over.update(saved.get("train", {}))
+    if recipe is not None:
+        model_over.update(recipe.model_overrides)
+        data_kw.update(recipe.data_kwargs)
+        train_over.update(recipe.train)
+    raw = [(f"data.{k}", v) for k, v in (_split(s, "--data-set") for s in args.data_set)]
+    raw += [_split(s, "--set") for s in args.sets]
+    for key, text in raw:
+        if not key.startswith(PREFIXES):
+            hint = f" (did you mean train.{key}?)" if key in TrainConfig.__dataclass_fields__ else ""
+            raise ValueError(f"--set keys start with model., data. or train.; got {key!r}{hint}")
+        prefix, name = key.split(".", 1)
+        if prefix == "train":
+            train_over[name] = parse_value(text, field_type(TrainConfig, name))
+        elif prefix == "model":
+            value = parse_value(text, field_type(model_cls.config_class, name))
+            if saved is not None and saved.get("model_overrides", {}).get(name, value) != value:
+                raise ValueError(f"--resume: cannot change model.{name} of an existing run")
+            model_over[name] = value
+        else:
+            data_kw[name] = _parse_loose(text)
+    train_cfg = TrainConfig(**train_over)  # validates
+    return {"preset": preset, "recipe": args.recipe or (saved or {}).get("recipe"), "data": data,
+            "model_overrides": model_over, "data_kwargs": data_kw, "train": train_cfg}
+
+
+def build_dataset(name: str, split: str, **kw):
+    """mmgen.data.build_dataset(name, split, **kw), or module:function(split, **kw)."""
+    if ":" in name:
+        mod, fn = name.split(":", 1)
+        return getattr(importlib.import_module(mod), fn)(split, **kw)
+    try:
+        from mmgen.data import build_dataset as build
+    except ImportError as e:
+        raise ValueError(f"dataset {name!r}: mmgen.data.build_dataset is not available ({e}); "
+                         "pass --data module:function") from None
+    return build(name, split=split, **kw)
+
+
+def run(rc: dict, out: Path, resume: bool, argv: list[str] | None = None) -> dict:
+    import mmgen
+    cfg: TrainConfig = rc["train"]
+    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    model = mmgen.create_model(rc["preset"], **rc["model_overrides"])
+    train_ds = build_dataset(rc["data"], "train", **rc["data_kwargs"])
+    val_ds = None
+    if cfg.val_split and cfg.eval_batches:
+        try:
+            val_ds = build_dataset(rc["data"], cfg.val_split, **rc["data_kwargs"])
+        except (ValueError, KeyError) as e:
+            print(f"train: no evaluation: split {cfg.val_split!r} of {rc['data']!r} is not available ({e})",
+                  file=sys.stderr)
+    run_config = {"preset": rc["preset"], "recipe": rc["recipe"], "data": rc["data"],
+                  "model_overrides": rc["model_overrides"], "data_kwargs": rc["data_kwargs"],
+                  "model": mmgen.config.config_to_dict(model.config), "argv": sys.argv[1:] if argv is None else list(argv),
+                  "num_params": model.num_params() if hasattr(model, "num_params") else None}
+    return fit(model, train_ds, cfg, out=out, val_ds=val_ds, resume=resume, run_config=run_config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.list_recipes:
+            for r in list_recipes():
+                print(f"{r.name}: {r.model} on {r.data}\n  {r.description}\n  expected: {r.expected}\n"
+                      f"  overrides: {json.dumps(r.overrides())}")
+            if not list_recipes():
+                print("no recipes registered")
+            return 0
+        rc = resolve(args)
+        out = Path(args.out) if args.out else Path("checkpoints") / (rc["recipe"] or rc["preset"])
+        if args.print_config:
+            import dataclasses
+            print(json.dumps({**rc, "train": dataclasses.asdict(rc["train"]), "out": str(out)}, indent=2))
+            return 0
+        summary = run(rc, out, args.resume, argv)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
+        keys = [k for k in summary if k in ("step", "loss", "examples_per_s", "wall_s") or k.startswith("val/")]
+        print("train: done " + " ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
+                                        f"{k}={summary[k]}" for k in keys) + f" -> {out}", file=sys.stderr)
+        return 0
+    except NonFiniteLossError as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 2
