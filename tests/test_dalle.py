@@ -282,3 +282,16 @@ def test_cli_bad_input_gives_messages_not_tracebacks(tmp_path):
                       (["a red circle", "--model", str(ROOT / "checkpoints" / "vq_shapes")], "does not generate")]:
         r = run(*args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_pruned_bpe_vocabulary_travels_with_the_checkpoint(tmp_path):
+    m = tiny(tokenizer="clip_bpe", tokenizer_captions="shapes", text_len=12)
+    assert m.config.tokenizer_state["type"] == "clip_bpe" and m.config.text_vocab < 40
+    caption = "a magenta triangle right of a cyan cross"  # the longest kind of shapes caption
+    ids = m.tokenize([caption])
+    assert ids.shape == (1, 12) and int(ids[0, -1]) == m.tokenizer.pad_id  # word-level: fits in 12
+    m.save_pretrained(tmp_path / "d")
+    loaded = mmgen.load_pretrained(tmp_path / "d")
+    assert loaded.config == m.config and torch.equal(loaded.tokenize([caption]), ids)
+    with pytest.raises(ValueError, match="tokenizer_captions prunes a clip_bpe"):
+        tiny(tokenizer_captions="shapes")

@@ -71,7 +71,9 @@ def word_bucket(word: str) -> int:
 
 @dataclass
 class DALLEConfig:
-    tokenizer: str = "byte"  # mmgen.text.get_tokenizer name (byte-level: any text encodes)
+    tokenizer: str = "byte"  # mmgen.text.get_tokenizer name: byte | clip_bpe
+    tokenizer_captions: str = ""  # prune clip_bpe to the words of these captions: a dataset name or module:function
+    tokenizer_state: dict | None = None  # the tokenizer's to_dict() (a pruned vocabulary), filled at construction
     text_vocab: int = 0  # 0: the tokenizer's vocabulary size
     text_len: int = 48  # text positions, BOS / EOS / padding included
     image_vocab: int = 512  # codebook size of the VQ tokenizer
@@ -119,6 +121,43 @@ class DALLEConfig:
         return self.text_len + self.image_tokens
 
 
+def caption_corpus(source: str) -> list[str]:
+    """The captions a tokenizer is pruned to: "module:function" (called with no arguments), or a
+    dataset name whose module has `all_captions()` (shapes), else the captions of its train split."""
+    import importlib
+    if ":" in source:
+        mod, fn = source.split(":", 1)
+        return list(getattr(importlib.import_module(mod), fn)())
+    try:
+        mod = importlib.import_module(f"mmgen.data.{source}")
+    except ImportError:
+        mod = None
+    if mod is not None and hasattr(mod, "all_captions"):
+        return list(mod.all_captions())
+    from ..data import build_dataset
+    ds = build_dataset(source, split="train")
+    if hasattr(ds, "captions"):
+        return list(ds.captions())
+    return [ds[i]["caption"] for i in range(len(ds))]
+
+
+def build_tokenizer(c: DALLEConfig):
+    """The text tokenizer: rebuilt from tokenizer_state (checkpoints), or pruned from
+    tokenizer_captions (then its state is stored in the config), or a plain named one."""
+    from ..text import get_tokenizer
+    from ..text.tokenizers import tokenizer_from_dict
+    if c.tokenizer_state:
+        return tokenizer_from_dict(c.tokenizer_state)
+    if c.tokenizer_captions:
+        if c.tokenizer != "clip_bpe":
+            raise ValueError(f"tokenizer_captions prunes a clip_bpe vocabulary; tokenizer={c.tokenizer!r} has "
+                             f"nothing to prune (set tokenizer='clip_bpe' or drop tokenizer_captions)")
+        tok = get_tokenizer("clip_bpe", captions=caption_corpus(c.tokenizer_captions))
+        c.tokenizer_state = tok.to_dict()
+        return tok
+    return get_tokenizer(c.tokenizer)
+
+
 def _resolve(path: str, base: Path | None, what: str) -> Path:
     """A checkpoint path from the config: absolute, else relative to the DALL-E checkpoint's
     directory, else to the working directory."""
@@ -140,9 +179,8 @@ class DALLE(Model):
 
     def __init__(self, config: DALLEConfig):
         super().__init__(config)
-        from ..text import get_tokenizer
         c = config
-        self.tokenizer = get_tokenizer(c.tokenizer)
+        self.tokenizer = build_tokenizer(c)
         if c.text_vocab == 0:
             c.text_vocab = self.tokenizer.vocab_size
         elif c.text_vocab < self.tokenizer.vocab_size:
@@ -266,7 +304,9 @@ class DALLE(Model):
                 continue
             words = prompt_words(p)
             unseen = [w for w in words if not bool(self.seen_words[word_bucket(w)])]
-            odd = sorted({ch for ch in p if not all(bool(self.seen_text[i]) for i in self.tokenizer.encode(ch))})
+            odd = []  # characters (bytes) never seen: only meaningful for the byte-level tokenizer
+            if self.config.tokenizer == "byte" and not self.config.tokenizer_state:
+                odd = sorted({ch for ch in p if not all(bool(self.seen_text[i]) for i in self.tokenizer.encode(ch))})
             if not words or len(unseen) == len(words):
                 raise ValueError(f"prompt {p[:50]!r} has no word this model saw in training{data}, so it would "
                                  f"ignore the prompt; never-seen words: {unseen[:8]}"
@@ -554,3 +594,8 @@ register_preset("dalle_tiny", DALLE, "2-layer 64-wide DALL-E over 16 text + 4x4 
 register_preset("dalle_small_32", DALLE,
                 "4-layer 256-wide DALL-E: 48 byte-level text positions + 8x8 tokens of a 512-code VQ (vq_32)",
                 text_len=48, image_vocab=512, image_grid=(8, 8), block=_block(dim=256, depth=4, num_heads=8))
+register_preset("dalle_shapes_32", DALLE,
+                "4-layer 192-wide DALL-E for the shapes captions: a clip_bpe vocabulary pruned to the shapes "
+                "grammar (12 text positions) + 8x8 tokens of a 512-code VQ (vq_32)",
+                tokenizer="clip_bpe", tokenizer_captions="shapes", text_len=12, image_vocab=512, image_grid=(8, 8),
+                train_data="shapes", block=_block(dim=192, depth=4, num_heads=6))
