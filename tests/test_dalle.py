@@ -295,3 +295,22 @@ def test_pruned_bpe_vocabulary_travels_with_the_checkpoint(tmp_path):
     assert loaded.config == m.config and torch.equal(loaded.tokenize([caption]), ids)
     with pytest.raises(ValueError, match="tokenizer_captions prunes a clip_bpe"):
         tiny(tokenizer_captions="shapes")
+
+
+def test_collate_tokenises_captions_and_vq_encodes_images_once():
+    vq = FakeVQ()
+    m = tiny().attach(vq=vq)
+    calls = []
+    enc = vq.encode_tokens
+    vq.encode_tokens = lambda x: calls.append(len(x)) or enc(x)
+    g = torch.Generator().manual_seed(0)
+    items = [{"image": torch.rand(3, 16, 16, generator=g) * 2 - 1, "caption": c, "label": 0}
+             for c in ("a red circle", "a blue square", "a red circle")]
+    batch = m.collate(items)
+    assert batch["text"].shape == (3, 16) and batch["image_tokens"].shape == (3, 4, 4)
+    assert torch.equal(batch["image_tokens"], enc(torch.stack([it["image"] for it in items])))
+    again = m.collate(items[::-1])  # memoised: no second VQ call, same tokens
+    assert calls == [3] and torch.equal(again["image_tokens"], batch["image_tokens"].flip(0))
+    m.train()
+    loss, logs = m.loss(batch)
+    assert torch.isfinite(loss) and bool(m.seen_words.any())

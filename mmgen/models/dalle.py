@@ -39,6 +39,7 @@ model would ignore it). The words seen are recorded during training in a hashed 
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 import zlib
@@ -386,10 +387,21 @@ class DALLE(Model):
         if missing:
             raise ValueError(f"DALL-E batches need 'image' and 'caption' items, missing {sorted(missing)}")
         captions = [it["caption"] for it in items]
-        images = torch.stack([torch.as_tensor(it["image"]) for it in items])
-        vq = self.vq
-        with torch.no_grad():
-            tokens = vq.encode_tokens(images.to(vq.device)).cpu()
+        images = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
+        # the frozen VQ gives the same tokens for the same image: memoise them (fixed datasets
+        # revisit images every epoch), keyed by a hash of the pixels
+        cache = self.__dict__.setdefault("_token_cache", {})
+        keys = [hashlib.blake2b(im.numpy().tobytes(), digest_size=16).digest() for im in images]
+        todo = [i for i, k in enumerate(keys) if k not in cache]
+        if todo:
+            vq = self.vq
+            with torch.no_grad():
+                new = vq.encode_tokens(images[todo].to(vq.device)).cpu()
+            if len(cache) < 500_000:
+                cache.update(zip((keys[i] for i in todo), new))
+            fresh = dict(zip(todo, new))
+        tokens = torch.stack([fresh[i] if i in fresh else cache[k] for i, k in enumerate(keys)]) if todo else \
+            torch.stack([cache[k] for k in keys])
         return {"text": self.tokenize(captions, truncate=True).cpu(), "image_tokens": tokens, "caption": captions}
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -562,9 +574,18 @@ class DALLE(Model):
             scores = scores[:, :num_images].reshape(-1)
         return images[:, :num_images].reshape(-1, *images.shape[2:]), scores
 
+    GENERATE_OPTIONS = ("num_candidates", "rerank", "temperature", "top_k", "top_p", "truncate", "batch_size")
+
     def generate_images(self, prompts, num_images: int = 4, seed: int | None = 0, guidance_scale: float = 3.0,
-                        **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The protocol `mmgen generate` drives: num_images per prompt, prompt-major."""
+                        progress: bool = False, **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The protocol `mmgen generate` drives: num_images per prompt, prompt-major, the best
+        num_images of num_candidates by CLIP score (default: 8 candidates when a CLIP model is set)."""
+        bad = sorted(set(kw) - set(self.GENERATE_OPTIONS))
+        if bad:
+            raise ValueError(f"DALL-E generation takes no {', '.join(bad)} (that is an option of diffusion models); "
+                             f"its options are {', '.join(self.GENERATE_OPTIONS)}")
+        if "num_candidates" not in kw and kw.get("rerank", True) and self.clip is not None:
+            kw["num_candidates"] = max(num_images, 8)
         return self.generate(prompts, num_images=num_images, seed=seed, guidance_scale=guidance_scale, **kw)
 
     @torch.no_grad()
