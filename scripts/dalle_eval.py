@@ -36,7 +36,9 @@ def _emit(record: dict, log: str | None) -> None:
 
 
 def _gen_kwargs(args) -> dict:
-    return dict(guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    """Sampling options given on the command line (the others take the checkpoint's defaults)."""
+    kw = dict(guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    return {k: (None if v == 0 and k in ("top_k", "top_p") else v) for k, v in kw.items() if v is not None}
 
 
 def eval_shapes(args) -> None:
@@ -110,10 +112,10 @@ def main(argv=None) -> int:
         e.add_argument("--candidates", type=int, nargs="+", default=[1, 8])
         e.add_argument("--splits", nargs="+", default=["heldout_test"] if name == "shapes" else ["test"])
         e.add_argument("--seed", type=int, default=0)
-        e.add_argument("--guidance", type=float, default=3.0)
-        e.add_argument("--temperature", type=float, default=1.0)
-        e.add_argument("--top-k", type=int, default=None)
-        e.add_argument("--top-p", type=float, default=None)
+        e.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's")
+        e.add_argument("--temperature", type=float, default=None)
+        e.add_argument("--top-k", type=int, default=None, help="0 = off; default: the checkpoint's")
+        e.add_argument("--top-p", type=float, default=None, help="0 = off; default: the checkpoint's")
         e.add_argument("--log", default=None)
         e.set_defaults(func=fn)
     s = sub.add_parser("ship")

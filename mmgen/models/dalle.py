@@ -88,6 +88,11 @@ class DALLEConfig:
     vq_path: str = ""  # VQ checkpoint dir: relative to this checkpoint's dir, else to the cwd
     clip_path: str = ""  # CLIP checkpoint dir for reranking ("" = no reranking)
     train_data: str = ""  # the dataset the model was trained on, named in prompt errors
+    # sampling defaults of generate() (a shipped checkpoint carries the values it was measured with)
+    guidance_scale: float = 3.0
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
 
     def __post_init__(self):
         if isinstance(self.block, dict):
@@ -529,17 +534,23 @@ class DALLE(Model):
 
     @torch.no_grad()
     def generate(self, prompts: str | Sequence[str], *, num_images: int = 1, num_candidates: int | None = None,
-                 rerank: bool = True, guidance_scale: float = 3.0, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
+                 rerank: bool = True, guidance_scale: float | None = None, temperature: float | None = None,
+                 top_k: Any = "default", top_p: Any = "default", seed: int | None = 0,
                  truncate: bool = False, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text -> images. For each prompt, samples num_candidates (default: num_images) token
         grids, decodes them with the VQ, scores them with CLIP (when a CLIP model is set) and,
         with rerank=True, keeps the num_images best. Returns (images (P * num_images, C, H, W)
         in [-1, 1], prompt-major and best first when reranked; scores (P * num_images,) CLIP
-        scores, or None without CLIP)."""
+        scores, or None without CLIP). guidance_scale / temperature / top_k / top_p default to
+        the config's values (what the checkpoint was measured with)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts given")
+        c = self.config  # unset sampling options take the checkpoint's defaults (top_k/top_p: None = off)
+        guidance_scale = c.guidance_scale if guidance_scale is None else guidance_scale
+        temperature = c.temperature if temperature is None else temperature
+        top_k = c.top_k if isinstance(top_k, str) and top_k == "default" else top_k
+        top_p = c.top_p if isinstance(top_p, str) and top_p == "default" else top_p
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         n_cand = num_images if num_candidates is None else num_candidates
@@ -576,7 +587,7 @@ class DALLE(Model):
 
     GENERATE_OPTIONS = ("num_candidates", "rerank", "temperature", "top_k", "top_p", "truncate", "batch_size")
 
-    def generate_images(self, prompts, num_images: int = 4, seed: int | None = 0, guidance_scale: float = 3.0,
+    def generate_images(self, prompts, num_images: int = 4, seed: int | None = 0, guidance_scale: float | None = None,
                         progress: bool = False, **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The protocol `mmgen generate` drives: num_images per prompt, prompt-major, the best
         num_images of num_candidates by CLIP score (default: 8 candidates when a CLIP model is set)."""
@@ -594,7 +605,9 @@ class DALLE(Model):
         prompts = list(SAMPLE_PROMPTS.get(self.config.train_data, SAMPLE_PROMPTS["shapes"]))
         per = max(1, n // len(prompts))
         text = self.tokenize(prompts, truncate=True).repeat_interleave(per, 0)[:n]
-        tokens = self.sample_tokens(text, guidance_scale=3.0, seed=seed)
+        c = self.config
+        tokens = self.sample_tokens(text, guidance_scale=c.guidance_scale, temperature=c.temperature, top_k=c.top_k,
+                                    top_p=c.top_p, seed=seed)
         return self.vq.decode_tokens(tokens.to(self.vq.device)).cpu()
 
 
