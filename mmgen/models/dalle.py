@@ -467,7 +467,7 @@ class DALLE(Model):
             _, logs = self.loss(batch)
         finally:
             self.train(was)
-        return {f"val_{k}": v for k, v in logs.items()}
+        return logs  # the loop files them under val/
 
     # ------------------------------------------------------------------ sampling
     def _guided_logits(self, logits: torch.Tensor, B: int, guidance_scale: float) -> torch.Tensor:
