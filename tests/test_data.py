@@ -102,3 +102,180 @@ def test_list_datasets_and_unknown():
         assert n in names
     with pytest.raises(ValueError, match="expected one of"):
         build_dataset("imagenet")
+
+
+# ------------------------------------------------------------------------------ CIFAR (fake)
+def _write_fake_cifar10(root, n_train_per_batch=20, n_test=20):
+    """A tiny cifar-10-batches-py in the real pickle format (latin1 dicts, uint8 rows)."""
+    import os
+    import pickle
+
+    d = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(d)
+    rng = np.random.default_rng(0)
+
+    def batch(n, offset):
+        labels = [(i + offset) % 10 for i in range(n)]
+        data = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
+        data[:, 0] = np.array(labels, dtype=np.uint8)  # red channel, pixel (0, 0) encodes the label
+        return {"batch_label": "fake", "labels": labels, "data": data,
+                "filenames": [f"img{offset + i}.png" for i in range(n)]}
+
+    for k in range(1, 6):
+        with open(os.path.join(d, f"data_batch_{k}"), "wb") as f:
+            pickle.dump(batch(n_train_per_batch, k * 100), f)
+    with open(os.path.join(d, "test_batch"), "wb") as f:
+        pickle.dump(batch(n_test, 0), f)
+    with open(os.path.join(d, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                     "horse", "ship", "truck"], "num_cases_per_batch": n_train_per_batch}, f)
+    return d
+
+
+def test_fake_cifar10_loads_through_cifar_path(tmp_path):
+    _write_fake_cifar10(str(tmp_path))
+    tr = build_dataset("cifar10", split="train", root=str(tmp_path), check_md5=False)
+    va = build_dataset("cifar10", split="val", root=str(tmp_path), check_md5=False)
+    te = build_dataset("cifar10", split="test", root=str(tmp_path), check_md5=False)
+    assert (len(tr), len(va), len(te)) == (90, 10, 20)
+    assert tr.classes[0] == "airplane" and len(tr.classes) == 10
+    assert va.label_counts() == {c: 1 for c in range(10)}  # stratified 10% val
+    it = tr[3]
+    assert it["image"].shape == (3, 32, 32) and -1 <= it["image"].min() and it["image"].max() <= 1
+    # the pixel that encodes the label survived HWC conversion and the split indexing
+    assert round((it["image"][0, 0, 0].item() + 1) * 127.5) == it["label"]
+    assert tr.classes[it["label"]] in it["caption"]
+    # train/val disjoint and deterministic
+    key = lambda ds: {ds[i]["image"].numpy().tobytes() for i in range(len(ds))}  # noqa: E731
+    assert not key(tr) & key(va)
+    tr2 = build_dataset("cifar10", split="train", root=str(tmp_path), check_md5=False)
+    assert np.array_equal(tr.images, tr2.images)
+    # the real class (md5 checked) refuses the fake files with a clear message
+    with pytest.raises(FileNotFoundError, match="check_md5=False"):
+        build_dataset("cifar10", split="test", root=str(tmp_path))
+
+
+def test_fake_cifar100_loads(tmp_path):
+    import os
+    import pickle
+
+    d = os.path.join(tmp_path, "cifar-100-python")
+    os.makedirs(d)
+    names = [f"class_{i}" for i in range(100)]
+    for fn, n in (("train", 1000), ("test", 100)):
+        labels = [i % 100 for i in range(n)]
+        with open(os.path.join(d, fn), "wb") as f:
+            pickle.dump({"data": np.zeros((n, 3072), np.uint8), "fine_labels": labels,
+                         "coarse_labels": [x // 5 for x in labels], "filenames": [""] * n}, f)
+    with open(os.path.join(d, "meta"), "wb") as f:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": names[:20]}, f)
+    tr = build_dataset("cifar100", split="train", root=str(tmp_path), check_md5=False)
+    te = build_dataset("cifar100", split="test", root=str(tmp_path), check_md5=False)
+    assert (len(tr), len(te), len(tr.classes)) == (900, 100, 100)
+    assert tr.classes[7] == "class 7" and "class " in te[0]["caption"]
+
+
+def test_missing_cifar_names_root_and_flag(tmp_path):
+    for name in ("cifar10", "cifar100"):
+        with pytest.raises(FileNotFoundError) as e:
+            build_dataset(name, split="train", root=str(tmp_path / "nowhere"))
+        msg = str(e.value)
+        assert str(tmp_path / "nowhere") in msg and "download=True" in msg
+
+
+# ------------------------------------------------------------------------------ offline image sets
+@pytest.mark.parametrize("name,sizes,n_classes,shape", [
+    ("animal_mnist", (8000, 1000, 1000), 10, (3, 32, 32)),
+    ("mnist5k", (4000, 500, 500), 10, (1, 28, 28)),
+])
+def test_offline_labelled_sets(name, sizes, n_classes, shape):
+    dss = [build_dataset(name, split=s) for s in ("train", "val", "test")]
+    assert tuple(len(d) for d in dss) == sizes and sum(sizes) in (10_000, 5_000)
+    for d, n in zip(dss, sizes):
+        assert d.label_counts() == {c: n // n_classes for c in range(n_classes)}
+        assert len(d.classes) == n_classes
+    it = dss[0][0]
+    assert it["image"].shape == shape and it["image"].dtype == torch.float32
+    assert float(it["image"].min()) >= -1 and float(it["image"].max()) <= 1
+    assert dss[0].classes[it["label"]] in it["caption"]
+    # disjoint (duplicate source images share a split) + deterministic
+    keys = [{d.images[i].tobytes() for i in range(len(d))} for d in dss]
+    assert not keys[0] & keys[1] and not keys[0] & keys[2] and not keys[1] & keys[2]
+    again = build_dataset(name, split="val")
+    assert np.array_equal(again.images, dss[1].images) and np.array_equal(again.labels, dss[1].labels)
+
+
+def test_animal_mnist_options_and_transform():
+    from torchvision.transforms import v2
+
+    d = build_dataset("animal_mnist", split="val", channels=1, resize="resize")
+    assert d[0]["image"].shape == (1, 32, 32)
+    d = build_dataset("animal_mnist", split="val", image_size=28)
+    assert d[0]["image"].shape == (3, 28, 28)
+    flip = build_dataset("animal_mnist", split="val", transform=v2.RandomHorizontalFlip(p=1.0))
+    plain = build_dataset("animal_mnist", split="val")
+    assert torch.equal(flip[5]["image"], plain[5]["image"].flip(-1))
+    # caption modes: val deterministic by index, train draws a template from torch's RNG
+    assert plain[0]["caption"] == "a photo of a bear."
+    tr = build_dataset("animal_mnist", split="train")
+    torch.manual_seed(1)
+    a = [tr[0]["caption"] for _ in range(20)]
+    torch.manual_seed(1)
+    assert a == [tr[0]["caption"] for _ in range(20)] and len(set(a)) > 3
+
+
+def test_emoji():
+    dss = {s: build_dataset("emoji", split=s) for s in ("train", "val", "test")}
+    n = sum(len(d) for d in dss.values())
+    assert n == 3655 and [len(d) for d in dss.values()] == [2923, 366, 366]
+    assert dss["train"].classes[0] == "Smileys & Emotion" and len(dss["train"].classes) == 9
+    per_group = [sum(d.label_counts().get(g, 0) for d in dss.values()) for g in range(9)]
+    assert per_group == [166, 2148, 152, 133, 218, 85, 261, 223, 269]  # docs/data.md
+    it = dss["train"][0]
+    assert it["image"].shape == (3, 64, 64) and it["caption"] == "grinning face"
+    # composited on white: corners are white
+    assert float(it["image"][:, 0, 0].min()) == 1.0
+    small = build_dataset("emoji", split="test", image_size=32)
+    assert small[0]["image"].shape == (3, 32, 32) and small[0]["caption"] == dss["test"][0]["caption"]
+    # skin-tone variants of one emoji fall in the same split; captions disjoint across splits
+    bases = {s: set(d.base) for s, d in dss.items()}
+    assert not bases["train"] & bases["val"] and not bases["train"] & bases["test"] and not bases["val"] & bases["test"]
+    tr = dss["train"]
+    tone = [i for i, c in enumerate(tr.captions()) if c.startswith("waving hand")]
+    assert len(tone) in (0, 6)
+    caps = {s: set(d.captions()) for s, d in dss.items()}
+    assert not caps["train"] & caps["test"]
+
+
+# ------------------------------------------------------------------------------ text
+def test_shakespeare_blocks_and_split():
+    tr = build_dataset("shakespeare", split="train", block_size=64)
+    va = build_dataset("shakespeare", split="val", block_size=64)
+    n = len(tr.text) + len(va.text)
+    assert 4_500_000 < n < 5_000_000 and abs(len(va.text) / n - 0.1) < 0.01
+    assert tr.text.startswith("THESEUS:\nNow, fair Hippolyta") and "_" not in tr.text
+    assert va.text.split("\n", 1)[0].endswith(":")  # val starts at a speech boundary
+    it = va[0]
+    assert it["input_ids"].shape == (64,) and torch.equal(it["input_ids"][1:], it["labels"][:-1])
+    assert va.tokenizer.decode(it["input_ids"].tolist()) == va.text[:64]
+    assert torch.equal(va[3]["input_ids"], build_dataset("shakespeare", "val", block_size=64)[3]["input_ids"])
+    torch.manual_seed(0)
+    a = tr[0]["input_ids"]
+    torch.manual_seed(0)
+    assert torch.equal(a, tr[0]["input_ids"])
+    assert build_dataset("shakespeare", split="test", block_size=64).text == va.text  # test = val block
+    with pytest.raises(ValueError, match="'train' and 'val'"):
+        build_dataset("shakespeare", split="heldout")
+
+
+def test_text_file_and_captions(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("你好 😀 hello\n" * 200, encoding="utf-8")
+    tr = build_dataset("text", split="train", path=str(p), block_size=16)
+    va = build_dataset("text", split="val", path=str(p), block_size=16)
+    assert tr.text + va.text == p.read_text(encoding="utf-8")
+    assert max(int(tr[0]["input_ids"].max()), int(va[0]["labels"].max())) < 256
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        build_dataset("text", path=str(tmp_path / "missing.txt"))
+    caps = build_dataset("captions", split="val", source="shapes", block_size=32)
+    assert caps.text.startswith("a ") and caps[0]["input_ids"].shape == (32,)

@@ -475,13 +475,18 @@ def _truth(objs, rel, caption) -> dict:
     return check(None, caption, found=found)
 
 
-def evaluate_checker(n: int = 2000, seed: int = 1, split: str = "test") -> dict:
+def evaluate_checker(n: int = 2000, seed: int = 1, split: str = "test", noise: float = 0.0) -> dict:
     """Checker accuracy on ``n`` rendered scenes with their own captions, and with captions
     shuffled across scenes (next to the rate at which a shuffled caption is in fact true,
-    computed from the scene metadata)."""
+    computed from the scene metadata). ``noise`` adds Gaussian noise of that std (in the
+    [-1, 1] image range) before checking."""
     ds = ShapesDataset(split, seed=seed, length=n)
     scenes = [ds.scene(i) for i in range(n)]
     images = [render(o) for o, _, _ in scenes]
+    if noise > 0:
+        g = np.random.default_rng(seed)
+        images = [np.clip(im.astype(np.float32) + g.normal(0, noise * 127.5, im.shape), 0, 255)
+                  .round().astype(np.uint8) for im in images]
     caps = [c for _, _, c in scenes]
     perm = np.random.default_rng(seed).permutation(n)
     shuf = [caps[j] for j in perm]
@@ -506,9 +511,10 @@ def main(argv=None):
                                              "and on shuffled captions")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std in [-1, 1] units")
     args = ap.parse_args(argv)
-    r = evaluate_checker(args.n, args.seed)
-    print(f"n={r['n']}  {'':18s} " + " ".join(f"{k:>9s}" for k in r["ground_truth"]))
+    r = evaluate_checker(args.n, args.seed, noise=args.noise)
+    print(f"n={r['n']} noise={args.noise:<5g}{'':8s} " + " ".join(f"{k:>9s}" for k in r["ground_truth"]))
     for name in ("ground_truth", "shuffled", "shuffled_truth"):
         print(f"{name:>26s} " + " ".join(f"{v:9.4f}" for v in r[name].values()))
 
