@@ -279,7 +279,7 @@ def test_cli_bad_input_gives_messages_not_tracebacks(tmp_path):
                               capture_output=True, text=True, cwd=ROOT, timeout=120)
     for args, msg in [([""], "empty prompt"), (["红色的圆"], "no word this model saw"),
                       (["a red circle " * 10], "reads at most"),
-                      (["a red circle", "--model", str(ROOT / "checkpoints" / "vq_shapes")], "does not generate")]:
+                      (["a red circle", "--model", str(ROOT / "checkpoints" / "vq_shapes")], "not an image generator")]:
         r = run(*args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
