@@ -49,6 +49,15 @@ def eval_shapes(args) -> None:
         kw = {"holdout": "default"}
         ds = build_dataset("shapes", split=split, **kw)
         captions = [ds.scene(i)[2] for i in range(args.n)]
+        if args.reference:  # the ceiling: the checker on the real images and on their VQ reconstructions
+            real = torch.stack([ds[i]["image"] for i in range(args.n)])
+            recon = model.vq.reconstruct(real.to(model.vq.device)).cpu()
+            for name, ims in (("real", real), ("vq_recon", recon)):
+                res = check_batch(ims, captions)
+                _emit({"eval": "shapes", "reference": name, "split": split, "n": args.n,
+                       **{k: round(v, 4) for k, v in res.items() if k != "n"},
+                       "clip_score": None if model.clip is None else
+                       round(float(model.clip_scores(ims, captions).clamp(min=0).mean()), 3)}, args.log)
         for cands in args.candidates:
             t0 = time.time()
             images, scores = model.generate(captions, num_images=1, num_candidates=cands, rerank=cands > 1,
@@ -117,6 +126,8 @@ def main(argv=None) -> int:
         e.add_argument("--top-k", type=int, default=None, help="0 = off; default: the checkpoint's")
         e.add_argument("--top-p", type=float, default=None, help="0 = off; default: the checkpoint's")
         e.add_argument("--log", default=None)
+        e.add_argument("--reference", action="store_true", help="shapes: also score the real images and their "
+                                                                "VQ reconstructions (the ceiling)")
         e.set_defaults(func=fn)
     s = sub.add_parser("ship")
     s.add_argument("run")
