@@ -86,7 +86,7 @@ def test_activation_memory_close_to_saved_tensors():
     measured = sum(storages.values())
     spec = transformer_spec(build_meta("gpt_char_shakespeare_cpu"), T)
     modelled = activation_bytes(spec, B, "fp32")
-    assert modelled == pytest.approx(measured, rel=0.25), (modelled, measured)
+    assert modelled == pytest.approx(measured, rel=0.10), (modelled, measured)
     assert activation_bytes(spec, B, "fp32", checkpointing=True) < modelled
 
 
