@@ -285,3 +285,21 @@ def format_report(r: dict) -> str:
     if "mfu" in r:
         lines.append("  MFU               " + ", ".join(f"{k} {v:.3g}" for k, v in r["mfu"].items()))
     return "\n".join(lines)
+
+
+def saved_tensor_bytes(fn, exclude: list[torch.Tensor] | tuple = ()) -> int:
+    """Bytes of the distinct storages autograd saves for the backward while `fn()` runs
+    (the measured activation memory of a training step), leaving out `exclude` (the
+    parameters, which are saved by reference)."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip and t.device.type != "meta":
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
