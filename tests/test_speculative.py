@@ -84,3 +84,19 @@ def test_errors_and_eos():
     eos = out[3]
     cut = speculative_generate(target, target, [1, 2], 20, temperature=0, eos_id=eos)
     assert cut == out[:out.index(eos) + 1]
+
+
+@pytest.mark.parametrize("preset", ["gpt_tiny", "gpt_llama_tiny"])
+def test_static_kv_decoder_equals_generate(preset):
+    """The fixed-shape decode step (what torch.compile compiles once) gives the same tokens;
+    compiling is exercised by bench/bench_llm.py (too slow to warm up in a test)."""
+    from mmgen.text.static import StaticDecoder
+    model = mmgen.create_model(preset).eval()
+    prompts = [[3, 4, 5, 6], [9, 8, 7, 6]]
+    want = model.generate(prompts, 12, temperature=0)
+    dec = StaticDecoder(model, batch=2, max_len=16, compile=False)
+    assert dec.generate(prompts, 12, temperature=0) == want
+    assert dec.generate(prompts, 12, temperature=0) == want  # reusable: the caches are overwritten
+    assert dec.generate(prompts, 6, seed=3, temperature=0.8, top_k=20) == model.generate(prompts, 6, seed=3, temperature=0.8, top_k=20)
+    with pytest.raises(ValueError, match="max_len"):
+        dec.generate(prompts, 13)
