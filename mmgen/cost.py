@@ -303,3 +303,23 @@ def saved_tensor_bytes(fn, exclude: list[torch.Tensor] | tuple = ()) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(storages.values())
+
+
+def markdown_table(reports: list[dict]) -> str:
+    """One row per report: the figures the README table shows."""
+    head = ("| preset | params | seq | train FLOPs / step | decode FLOPs / token | weights | grads + AdamW | "
+            "activations (ckpt) | KV cache | decode bytes / token | DDP / FSDP comm per step |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in reports:
+        f, m, c = r["flops"], r["memory"], r["comm"]
+        acts = (f"{_h(m['activations'], 'B')} ({_h(m['activations_checkpointed'], 'B')})"
+                if "activations" in m else "not modelled")
+        method = "" if f["method"] == "analytic" else (" (counted)" if f["forward"] is not None else "")
+        lines.append(
+            f"| {r['preset']} | {r['params']['total'] / 1e6:.3f}M | {r['seq_len'] or '-'} | {_h(f['train_step'])}{method} | "
+            f"{_h(f.get('decode_per_token')) if 'decode_per_token' in f else '-'} | {_h(m['weights'], 'B')} | "
+            f"{_h(m['gradients'] + m['optimizer'], 'B')} | {acts} | "
+            f"{_h(m['kv_cache'], 'B') if 'kv_cache' in m else '-'} | "
+            f"{_h(r['decode']['bytes_per_token'], 'B') if 'decode' in r else '-'} | "
+            f"{_h(c['ddp'], 'B')} / {_h(c['fsdp'], 'B')} |")
+    return "\n".join(lines)

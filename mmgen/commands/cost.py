@@ -13,6 +13,7 @@ def register(sub) -> None:
     p.add_argument("--tokens-per-s", type=float, default=None, help="measured training tokens/s, for MFU")
     p.add_argument("--trainable", type=float, default=None, help="trainable parameters (fine-tuning)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--table", action="store_true", help="print one markdown table row per preset")
     p.set_defaults(func=run)
 
 
@@ -20,7 +21,7 @@ def run(args) -> int:
     import json
 
     import mmgen
-    from mmgen.cost import estimate, format_report
+    from mmgen.cost import estimate, format_report, markdown_table
     names = []
     for pat in args.presets:
         hits = mmgen.list_models(pat)
@@ -30,7 +31,9 @@ def run(args) -> int:
     reports = [estimate(n, batch=args.batch, seq_len=args.seq, dtype=args.dtype, devices=args.devices,
                         peak_flops=args.peak, tokens_per_s=args.tokens_per_s, trainable=args.trainable)
                for n in names]
-    if args.json:
+    if args.table:
+        print(markdown_table(reports))
+    elif args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
     else:
         print("\n".join(format_report(r) for r in reports))
