@@ -63,6 +63,7 @@ def test_quantised_model_close_and_smaller(bits):
         out = model(ids)
     assert ((out - ref).norm() / ref.norm()) < (0.02 if bits == 8 else 0.15)
     assert model_bytes(model) < before * (0.5 if bits == 8 else 0.4)
+    assert len(model.generate([1, 2, 3], 4, temperature=0)[0]) == 4  # the KV cache reads .weight
 
 
 def test_qlora_trains_adapters_on_frozen_quantised_base():

@@ -95,6 +95,12 @@ class QuantLinear(nn.Module):
             return (self.qweight.to(torch.float32) * self.scale[:, None]).to(dtype)
         return dequantize_int4(self.qweight, self.scale, self.group_size, dtype)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantised float32 weight (out, in): for code that reads `.weight` (dtype,
+        device, a KV cache's dtype); a copy, so writing to it does not change the layer."""
+        return self.dequantize()
+
     def error_bound(self) -> torch.Tensor:
         """Per-element bound on |W - dequant(W)|: half a quantisation step, (out, in)."""
         s = self.scale[:, None] if self.bits == 8 else self.scale.repeat_interleave(self.group_size, dim=1)
