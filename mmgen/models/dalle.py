@@ -629,7 +629,7 @@ register_preset("dalle_small_32", DALLE,
                 "4-layer 256-wide DALL-E: 48 byte-level text positions + 8x8 tokens of a 512-code VQ (vq_32)",
                 text_len=48, image_vocab=512, image_grid=(8, 8), block=_block(dim=256, depth=4, num_heads=8))
 register_preset("dalle_shapes_32", DALLE,
-                "4-layer 192-wide DALL-E for the shapes captions: a clip_bpe vocabulary pruned to the shapes "
+                "4-layer 128-wide DALL-E for the shapes captions: a clip_bpe vocabulary pruned to the shapes "
                 "grammar (12 text positions) + 8x8 tokens of a 512-code VQ (vq_32)",
                 tokenizer="clip_bpe", tokenizer_captions="shapes", text_len=12, image_vocab=512, image_grid=(8, 8),
-                train_data="shapes", block=_block(dim=192, depth=4, num_heads=6))
+                train_data="shapes", block=_block(dim=128, depth=4, num_heads=4))
