@@ -103,7 +103,10 @@ def ship(args) -> None:
 
 
 def copy(args) -> None:
-    model = mmgen.load_pretrained(args.run)
+    from mmgen.checkpoint import read_config
+    from mmgen.registry import get_family
+    # strict=False: a run saved before a buffer was added to its family (e.g. VQ's preview) still loads
+    model = get_family(read_config(args.run)["model_type"]).from_pretrained(args.run, strict=False)
     out = Path(args.out)
     model.save_pretrained(out, dtype=torch.float16)
     mmgen.load_pretrained(out)

@@ -6,14 +6,17 @@ seed=..., guidance_scale=..., **kw) -> (images in [-1, 1], scores or None)`. The
 one PNG grid: a row per prompt, `--num-images` columns."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 # short name -> checkpoint directory, relative to the repository's checkpoints/ folder.
 # Other generators add their shipped checkpoint here.
 MODELS: dict[str, str] = {
+    "dalle": "dalle_shapes",
+    "dalle_shapes": "dalle_shapes",
     "ddpm": "ddpm_shapes",
 }
-DEFAULT_MODEL = "ddpm"
+DEFAULT_MODEL = "dalle"
 SCHEDULER_CHOICES = ("ddpm", "ddim", "dpm++", "euler")
 
 
@@ -52,11 +55,20 @@ def register(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"one of {sorted(MODELS)} (shipped checkpoints) or a checkpoint directory "
                         f"(default: {DEFAULT_MODEL})")
-    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (model default)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
     p.add_argument("--scheduler", choices=SCHEDULER_CHOICES, default=None, help="diffusion sampler (DDPM models)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="autoregressive models (DALL-E): sample N per prompt and keep the best --num-images by "
+                        "CLIP score (default: 8 when the model has a CLIP reranker)")
+    p.add_argument("--no-rerank", action="store_true", help="DALL-E: keep the first --num-images candidates")
+    p.add_argument("--temperature", type=float, default=None, help="DALL-E: sampling temperature (model default)")
+    p.add_argument("--top-k", type=int, default=None, help="DALL-E: top-k filter, 0 = off (model default)")
+    p.add_argument("--top-p", type=float, default=None, help="DALL-E: nucleus filter, 0 = off (model default)")
+    p.add_argument("--truncate", action="store_true",
+                   help="DALL-E: cut a prompt longer than the model's text context (with a warning) instead of refusing")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -91,8 +103,25 @@ def run(args) -> int:
         kw["scheduler"] = args.scheduler
     if args.quiet:
         kw["progress"] = False
-    with torch.no_grad():
+    if args.candidates is not None:
+        if args.candidates < args.num_images:
+            raise ValueError(f"--candidates ({args.candidates}) must be >= --num-images ({args.num_images})")
+        kw["num_candidates"] = args.candidates
+    if args.no_rerank:
+        kw["rerank"] = False
+    for name in ("temperature", "top_k", "top_p"):
+        value = getattr(args, name)
+        if value is not None:
+            kw[name] = None if (value == 0 and name != "temperature") else value
+    if args.truncate:
+        kw["truncate"] = True
+    import warnings
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         images, scores = model.generate_images(prompts, num_images=args.num_images, seed=args.seed, **kw)
+    for w in caught:  # prompt warnings (unseen words, truncation) as one clean line each
+        if issubclass(w.category, UserWarning):
+            print(f"mmgen generate: warning: {w.message}", file=sys.stderr)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image((images.float().cpu() + 1) / 2, out, nrow=args.num_images, padding=2)
