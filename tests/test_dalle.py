@@ -273,15 +273,23 @@ def test_cli_writes_a_png_grid_from_the_shipped_checkpoints(tmp_path):
 
 
 @needs_ckpt
-def test_cli_bad_input_gives_messages_not_tracebacks(tmp_path):
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "mmgen.cli", "generate", *args, "-o", str(tmp_path / "x.png")],
-                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+def test_cli_bad_input_gives_messages_not_tracebacks(tmp_path, capsys):
+    from mmgen.cli import main
+    out = str(tmp_path / "x.png")
     for args, msg in [([""], "empty prompt"), (["红色的圆"], "no word this model saw"),
                       (["a red circle " * 10], "reads at most"),
                       (["a red circle", "--model", str(ROOT / "checkpoints" / "vq_shapes")], "not an image generator")]:
-        r = run(*args)
-        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert main(["generate", *args, "-o", out]) == 2, args
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err, (args, err)
+    # unseen words: a clean warning line, and the PNG is still written
+    assert main(["generate", "a red zebra", "-o", out, "-n", "1", "--candidates", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: prompt 'a red zebra': words never seen in training" in err and Path(out).is_file()
+    # end to end in a fresh process: the message, exit status 2, no traceback
+    r = subprocess.run([sys.executable, "-m", "mmgen.cli", "generate", "", "-o", out], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "empty prompt" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_pruned_bpe_vocabulary_travels_with_the_checkpoint(tmp_path):
