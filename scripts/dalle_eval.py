@@ -73,14 +73,35 @@ def eval_shapes(args) -> None:
 def eval_emoji(args) -> None:
     from mmgen.data import build_dataset
     model = mmgen.load_pretrained(args.model)
-    ds = build_dataset("emoji", split=args.splits[0])
-    n = min(args.n, len(ds))
-    captions = [ds[i]["caption"] for i in range(n)]
+    import warnings
+    ds = build_dataset("emoji", split=args.splits[0], image_size=32)
+    captions, real, skipped = [], [], 0
+    for i in range(len(ds)):  # the first n captions the model can read (>= 1 word seen in training)
+        if len(captions) == args.n:
+            break
+        item = ds[i]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.check_prompts([item["caption"]])
+        except ValueError:
+            skipped += 1
+            continue
+        captions.append(item["caption"])
+        real.append(item["image"])
+    n = len(captions)
+    real = torch.stack(real)
+    if args.reference:
+        for name, ims in (("real", real), ("vq_recon", model.vq.reconstruct(real.to(model.vq.device)).cpu())):
+            _emit({"eval": "emoji", "reference": name, "split": args.splits[0], "n": n, "skipped": skipped,
+                   "clip_score": round(float(model.clip_scores(ims, captions).clamp(min=0).mean()), 3)}, args.log)
+    warnings.simplefilter("ignore")  # unseen words in test names: expected, counted above
     for cands in args.candidates:
         t0 = time.time()
         images, scores = model.generate(captions, num_images=1, num_candidates=cands, rerank=cands > 1,
                                         seed=args.seed, truncate=True, **_gen_kwargs(args))
-        _emit({"eval": "emoji", "model": str(args.model), "split": args.splits[0], "n": n, "candidates": cands,
+        _emit({"eval": "emoji", "model": str(args.model), "split": args.splits[0], "n": n, "skipped": skipped,
+               "candidates": cands,
                "rerank": cands > 1, "seed": args.seed, **_gen_kwargs(args),
                "clip_score": round(float(scores.clamp(min=0).mean()), 3), "wall_s": round(time.time() - t0, 1)},
               args.log)

@@ -633,3 +633,8 @@ register_preset("dalle_shapes_32", DALLE,
                 "grammar (12 text positions) + 8x8 tokens of a 512-code VQ (vq_32)",
                 tokenizer="clip_bpe", tokenizer_captions="shapes", text_len=12, image_vocab=512, image_grid=(8, 8),
                 train_data="shapes", block=_block(dim=128, depth=4, num_heads=4))
+register_preset("dalle_emoji_32", DALLE,
+                "4-layer 128-wide DALL-E for emoji names: clip_bpe pruned to the emoji train captions "
+                "(24 text positions) + 8x8 tokens of a 512-code VQ (vq_32)",
+                tokenizer="clip_bpe", tokenizer_captions="emoji", text_len=24, image_vocab=512, image_grid=(8, 8),
+                train_data="emoji", block=_block(dim=128, depth=4, num_heads=4))
