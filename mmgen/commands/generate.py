@@ -14,6 +14,7 @@ from pathlib import Path
 MODELS: dict[str, str] = {
     "dalle": "dalle_shapes",
     "dalle_shapes": "dalle_shapes",
+    "dalle_emoji": "dalle_emoji",
     "ddpm": "ddpm_shapes",
 }
 DEFAULT_MODEL = "dalle"

@@ -13,7 +13,7 @@ register_recipe(Recipe(
     model_overrides={"vq_path": "checkpoints/vq_shapes", "clip_path": "checkpoints/clip_shapes",
                      "cond_drop": 0.15},
     data_kwargs={"holdout": "default"},
-    train={"steps": 750, "batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-4, "warmup": 30, "weight_decay": 0.01,
+    train={"steps": 1500, "batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-4, "warmup": 30, "weight_decay": 0.01,
            "val_split": "val", "eval_every": 0, "eval_batches": 4, "sample_every": 0, "num_samples": 16,
            "log_every": 20, "save_every": 100, "progress": False},
     description="DALL-E (4 x 128, pruned BPE text, 12 + 64 positions) on shapes captions with the default "
