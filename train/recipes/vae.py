@@ -24,7 +24,7 @@ register_recipe(Recipe(
     name="dvae_shapes", model="dvae_32", data="shapes",
     model_overrides=dict(gumbel_anneal_steps=1200, gumbel_kl_warmup=300), train=dict(_SCHEDULE),
     description="DALL-E-style Gumbel-softmax dVAE on shapes (temperature 1 -> 1/16)",
-    expected="not run yet"))
+    expected="600 steps (--set train.steps=600 model.gumbel_anneal_steps=500 model.gumbel_kl_warmup=150): test PSNR 21.4 dB but only 8% codebook usage (collapse); 133 CPU s"))
 
 register_recipe(Recipe(
     name="vae_animal_mnist", model="vae_32", data="animal_mnist", model_overrides=dict(kl_warmup_steps=300),
