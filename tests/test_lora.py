@@ -125,3 +125,25 @@ def test_prefix_tuning_trains_only_the_prefix_and_decodes_consistently(preset, t
     other = PrefixGPT(gpt, num_virtual=3)
     other.load_prefix(tmp_path)
     torch.testing.assert_close(other(torch.tensor([prompt])), pm(torch.tensor([prompt])))
+
+
+@pytest.mark.parametrize("preset", ["gpt_tiny", "gpt_llama_tiny"])
+def test_add_prefix_hook_equals_prefix_gpt(preset):
+    """The generic hook (any mmgen Transformer, e.g. CLIP's text tower) computes what PrefixGPT does."""
+    from mmgen.finetune import add_prefix, remove_prefix
+    torch.manual_seed(0)
+    gpt = mmgen.create_model(preset).eval()
+    ids = gpt.example_batch(2)["input_ids"]
+    base = gpt(ids)
+    pm = PrefixGPT(gpt, num_virtual=4)
+    want = pm(ids)
+    prefix = add_prefix(gpt, "transformer", 4)
+    prefix.load_state_dict(pm.prefix.state_dict())
+    torch.testing.assert_close(gpt(ids), want)
+    assert trainable_names(gpt) == ["prefix_tuning.keys", "prefix_tuning.values"]
+    gpt.loss(gpt.example_batch(2))[0].backward()
+    assert prefix.keys.grad is not None
+    remove_prefix(gpt)
+    torch.testing.assert_close(gpt(ids), base)
+    with pytest.raises(ValueError, match="not an mmgen.layers.Transformer"):
+        add_prefix(gpt, "lm_head")
