@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import default_collate
 
 import mmgen
 import train
-from tests.train_toy import ToyStream, toy_data
+from tests.train_toy import ToyStream, launch, toy_data
+from tests.train_toy import byte_text as make_byte_text
 from train.data import ResumableBatchSampler, batch_stream
 from train.loop import KILL_ENV, lr_factor, param_groups
 
@@ -24,10 +26,9 @@ TOY = ["train_toy_tiny", "--data", "tests.train_toy:toy_data"]
 
 
 def _env(**extra):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(ROOT), **extra}
-    env.pop(KILL_ENV, None) if KILL_ENV not in extra else None
-    return env
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(ROOT), **extra}
 
 
 def _cli(args, **env):
@@ -64,19 +65,36 @@ def test_cli_smoke_and_load_pretrained(tmp_path):
     assert train.main(TOY + ["--set", "train.steps=2", "--out", str(out)]) == 2
 
 
+def test_cli_gpt_tiny_learns_and_loads(tmp_path):
+    out = tmp_path / "gpt"
+    rc = train.main(["gpt_tiny", "--data", "tests.train_toy:byte_text", "--data-set", "block=16",
+                     "--set", "train.steps=30", "--set", "train.batch_size=16", "--set", "train.lr=3e-3",
+                     "--set", "train.warmup=5", "--set", "train.log_every=10", "--set", "train.eval_batches=2",
+                     "--set", "train.progress=false", "--out", str(out)])
+    assert rc == 0
+    model = mmgen.load_pretrained(out)
+    assert model.preset_name == "gpt_tiny"
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r and "val/loss" not in r]
+    assert losses[-1] < 0.7 * losses[0] and losses[0] > 4.0  # from ~ln(259) to well below
+    val = [r["val/loss"] for r in records if "val/loss" in r][-1]
+    batch = default_collate([make_byte_text("val")[i] for i in range(4)])
+    with torch.no_grad():
+        assert model.loss(batch)[0].item() == pytest.approx(val, rel=0.2)
+
+
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     common = TOY + ["--set", "train.steps=8", "--set", "train.batch_size=8", "--set", "train.grad_accum=2",
                     "--set", "train.save_every=3", "--set", "train.ema=0.9", "--set", "train.lr=3e-3",
                     "--set", "train.warmup=2", "--set", "train.log_every=1", "--set", "train.progress=false",
                     "--set", "train.eval_every=4", "--set", "train.eval_batches=1", "--data-set", "n=24"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    r = _cli(common + ["--out", str(full)])
-    assert r.returncode == 0, r.stderr
+    assert launch(1, common + ["--out", str(full)]) == [0]  # forked child running train.main
+    # the real `python -m train` in a fresh interpreter, SIGKILLed mid-run after step 5
     r = _cli(common + ["--out", str(killed)], **{KILL_ENV: "5"})
-    assert r.returncode == -9, r.stderr  # SIGKILLed mid-run, after step 5
+    assert r.returncode == -9, r.stderr
     assert torch.load(killed / "train_state.pt", weights_only=True)["step"] == 3
-    r = _cli(["--resume", "--out", str(killed)])  # everything else comes from run_config.json
-    assert r.returncode == 0, r.stderr
+    assert launch(1, ["--resume", "--out", str(killed)]) == [0]  # the rest comes from run_config.json
     a = torch.load(full / "train_state.pt", weights_only=True)
     b = torch.load(killed / "train_state.pt", weights_only=True)
     assert a["step"] == b["step"] == 8 and a["data_position"] == b["data_position"] == 16
@@ -108,6 +126,25 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     m = mmgen.create_model("train_toy_tiny", nan_after=3)
     with pytest.raises(train.NonFiniteLossError, match="no checkpoint was written yet"):
         train.fit(m, toy_data(), out=tmp_path / "nan2", steps=5, batch_size=4, progress=False)
+
+
+def test_sigterm_saves_and_resume_is_exact(tmp_path):
+    """SIGTERM (preemption) finishes the step, saves and returns; resuming in the same process
+    ends bit-identical to an uninterrupted run."""
+    kw = dict(steps=7, batch_size=4, lr=3e-3, warmup=2, ema=0.9, progress=False, save_every=100)
+    torch.manual_seed(0)
+    ref = mmgen.create_model("train_toy_tiny")
+    train.fit(ref, toy_data(n=16), out=tmp_path / "ref", **kw)
+    torch.manual_seed(0)
+    m = mmgen.create_model("train_toy_tiny", sigterm_at=3)
+    summary = train.fit(m, toy_data(n=16), out=tmp_path / "stop", **kw)
+    assert summary["interrupted"] == 15 and summary["step"] == 3
+    assert torch.load(tmp_path / "stop" / "train_state.pt", weights_only=True)["step"] == 3
+    torch.manual_seed(123)  # the resumed run must not depend on the RNG state it starts with
+    m2 = mmgen.create_model("train_toy_tiny")
+    train.fit(m2, toy_data(n=16), out=tmp_path / "stop", resume=True, **kw)
+    a, b = ref.state_dict(), m2.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_overrides_help_and_errors(tmp_path, capsys):
@@ -166,6 +203,12 @@ def test_data_order_resumes_and_shards():
     r1 = iter(ResumableBatchSampler(20, 2, seed=3, rank=1, world_size=2))
     for _ in range(8):
         assert next(one) == next(r0) + next(r1)
+    # DataLoader workers deliver the same batches as the main process, from any start
+    ds = toy_data(n=20)
+    main_proc = batch_stream(ds, 4, seed=2, start=3)
+    workers = batch_stream(ds, 4, seed=2, start=3, num_workers=2)
+    for _ in range(6):
+        assert torch.equal(next(main_proc)["x"], next(workers)["x"])
     # an iterable stream resumes at the same place
     a = batch_stream(ToyStream(), 3, seed=0)
     seq = [next(a)["x"] for _ in range(4)]
@@ -190,3 +233,12 @@ def test_fit_api_with_stream_and_accumulation_equivalence(tmp_path):
         curves.append(_losses(tmp_path / f"a{accum}"))
     assert len(curves[0]) == 6
     torch.testing.assert_close(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    torch.manual_seed(0)
+    m = mmgen.create_model("train_toy_tiny")
+    s = train.fit(m, toy_data(n=16), out=tmp_path / "bf16", steps=4, batch_size=4, amp="bf16", progress=False,
+                  log_every=1)
+    assert math.isfinite(s["loss"]) and s["step"] == 4
+    assert next(m.parameters()).dtype == torch.float32  # autocast, not a cast of the weights

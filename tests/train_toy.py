@@ -2,6 +2,9 @@
 tests.train_toy, also by the CLI: `--data tests.train_toy:toy_data`)."""
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +25,7 @@ class ToyConfig:
     seq: int = 4
     dropout: float = 0.1  # exercises the RNG restore on resume
     nan_after: int = 0  # loss calls after which the loss is NaN (0 = never): the NaN-stop test
+    sigterm_at: int = 0  # rank 0 sends itself SIGTERM at this loss call (0 = never): the stop test
 
 
 @register_model("train_toy")
@@ -44,6 +48,9 @@ class ToyModel(Model):
         pred = self(batch["x"])
         loss = F.mse_loss(pred, batch["y"])
         self.calls += 1
+        if self.config.sigterm_at and self.calls == self.config.sigterm_at and os.environ.get("RANK", "0") == "0":
+            import signal
+            os.kill(os.getpid(), signal.SIGTERM)
         if self.config.nan_after and self.calls > self.config.nan_after:
             loss = loss * float("nan")
         return loss, {"mae": (pred - batch["y"]).abs().mean().item()}
@@ -101,3 +108,64 @@ def toy_data(split="train", n=64, stream=False):
     if stream:
         return ToyStream(0 if split == "train" else 1)
     return ToyData(split, n=n)
+
+
+class ByteText(torch.utils.data.Dataset):
+    """Byte-token blocks {"input_ids" (T,), "labels" (T,)} of a repeated sentence (a text
+    stand-in for the GPT smoke test that needs no data files)."""
+
+    def __init__(self, split="train", block=16):
+        text = ("to be, or not to be, that is the question. " * 40).encode()
+        ids = torch.tensor(list(text))
+        starts = range(0 if split == "train" else 7, len(ids) - block - 1, block)
+        self.blocks = [ids[s:s + block + 1] for s in starts]
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __getitem__(self, i):
+        b = self.blocks[i]
+        return {"input_ids": b[:-1], "labels": b[1:]}
+
+
+def byte_text(split="train", block=16):
+    return ByteText(split, block)
+
+
+# ---------------------------------------------------------------------------------------------
+# launching the CLI in child processes
+
+def _child(rank: int, world: int, port: int, args: list[str], env: dict) -> None:
+    # what torchrun would set; forked from pytest, so torch is already imported (fast start)
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **env})
+    torch.set_num_threads(1)
+    try:
+        import train
+        code = train.main(args)
+    except BaseException:  # noqa: BLE001 - report, then leave without running pytest's atexit
+        import traceback
+        traceback.print_exc()
+        code = 1
+    os._exit(code)
+
+
+def launch(world: int, args: list[str], **env) -> list[int]:
+    """Run `python -m train ARGS` (train.main) in `world` forked processes with torchrun's
+    environment (gloo when world > 1). Forked, not fresh interpreters: torch is already
+    imported, which saves seconds per process on a loaded machine. Returns the exit codes
+    (-9 for a SIGKILL)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_child, args=(r, world, port, args, env)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=150)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    return [p.exitcode for p in procs]

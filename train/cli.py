@@ -159,7 +159,12 @@ def run(rc: dict, out: Path, resume: bool, argv: list[str] | None = None) -> dic
                   "model_overrides": rc["model_overrides"], "data_kwargs": rc["data_kwargs"],
                   "model": mmgen.config.config_to_dict(model.config), "argv": sys.argv[1:] if argv is None else list(argv),
                   "num_params": model.num_params() if hasattr(model, "num_params") else None}
-    return fit(model, train_ds, cfg, out=out, val_ds=val_ds, resume=resume, run_config=run_config)
+    try:
+        return fit(model, train_ds, cfg, out=out, val_ds=val_ds, resume=resume, run_config=run_config)
+    finally:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,12 +185,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({**rc, "train": dataclasses.asdict(rc["train"]), "out": str(out)}, indent=2))
             return 0
         summary = run(rc, out, args.resume, argv)
+        code = 128 + summary["interrupted"] if summary.get("interrupted") else 0
         if int(os.environ.get("RANK", "0")) != 0:
-            return 0
+            return code
         keys = [k for k in summary if k in ("step", "loss", "examples_per_s", "wall_s") or k.startswith("val/")]
         print("train: done " + " ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
                                         f"{k}={summary[k]}" for k in keys) + f" -> {out}", file=sys.stderr)
-        return 0
+        return code
     except NonFiniteLossError as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 3

@@ -17,7 +17,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-steps per optimizer step
     lr: float = 3e-4  # peak learning rate
     min_lr: float = 0.0  # the cosine decays to this
-    warmup: int = 100  # linear warm-up steps (from 0 to lr)
+    warmup: int = 100  # linear warm-up steps (lr / warmup, 2 lr / warmup, ..., lr)
     schedule: str = "cosine"  # cosine | constant (after warm-up)
     # optimizer (AdamW)
     weight_decay: float = 0.01  # on >=2-D weights only; see train.loop.param_groups
@@ -38,7 +38,7 @@ class TrainConfig:
     # final step always evaluates, samples and saves)
     eval_every: int = 0
     eval_batches: int = 10
-    val_split: str = "test"  # split given to build_dataset for evaluation ("" = no evaluation)
+    val_split: str = "val"  # split given to build_dataset for evaluation ("" = no evaluation)
     sample_every: int = 0
     num_samples: int = 16
     log_every: int = 10

@@ -115,8 +115,13 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
         params = dict(model.named_parameters())
-        for n in self.names:
-            self.shadow[n].lerp_(params[n].detach().float(), 1.0 - d)
+        shadow = [self.shadow[n] for n in self.names]
+        src = [params[n].detach().float() for n in self.names]
+        if D.is_sharded(model):  # DTensor shards: one at a time
+            for e, p in zip(shadow, src):
+                e.lerp_(p, 1.0 - d)
+        else:
+            torch._foreach_lerp_(shadow, src, 1.0 - d)
         self.updates += 1
 
     def full_state(self) -> dict[str, torch.Tensor]:
@@ -215,6 +220,35 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+class MetricsWriter:
+    """metrics.jsonl (always) and TensorBoard scalars under out/tb (when tensorboard is
+    installed); rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.path, self.tb = out / METRICS_NAME, None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:  # tensorboard not installed: JSONL only
+                pass
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        append_jsonl(self.path, record)
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
 def truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records logged after the checkpoint we resume from."""
     if not path.exists():
@@ -234,7 +268,12 @@ def export_checkpoint(model: nn.Module, out: Path, extra: dict) -> None:
     (files of `out` it does not write are left alone)."""
     tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=out))
     try:
-        model.save_pretrained(tmp / "ckpt", extra=extra)
+        if hasattr(model, "save_pretrained"):
+            model.save_pretrained(tmp / "ckpt", extra=extra)
+        else:  # a plain nn.Module given to train.fit: weights only
+            from safetensors.torch import save_model
+            (tmp / "ckpt").mkdir()
+            save_model(model, str(tmp / "ckpt" / "model.safetensors"))
         # weights first, config last: a reader that sees the new config sees the new weights
         for f in sorted((tmp / "ckpt").iterdir(), key=lambda p: p.name == "config.json"):
             os.replace(f, out / f.name)
@@ -296,6 +335,7 @@ class Trainer:
         if cfg.compile:
             self.loss_fn = torch.compile(self.loss_fn)
         self.step, self.data_pos = 0, 0
+        self.stop_signal = 0  # SIGTERM / SIGINT received: save after this step and return
         self.last_saved_step = None
 
     @staticmethod
@@ -317,6 +357,8 @@ class Trainer:
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import get_model_state_dict
             return get_model_state_dict(self.model, options=self._sd_options())
+        if not self.info.is_main:  # DDP replicas: rank 0's copy is the one written
+            return {}
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def full_optimizer_state(self) -> dict:
@@ -347,6 +389,7 @@ class Trainer:
         ema_state = self.ema.full_state() if self.ema is not None else None
         optim_state = self.full_optimizer_state()
         rngs = D.all_gather_object(get_rng_state(), self.info)
+        self.last_saved_step = self.step  # on every rank: ranks must agree on whether to save
         if not self.info.is_main:
             D.barrier(self.info)
             return
@@ -357,7 +400,6 @@ class Trainer:
                  "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "rng": rngs,
                  "train_config": dataclasses.asdict(self.cfg)}
         atomic_save_file(lambda tmp: torch.save(state, tmp), self.out / STATE_NAME)
-        self.last_saved_step = self.step
         D.barrier(self.info)
 
     def load(self, path: Path) -> None:
@@ -378,6 +420,14 @@ class Trainer:
             else:
                 self.ema.load_full_state(state["ema"], state.get("ema_updates", 0))
         self.step, self.data_pos = int(state["step"]), int(state["data_position"])
+        old_cfg = state.get("train_config", {})
+        old_g = old_cfg.get("batch_size", self.cfg.batch_size) // old_cfg.get("grad_accum", self.cfg.grad_accum)
+        new_g = self.cfg.batch_size // self.cfg.grad_accum
+        if old_g != new_g:  # the position counts global micro-batches: convert through examples
+            self.data_pos = self.data_pos * old_g // new_g
+            if self.info.is_main:
+                print(f"train: the global micro-batch changed from {old_g} to {new_g} examples; continuing "
+                      f"at example {self.data_pos * new_g} of the data order", file=sys.stderr)
         rngs = state["rng"]
         if len(rngs) == self.info.world_size:
             set_rng_state(rngs[self.info.rank])
@@ -432,7 +482,37 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
 
+    def stop_all_signal(self) -> int:
+        return self.stop_signal or signal.SIGTERM  # another rank's signal: report SIGTERM
+
+    def _install_signal_handlers(self) -> dict:
+        """First SIGTERM / SIGINT: finish the step, save, return (preemption, Ctrl-C).
+        A second one acts as usual."""
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+
+        def handler(signum, frame):
+            if self.stop_signal:
+                signal.signal(signum, old.get(signum, signal.SIG_DFL))
+                signal.raise_signal(signum)
+                return
+            self.stop_signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, handler)
+        return old
+
     def fit(self) -> dict:
+        old = self._install_signal_handlers()
+        try:
+            return self._fit()
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    def _fit(self) -> dict:
         cfg, info = self.cfg, self.info
         state_path = self.out / STATE_NAME
         if info.is_main:
@@ -460,6 +540,7 @@ class Trainer:
         kill_at = int(os.environ.get(KILL_ENV, "0"))
         stream = batch_stream(self.train_ds, self.micro, seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                               start=self.data_pos, collate=self.collate, num_workers=cfg.num_workers)
+        metrics = MetricsWriter(self.out, info.is_main)
         bar = None
         if info.is_main and cfg.progress:
             from tqdm.auto import tqdm
@@ -468,55 +549,66 @@ class Trainer:
         window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
         summary: dict = {}
         t_start = time.perf_counter()
-        while self.step < cfg.steps:
-            loss, logs, grad_norm, examples = self.train_step(stream)
-            self.step += 1
-            window["loss"] += loss
-            window["n"] += 1
-            window["examples"] += examples
-            for k, v in logs.items():
-                window["logs"][k] = window["logs"].get(k, 0.0) + v
-            last = self.step == cfg.steps
-            if bar is not None:
-                bar.update(1)
-            if cfg.log_every and (self.step % cfg.log_every == 0 or last):
-                dt = time.perf_counter() - window["t0"]
-                rec = {"step": self.step, "loss": window["loss"] / window["n"], "lr": self.scheduler.get_last_lr()[0],
-                       "grad_norm": grad_norm, "examples_per_s": window["examples"] * info.world_size / max(dt, 1e-9),
-                       "steps_per_s": window["n"] / max(dt, 1e-9), "epoch": self._epoch(),
-                       **{k: v / window["n"] for k, v in window["logs"].items()}}
-                summary.update(rec)
-                if info.is_main:
-                    append_jsonl(self.out / METRICS_NAME, rec)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
-                window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
-            do_eval = self.val_ds is not None and cfg.eval_batches > 0 and (
-                last or (cfg.eval_every and self.step % cfg.eval_every == 0))
-            do_sample = hasattr(self.model, "sample_images") and cfg.num_samples > 0 and (
-                last or (cfg.sample_every and self.step % cfg.sample_every == 0))
-            t_side = time.perf_counter()  # evaluation / sampling / saving: not in the throughput
-            if do_eval or do_sample:
-                self.sync_eval_model()
-                if info.is_main:
-                    rec = {"step": self.step}
-                    if do_eval:
-                        rec.update(self.evaluate())
-                    if do_sample:
-                        rec["samples"] = str(self.sample().relative_to(self.out))
+        try:
+            while self.step < cfg.steps:
+                loss, logs, grad_norm, examples = self.train_step(stream)
+                self.step += 1
+                window["loss"] += loss
+                window["n"] += 1
+                window["examples"] += examples
+                for k, v in logs.items():
+                    window["logs"][k] = window["logs"].get(k, 0.0) + v
+                last = self.step == cfg.steps
+                if bar is not None:
+                    bar.update(1)
+                if cfg.log_every and (self.step % cfg.log_every == 0 or last):
+                    dt = time.perf_counter() - window["t0"]
+                    rec = {"step": self.step, "loss": window["loss"] / window["n"], "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": grad_norm, "examples_per_s": window["examples"] * info.world_size / max(dt, 1e-9),
+                           "steps_per_s": window["n"] / max(dt, 1e-9), "epoch": self._epoch(),
+                           **{k: v / window["n"] for k, v in window["logs"].items()}}
                     summary.update(rec)
-                    append_jsonl(self.out / METRICS_NAME, rec)
-                    if bar is not None and do_eval:
-                        bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in rec.items()
-                                                                      if isinstance(v, float)))
-                D.barrier(info)
-            if last or (cfg.save_every and self.step % cfg.save_every == 0):
-                self.save()
-            window["t0"] += time.perf_counter() - t_side
-            if kill_at and self.step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-        if bar is not None:
-            bar.close()
+                    metrics.write(rec)
+                    if info.is_main:
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
+                    window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
+                do_eval = self.val_ds is not None and cfg.eval_batches > 0 and (
+                    last or (cfg.eval_every and self.step % cfg.eval_every == 0))
+                do_sample = hasattr(self.model, "sample_images") and cfg.num_samples > 0 and (
+                    last or (cfg.sample_every and self.step % cfg.sample_every == 0))
+                t_side = time.perf_counter()  # evaluation / sampling / saving: not in the throughput
+                if do_eval or do_sample:
+                    self.sync_eval_model()
+                    if info.is_main:
+                        rec = {"step": self.step}
+                        if do_eval:
+                            rec.update(self.evaluate())
+                        if do_sample:
+                            rec["samples"] = str(self.sample().relative_to(self.out))
+                        summary.update(rec)
+                        metrics.write(rec)
+                        if bar is not None and do_eval:
+                            bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in rec.items()
+                                                                          if isinstance(v, float)))
+                    D.barrier(info)
+                if last or (cfg.save_every and self.step % cfg.save_every == 0):
+                    self.save()
+                window["t0"] += time.perf_counter() - t_side
+                if kill_at and self.step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.stop_all and self.step < cfg.steps:
+                    if self.last_saved_step != self.step:
+                        self.save()
+                    if info.is_main:
+                        print(f"\ntrain: stopped by a signal at step {self.step}; saved {self.out}; continue with "
+                              f"--resume", file=sys.stderr)
+                    summary["interrupted"] = int(self.stop_all_signal())
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            metrics.close()
         summary["wall_s"] = time.perf_counter() - t_start
         summary["step"] = self.step
         return summary
@@ -547,11 +639,14 @@ class Trainer:
         gn = D.full_tensor(gn)
         # mean loss and logs over ranks (one small all-reduce); NaN on any rank reaches all
         keys = sorted(logs_sum)
-        stats = torch.stack([loss_sum, *[torch.tensor(logs_sum[k], device=self.device) for k in keys]]).float()
+        stop = torch.tensor(float(self.stop_signal), device=self.device)  # a signal on any rank stops all
+        stats = torch.stack([loss_sum, *[torch.tensor(logs_sum[k], device=self.device) for k in keys], stop]).float()
         if self.info.enabled:
             torch.distributed.all_reduce(stats)
-            stats /= self.info.world_size
-        stats = (stats / cfg.grad_accum).tolist()
+            stats[:-1] /= self.info.world_size
+        stats = stats.tolist()
+        self.stop_all = stats[-1] > 0
+        stats = [v / cfg.grad_accum for v in stats[:-1]]
         loss_val, logs_mean = stats[0], dict(zip(keys, stats[1:]))
         gn_val = float(gn)
         if not (math.isfinite(loss_val) and math.isfinite(gn_val)):
@@ -562,6 +657,9 @@ class Trainer:
                 f"(loss={loss_val}, grad_norm={gn_val}); stopped without saving: {where}. Try a lower train.lr, "
                 f"a longer train.warmup, train.clip > 0 or train.amp=fp32.")
         self.optimizer.step()
+        if hasattr(self.model, "post_step"):  # e.g. CLIP clamps its logit scale after every step
+            with torch.no_grad():
+                self.model.post_step()
         self.scheduler.step()
         if self.ema is not None and (self.step + 1) % cfg.ema_every == 0:
             self.ema.update(self.model)
