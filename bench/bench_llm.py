@@ -50,12 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args([] if argv is None else argv)
 
     target = _load(args.target, args.preset)
-    draft = _load(args.draft, args.preset, **{"block.depth": 1, "block.dim": 64})
+    draft = _load(args.draft, args.preset, depth=1, dim=64)
     prompt = list(b"ROMEO:\nWhat light through yonder window breaks?\n")[: target.config.context // 4]
     N = args.tokens
     qtarget = copy.deepcopy(target)
     quantize_model(qtarget, 8)
-    c = target.config.block
+    c = target.transformer.cfg
     kv_bytes = 2 * c.depth * (len(prompt) + N) * c.kv_heads * c.dim_head * 4
 
     ref = target.generate(prompt, N, temperature=0)[0]

@@ -23,7 +23,7 @@ def test_zero_b_equals_base_and_merge_equals_unmerged(preset):
     ids = model.example_batch(2)["input_ids"]
     base = model(ids)
     names = apply_lora(model, targets=["attn", "mlp"], rank=4, alpha=8)
-    assert len(names) == 4 * model.config.block.depth
+    assert len(names) == 4 * model.config.depth
     torch.testing.assert_close(model(ids), base, rtol=0, atol=0)  # B = 0: exactly the base model
     _randomise_b(model)
     unmerged = model(ids)
