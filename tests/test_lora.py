@@ -147,3 +147,25 @@ def test_add_prefix_hook_equals_prefix_gpt(preset):
     torch.testing.assert_close(gpt(ids), base)
     with pytest.raises(ValueError, match="not an mmgen.layers.Transformer"):
         add_prefix(gpt, "lm_head")
+
+
+def test_clip_lora_and_text_tower_prefix():
+    from mmgen.finetune import add_prefix
+    torch.manual_seed(0)
+    clip = mmgen.create_model("clip_tiny").eval()
+    batch = clip.example_batch(4)
+    with torch.no_grad():
+        img, txt = clip.encode_image(batch["image"]), clip.encode_text(batch["input_ids"])
+    apply_lora(clip, targets=["text.*attn.qkv", "visual.*attn.qkv"], rank=4)
+    with torch.no_grad():
+        torch.testing.assert_close(clip.encode_text(batch["input_ids"]), txt, rtol=0, atol=0)
+        torch.testing.assert_close(clip.encode_image(batch["image"]), img, rtol=0, atol=0)
+    merge_and_unload(clip)
+    prefix = add_prefix(clip, "text.transformer", 4)
+    with torch.no_grad():
+        moved = (clip.encode_text(batch["input_ids"]) - txt).abs().max()
+        torch.testing.assert_close(clip.encode_image(batch["image"]), img)  # the image tower is untouched
+    assert moved > 0
+    clip.loss(batch)[0].backward()
+    assert trainable_names(clip) == ["prefix_tuning.keys", "prefix_tuning.values"]
+    assert prefix.keys.grad.abs().sum() > 0
