@@ -182,8 +182,8 @@ def print_gpt_table(r: dict) -> None:
 
 
 # ---- CLIP: shapes base -> animal-mnist, LoRA / prefix vs full ---------------------------------
-def finetune_clip(base_dir: str, out: str, *, steps: int = 120, batch_size: int = 64, rank: int = 8, seed: int = 0,
-                  methods: list[str] | None = None, n_test: int = 500) -> dict:
+def finetune_clip(base_dir: str, out: str, *, steps: int = 250, batch_size: int = 64, rank: int = 8, seed: int = 0,
+                  methods: list[str] | None = None, n_test: int | None = None) -> dict:
     import mmgen
     from mmgen.data import build_dataset
     from mmgen.finetune import add_prefix, apply_lora, trainable_summary
@@ -191,6 +191,7 @@ def finetune_clip(base_dir: str, out: str, *, steps: int = 120, batch_size: int 
 
     base = mmgen.load_pretrained(base_dir).eval()
     base.config.label_aware = True  # template captions: two zebra captions are not negatives
+    base.loss_fn.label_aware = True  # (the loss module was built from the config already)
     ds = build_dataset("animal_mnist", "train")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(ds), (steps * batch_size,), generator=g).tolist()
@@ -214,10 +215,12 @@ def finetune_clip(base_dir: str, out: str, *, steps: int = 120, batch_size: int 
         "prefix_8_text_tower": (prefix, 1e-2),
     }
     methods = methods or list(builders)
-    zs = lambda m: dataset_zero_shot(m.eval(), "animal_mnist", split="test", limit=n_test)
+    zs = lambda m: dataset_zero_shot(m.eval(), "animal_mnist", split="test", limit=n_test)  # all 1,000: the split is class-sorted
     before = zs(base)
+    before_n = before["n"]
     results = {"base": base_dir, "data": "animal_mnist", "steps": steps, "batch_size": batch_size,
-               "before": {"top1": before["top1"], "top5": before["top5"], "chance": before["chance"]}, "runs": {}}
+               "before": {"top1": before["top1"], "top5": before["top5"], "chance": before["chance"], "n": before["n"]},
+               "runs": {}}
     print(f"base zero-shot top-1 {before['top1']:.3f}", file=sys.stderr)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +241,7 @@ def finetune_clip(base_dir: str, out: str, *, steps: int = 120, batch_size: int 
                                  "wall_s": wall, "memory": mem}
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nCLIP fine-tuning {base_dir} on animal_mnist ({steps} steps x {batch_size}), zero-shot on "
-          f"{n_test} test images (chance {before['chance']:.3f})")
+          f"{before_n} test images (chance {before['chance']:.3f})")
     print("| method | trainable | share | train-state MB (w+g+opt) | activations MB | final train loss | top-1 | top-5 | s |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(f"| base (no fine-tuning) | 0 | 0 | | | | {before['top1']:.3f} | {before['top5']:.3f} | |")
