@@ -91,6 +91,10 @@ def merge_mask_and_bias(mask: torch.Tensor | None, bias: torch.Tensor | None, dt
     """One SDPA `attn_mask`: a bool mask alone, or an additive float bias with -inf where masked."""
     if bias is None:
         return mask
+    if bias.requires_grad and torch.is_grad_enabled():
+        # a learned bias goes to the matmul path (attention_bias_grad), which adds it in its
+        # own precision: casting it to bf16 first is slower and loses precision
+        dtype = torch.promote_types(bias.dtype, dtype)
     bias = bias.to(dtype)
     if mask is None:
         return bias
@@ -235,10 +239,7 @@ class Attention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if Hkv != H:
             raise ValueError("grouped attention needs num_kv_heads == num_heads")
-        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q = rearrange(q, "b g t (h d) -> b (g h) t d", h=H)
-        k = rearrange(k, "b g t (h d) -> b (g h) t d", h=H)
-        v = rearrange(v, "b g t (h d) -> b (g h) t d", h=H)
+        q, k, v = rearrange(self.qkv(x), "b g t (three h d) -> three b (g h) t d", three=3, h=H).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope, dims=self.rope_dims), apply_rope(k, *rope, dims=self.rope_dims)

@@ -1,0 +1,16 @@
+"""Offline evaluation of image generators, with no Inception weights.
+
+- `fd.py`: Fréchet distance and KID between feature sets, and `image_features` to extract
+  them with one of *our* trained encoders. Figures from it are reported as FD_ours /
+  KID_ours: they are comparable between runs that use the same encoder, never with
+  Inception FID/KID figures.
+- `clip_score.py`: CLIP score with our CLIP (100 x cosine of image and text embeddings).
+- `fidelity.py`: prompt fidelity on the shapes dataset, read back by its rule-based checker.
+- `clip_eval.py`: CLIP zero-shot classification, retrieval and linear probes.
+"""
+from .clip_score import clip_score
+from .fd import fd_kid, frechet_distance, gaussian_stats, image_features, kernel_inception_distance
+from .fidelity import prompt_fidelity
+
+__all__ = ["clip_score", "fd_kid", "frechet_distance", "gaussian_stats", "image_features",
+           "kernel_inception_distance", "prompt_fidelity"]

@@ -1,0 +1,577 @@
+"""Denoising diffusion (DDPM / DDIM / DPM-Solver++ / Euler sampling) with a UNet or DiT denoiser,
+in pixel space or on a Gaussian VAE's latents, unconditional, class- or text-conditional,
+with classifier-free guidance.
+
+The noise schedule and the samplers are diffusers' schedulers, chosen by name
+(`make_scheduler`); the sampling loop below is short on purpose so it can be read and
+changed. The network predicts eps, v or x0 (`prediction`); the loss is a plain or min-SNR
+(gamma = 5) weighted MSE.
+
+Text conditioning comes from one of three encoders (`text_encoder`):
+  builtin  a small bidirectional transformer over UTF-8 bytes, trained jointly;
+  clip     the text tower of a trained mmgen CLIP, frozen;
+  gpt      the hidden states of a trained mmgen GPT decoder, frozen.
+A frozen encoder is copied into this model's weights (its config into config.json), so a
+checkpoint is self-contained: `text_encoder_path` is only read when the model is first built.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import config_to_dict
+from ..layers import LearnedPositions, Transformer, TransformerConfig
+from ..registry import register_model, register_preset
+from .base import Model
+from .dit import DiT, DiTConfig
+from .unet import UNet, UNetConfig
+
+SCHEDULERS = ("ddpm", "ddim", "dpm++", "euler")
+PREDICTIONS = ("eps", "v", "x0")
+WEIGHTINGS = ("none", "min_snr")
+CONDITIONINGS = ("none", "class", "text")
+TEXT_ENCODERS = ("builtin", "clip", "gpt")
+DENOISERS = ("unet", "dit")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_DIFFUSERS_PRED = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+
+
+def make_scheduler(name: str, *, num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2",
+                   prediction: str = "eps", clip_sample: bool = True):
+    """A diffusers scheduler by name: ddpm (ancestral), ddim, dpm++ (DPM-Solver++ 2M) or euler.
+    Timesteps are spaced 'trailing' so few-step sampling starts from pure noise."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    common = dict(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+                  prediction_type=_DIFFUSERS_PRED[prediction], timestep_spacing="trailing")
+    if name == "ddpm":
+        return DDPMScheduler(clip_sample=clip_sample, variance_type="fixed_small", **common)
+    if name == "ddim":
+        return DDIMScheduler(clip_sample=clip_sample, set_alpha_to_one=True, **common)
+    if name == "dpm++":
+        # clip_sample's counterpart: threshold x0 to [-1, 1] (with sample_max_value=1 the dynamic
+        # threshold is plain clipping); without it the first steps of a cosine schedule, where
+        # alpha_t ~ 0, blow x0 = (x - sigma eps) / alpha up.
+        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+                                           thresholding=clip_sample, sample_max_value=1.0, **common)
+    return EulerDiscreteScheduler(**common)
+
+
+# ----------------------------------------------------------------------------- text encoders
+@dataclass
+class TextEncoderConfig:
+    """The built-in text encoder (used when text_encoder='builtin')."""
+    dim: int = 128
+    depth: int = 2
+    num_heads: int = 4
+    max_len: int = 64
+
+
+class ByteTextEncoder(nn.Module):
+    """Bidirectional transformer over bytes -> token states (B, S, dim), mask, pooled (B, dim)."""
+
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        from ..text import get_tokenizer
+        self.tokenizer = get_tokenizer("byte")  # ids 0..255 bytes, then bos/eos/pad
+        self.tok = nn.Embedding(self.tokenizer.vocab_size, cfg.dim)
+        self.pos = LearnedPositions(cfg.max_len, cfg.dim)
+        self.transformer = Transformer(TransformerConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads))
+        nn.init.normal_(self.tok.weight, std=0.02)
+        self.transformer.init_weights()
+
+    @property
+    def width(self) -> int:
+        return self.cfg.dim
+
+    def forward(self, texts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from ..data.collate import tokenize_captions
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"prompts must be strings, got {type(t).__name__}")
+        tok = tokenize_captions(list(texts), self.tokenizer, self.cfg.max_len, on_overflow="truncate",
+                                pad_to="longest")  # warns when a prompt is cut
+        ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)  # (B, S)
+        h = self.transformer(self.pos(self.tok(ids)), key_padding=mask)  # (B, S, dim)
+        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        return h, mask, pooled
+
+
+class FrozenTextEncoder(nn.Module):
+    """A trained mmgen CLIP text tower or GPT decoder, frozen, as a text encoder.
+
+    clip: the text tower's token states (B, T, width) before its pooling, real up to the EOS
+          token; pooled = the state it pools (the EOS token), before CLIP's projection.
+    gpt:  the decoder's final hidden states (B, T, dim) over BOS + prompt + EOS (causal, so
+          right padding does not change them); pooled = the state at EOS, which has read the
+          whole prompt."""
+
+    def __init__(self, kind: str, model: nn.Module):
+        super().__init__()
+        expected = {"clip": "clip", "gpt": "gpt"}[kind]
+        if getattr(model, "model_type", None) != expected:
+            raise TypeError(f"text_encoder={kind!r} needs a {expected!r} checkpoint, got a "
+                            f"{getattr(model, 'model_type', type(model).__name__)!r} model")
+        self.kind = kind
+        self.model = model.eval().requires_grad_(False)
+        if kind == "gpt":
+            from ..text import get_tokenizer
+            self.tokenizer = get_tokenizer("byte")
+            if self.tokenizer.vocab_size > model.config.vocab_size:
+                raise ValueError(f"the GPT text encoder must be byte-level (vocab >= {self.tokenizer.vocab_size}), "
+                                 f"got vocab_size={model.config.vocab_size}")
+
+    @property
+    def width(self) -> int:
+        return self.model.text.cfg.width if self.kind == "clip" else self.model.config.block.dim
+
+    def train(self, mode: bool = True):  # always frozen in eval mode
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(self, texts, device):
+        texts = list(texts)
+        if self.kind == "clip":
+            tokens = self.model.tokenize(texts).to(device)  # (B, T) with BOS ... EOS pad
+            tower = self.model.text
+            x = tower.token_embedding(tokens)  # (B, T, width)
+            if tower.pos is not None:
+                x = tower.pos(x)
+            key_padding = None if tower.cfg.causal else tokens != tower.cfg.pad_id
+            states = tower.transformer(x, key_padding=key_padding)  # (B, T, width)
+            eos = tower.pool_index(tokens)  # (B,)
+        else:
+            from ..data.collate import tokenize_captions
+            tok = tokenize_captions(texts, self.tokenizer, self.model.config.context, on_overflow="truncate",
+                                    pad_to="longest")
+            ids, real = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+            _, states = self.model(ids, key_padding=real, return_hidden=True)  # (B, T, dim)
+            eos = tok["eot_index"].to(device)
+        mask = torch.arange(states.shape[1], device=device)[None] <= eos[:, None]  # (B, T) real tokens
+        pooled = states[torch.arange(states.shape[0], device=device), eos]  # (B, width)
+        return states.float(), mask, pooled.float()
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class DDPMConfig:
+    image_size: int = 32
+    in_chans: int = 3
+    denoiser: str = "unet"  # unet | dit
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    prediction: str = "eps"  # eps | v | x0
+    loss_weighting: str = "none"  # none | min_snr
+    min_snr_gamma: float = 5.0
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"  # linear | scaled_linear | squaredcos_cap_v2
+    clip_sample: bool = True  # clip predicted x0 to [-1, 1] in ddpm/ddim steps (pixel space)
+    scheduler: str = "ddim"  # default sampler: ddpm | ddim | dpm++ | euler
+    sample_steps: int = 50
+    guidance_scale: float = 3.0  # default for sample(); 1 = no guidance
+    conditioning: str = "none"  # none | class | text
+    num_classes: int = 10
+    class_names: tuple[str, ...] = ()  # lets sample() take class names as prompts
+    cond_dim: int = 128  # width of the class / pooled-text vector given to the denoiser
+    cond_dropout: float = 0.1  # classifier-free guidance: drop the condition this often in training
+    text_encoder: str = "builtin"  # builtin | clip | gpt
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    text_encoder_path: str | None = None  # clip/gpt: checkpoint dir read when the model is first built
+    text_encoder_meta: dict | None = None  # clip/gpt: filled in from that checkpoint (model_type, config)
+    vae_path: str | None = None  # latent diffusion: a Gaussian VAE checkpoint dir read at first build
+    vae_meta: dict | None = None  # filled in from that checkpoint; the VAE weights live in ours
+    latent_scale: float = 1.0  # latents are multiplied by this before diffusion (SD's 0.18215)
+    sample_prompts: tuple[str, ...] = ()  # prompts of the training sample grid (text conditioning)
+
+    def __post_init__(self):
+        for name, value, allowed in (("denoiser", self.denoiser, DENOISERS), ("prediction", self.prediction, PREDICTIONS),
+                                     ("loss_weighting", self.loss_weighting, WEIGHTINGS),
+                                     ("scheduler", self.scheduler, SCHEDULERS),
+                                     ("conditioning", self.conditioning, CONDITIONINGS),
+                                     ("text_encoder", self.text_encoder, TEXT_ENCODERS),
+                                     ("beta_schedule", self.beta_schedule, BETA_SCHEDULES)):
+            if value not in allowed:
+                raise ValueError(f"DDPMConfig.{name} must be one of {allowed}, got {value!r}")
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.conditioning == "class" and self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names has {len(self.class_names)} names but num_classes={self.num_classes}")
+        if self.vae_path is not None or self.vae_meta is not None:
+            if self.clip_sample:
+                raise ValueError("latent diffusion (vae_path set) needs clip_sample=False: latents are not in [-1, 1]")
+
+
+# ----------------------------------------------------------------------------- model
+def _build_from_meta(meta: dict):
+    """A sub-model from {"model_type", "config"} (what checkpoints record) or {"preset": name}
+    (a randomly initialised registered preset, for tests)."""
+    from ..config import config_from_dict
+    from ..registry import create_model, get_family
+    if "preset" in meta:
+        return create_model(meta["preset"])
+    cls = get_family(meta["model_type"])
+    return cls(config_from_dict(cls.config_class, meta["config"]))
+
+
+@register_model("ddpm")
+class DDPM(Model):
+    config_class = DDPMConfig
+
+    def __init__(self, config: DDPMConfig):
+        super().__init__(config)
+        cfg = config
+        # latent diffusion: a frozen VAE, its weights stored with ours
+        self.vae = None
+        chans, size = cfg.in_chans, cfg.image_size
+        if cfg.vae_path is not None or cfg.vae_meta is not None:
+            self.vae = self._frozen_submodel("vae_path", "vae_meta").requires_grad_(False).eval()
+            chans, size = self._latent_shape()
+        self.latent_chans, self.latent_size = chans, size
+        # conditioning
+        context_dim = None
+        self.class_embed = self.text_encoder = self.text_proj = None
+        if cfg.conditioning == "class":
+            self.class_embed = nn.Embedding(cfg.num_classes + 1, cfg.cond_dim)  # last row = "no class"
+            nn.init.normal_(self.class_embed.weight, std=0.02)
+        elif cfg.conditioning == "text":
+            if cfg.text_encoder == "builtin":
+                self.text_encoder = ByteTextEncoder(cfg.text)
+            else:
+                self.text_encoder = FrozenTextEncoder(cfg.text_encoder,
+                                                      self._frozen_submodel("text_encoder_path", "text_encoder_meta"))
+            context_dim = self.text_encoder.width
+            self.text_proj = nn.Linear(context_dim, cfg.cond_dim)
+        cond_dim = cfg.cond_dim if cfg.conditioning != "none" else None
+        if cfg.denoiser == "unet":
+            self.net = UNet(cfg.unet, image_size=size, in_chans=chans, cond_dim=cond_dim, context_dim=context_dim)
+        else:
+            self.net = DiT(cfg.dit, image_size=size, in_chans=chans, cond_dim=cond_dim, context_dim=context_dim)
+        self.noise_scheduler = make_scheduler("ddpm", num_train_timesteps=cfg.num_train_timesteps,
+                                              beta_schedule=cfg.beta_schedule, prediction=cfg.prediction,
+                                              clip_sample=cfg.clip_sample)
+        self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.float().clone(), persistent=False)
+
+    # -- frozen sub-models (VAE, CLIP/GPT text encoder), copied into our own checkpoint
+    def _frozen_submodel(self, path_field: str, meta_field: str):
+        cfg = self.config
+        path, meta = getattr(cfg, path_field), getattr(cfg, meta_field)
+        if meta is not None and "preset" in meta:  # test presets: a fresh model, recorded in full
+            sub = _build_from_meta(meta)
+            setattr(cfg, meta_field, {"model_type": sub.model_type, "config": config_to_dict(sub.config)})
+            return sub
+        if meta is None:  # first build: read the other checkpoint and record its config in ours
+            from ..checkpoint import load_pretrained, read_config
+            if path is None:
+                raise ValueError(f"DDPMConfig.{path_field} must name a checkpoint directory")
+            sub = load_pretrained(path)
+            full = read_config(path)
+            setattr(cfg, meta_field, {"model_type": full["model_type"], "config": full["config"]})
+            return sub
+        return _build_from_meta(meta)  # weights come from our safetensors
+
+    def _latent_shape(self) -> tuple[int, int]:
+        with torch.no_grad():
+            z = self._vae_encode(torch.zeros(1, self.config.in_chans, self.config.image_size, self.config.image_size),
+                                 sample=False)
+        return z.shape[1], z.shape[2]
+
+    def _vae_encode(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """Images -> diffusion latents: the VAE's (scaled) posterior sample or mean, times latent_scale."""
+        if not hasattr(self.vae, "encode_latents"):
+            raise TypeError(f"latent diffusion needs a Gaussian VAE with encode_latents/decode_latents, "
+                            f"got {type(self.vae).__name__}")
+        return self.vae.encode_latents(x, sample=sample) * self.config.latent_scale
+
+    def _vae_decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode_latents(z / self.config.latent_scale).clamp(-1, 1)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vae is not None:
+            self.vae.eval()
+        return self
+
+    # -- conditioning
+    def _labels_from(self, prompts) -> torch.Tensor:
+        names = {n.lower(): i for i, n in enumerate(self.config.class_names)}
+        out = []
+        for p in prompts:
+            if isinstance(p, str):
+                if p.lower() not in names:
+                    raise ValueError(f"unknown class {p!r}; this model knows {list(self.config.class_names)} "
+                                     f"(or pass integer labels 0..{self.config.num_classes - 1})")
+                p = names[p.lower()]
+            p = int(p)
+            if not 0 <= p < self.config.num_classes:
+                raise ValueError(f"class label must be in [0, {self.config.num_classes}), got {p}")
+            out.append(p)
+        return torch.tensor(out, dtype=torch.long, device=self.device)
+
+    def encode_condition(self, prompts=None, labels=None, *, drop: torch.Tensor | None = None,
+                         unconditional: bool = False, batch_size: int | None = None) -> dict[str, Any]:
+        """The denoiser's condition kwargs (cond, context, context_mask). `drop` (B,) bool
+        replaces those rows by the null condition (empty prompt / null class)."""
+        cfg = self.config
+        if cfg.conditioning == "none":
+            return {}
+        if cfg.conditioning == "class":
+            if unconditional:
+                labels = torch.full((batch_size,), cfg.num_classes, dtype=torch.long, device=self.device)
+            labels = labels.to(self.device).long()
+            if drop is not None:
+                labels = torch.where(drop, torch.full_like(labels, cfg.num_classes), labels)
+            return {"cond": self.class_embed(labels)}
+        texts = [""] * batch_size if unconditional else list(prompts)
+        if drop is not None:
+            texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
+        states, mask, pooled = self.text_encoder(texts, self.device)
+        return {"cond": self.text_proj(pooled), "context": states, "context_mask": mask}
+
+    # -- training
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod.to(t.device)[t]
+        return a / (1 - a)
+
+    def loss(self, batch):
+        cfg = self.config
+        x0 = batch["image"].to(self.device)
+        if x0.ndim != 4 or x0.shape[1] != cfg.in_chans or x0.shape[-1] != cfg.image_size:
+            raise ValueError(f"expected images (B, {cfg.in_chans}, {cfg.image_size}, {cfg.image_size}), "
+                             f"got {tuple(x0.shape)}")
+        if self.vae is not None:
+            with torch.no_grad():
+                x0 = self._vae_encode(x0)
+        B = x0.shape[0]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, cfg.num_train_timesteps, (B,), device=x0.device)
+        xt = self.noise_scheduler.add_noise(x0, noise, t)
+        target = {"eps": noise, "x0": x0}.get(cfg.prediction)
+        if target is None:
+            target = self.noise_scheduler.get_velocity(x0, noise, t)
+        drop = torch.rand(B, device=x0.device) < cfg.cond_dropout if self.training else None
+        cond = self.encode_condition(batch.get("caption"), batch.get("label"), drop=drop)
+        pred = self.net(xt, t.float(), **cond)
+        mse = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        if cfg.loss_weighting == "min_snr":
+            snr = self.snr(t)
+            clipped = snr.clamp(max=cfg.min_snr_gamma)
+            # min-SNR-gamma (Hang et al., 2023), written for each prediction target
+            w = {"eps": clipped / snr, "v": clipped / (snr + 1), "x0": clipped}[cfg.prediction]
+            loss = (w * mse).mean()
+        else:
+            loss = mse.mean()
+        return loss, {"loss": loss.item(), "mse": mse.mean().item()}
+
+    def example_batch(self, batch_size: int = 2, device="cpu"):
+        cfg = self.config
+        g = torch.Generator().manual_seed(0)
+        img = torch.rand(batch_size, cfg.in_chans, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
+        colours, shapes = ["red", "green", "blue"], ["circle", "square", "triangle"]
+        caps = [f"a {colours[i % 3]} {shapes[(i // 3) % 3]}" for i in range(batch_size)]
+        labels = torch.arange(batch_size) % cfg.num_classes
+        return {"image": img.to(device), "label": labels.to(device), "caption": caps}
+
+    # -- sampling
+    def guided_prediction(self, x, t, cond: dict, uncond: dict | None, guidance_scale: float):
+        """Classifier-free guidance with the conditional and unconditional passes batched:
+        uncond + s * (cond - uncond). With uncond None (no guidance) one conditional pass."""
+        tt = t.expand(x.shape[0]) if t.ndim == 0 else t
+        if uncond is None:
+            return self.net(x, tt, **cond)
+        both = _cat_conditions(cond, uncond)
+        out = self.net(torch.cat([x, x]), torch.cat([tt, tt]), **both)
+        c, u = out.chunk(2)
+        return u + guidance_scale * (c - u)
+
+    def clip_prediction(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The prediction (eps, v or x0) whose implied x0 is clipped to [-1, 1], given the
+        variance-preserving input x at integer timestep t. At the first steps of a cosine
+        schedule (alpha_t ~ 0) a small eps error means a huge x0; this keeps it in range."""
+        a = self.alphas_cumprod[int(round(float(t)))].to(x.dtype)
+        sa, s1a = a.sqrt(), (1 - a).sqrt()
+        pred = self.config.prediction
+        x0 = out if pred == "x0" else (x - s1a * out) / sa if pred == "eps" else sa * x - s1a * out
+        x0 = x0.clamp(-1, 1)
+        if pred == "x0":
+            return x0
+        eps = (x - sa * x0) / s1a
+        return eps if pred == "eps" else sa * eps - s1a * x0
+
+    @torch.no_grad()
+    def sample(self, prompts=None, num_steps: int | None = None, guidance_scale: float | None = None,
+               scheduler: str | None = None, seed: int | None = 0, *, num_images: int | None = None,
+               eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = True,
+               return_latents: bool = False) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1].
+
+        prompts: text prompts (conditioning='text'), class labels or names ('class'), or None
+        with num_images ('none'). Each prompt gives one image; repeat prompts for more.
+        scheduler: ddpm | ddim | dpm++ | euler (default config.scheduler); eta: DDIM noise.
+        seed: the noise generator's seed (the same seed gives the same images)."""
+        cfg = self.config
+        steps = num_steps or cfg.sample_steps
+        scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if cfg.conditioning == "none":
+            if num_images is None:
+                num_images = len(prompts) if prompts is not None else 1
+            n, cond, uncond = num_images, {}, None
+        else:
+            if prompts is None or isinstance(prompts, (str, int)):
+                prompts = [prompts] if prompts is not None else None
+            if not prompts:
+                raise ValueError(f"this model is {cfg.conditioning}-conditional: pass "
+                                 f"{'prompts' if cfg.conditioning == 'text' else 'class labels'}")
+            n = len(prompts)
+            if cfg.conditioning == "class":
+                cond = self.encode_condition(labels=self._labels_from(prompts))
+            else:
+                if any(not isinstance(p, str) for p in prompts):
+                    raise TypeError("text prompts must be strings")
+                cond = self.encode_condition(prompts=prompts)
+            uncond = self.encode_condition(unconditional=True, batch_size=n) if scale != 1.0 else None
+        sched = make_scheduler(scheduler or cfg.scheduler, num_train_timesteps=cfg.num_train_timesteps,
+                               beta_schedule=cfg.beta_schedule, prediction=cfg.prediction,
+                               clip_sample=cfg.clip_sample)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # DPM-Solver's numpy warning
+            sched.set_timesteps(steps, device=self.device)
+        if generator is None:
+            generator = torch.Generator(device="cpu")
+            if seed is not None:
+                generator.manual_seed(int(seed))
+            else:
+                generator.seed()
+        shape = (n, self.latent_chans, self.latent_size, self.latent_size)
+        x = torch.randn(shape, generator=generator).to(self.device) * sched.init_noise_sigma
+        step_kw = {"generator": generator}
+        # ddpm/ddim clip x0 themselves (clip_sample) and dpm++ thresholds it; euler cannot, so
+        # its model output is replaced by the one whose x0 is clipped.
+        clip_x0 = cfg.clip_sample and (scheduler or cfg.scheduler) == "euler"
+        if isinstance(sched, _ddim_cls()):
+            # with clip_sample, recompute eps from the clipped x0 (as DDPM's posterior does)
+            step_kw = {"eta": eta, "use_clipped_model_output": True}
+            if eta > 0:
+                step_kw["generator"] = generator
+        elif isinstance(sched, _dpm_cls()):
+            step_kw = {"generator": generator}
+        for t in _progress(sched.timesteps, progress, desc=f"{scheduler or cfg.scheduler} x{steps}"):
+            xin = sched.scale_model_input(x, t)
+            out = self.guided_prediction(xin, t.to(self.device).float(), cond, uncond, scale)
+            if clip_x0:
+                out = self.clip_prediction(out, xin, t)
+            x = sched.step(out, t, x, **step_kw).prev_sample
+        if return_latents or self.vae is None:
+            return x if return_latents else x.clamp(-1, 1)
+        return self._vae_decode(x)
+
+    def generate_images(self, prompts, num_images: int = 1, seed: int = 0, guidance_scale: float | None = None,
+                        num_steps: int | None = None, scheduler: str | None = None, progress: bool = True, **kw):
+        """The `mmgen generate` contract: num_images per prompt -> (images (N, C, H, W) in [-1, 1], None)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if self.config.conditioning == "none":
+            n = num_images * max(len(prompts or []), 1)
+            return self.sample(None, num_steps, guidance_scale, scheduler, seed, num_images=n, progress=progress), None
+        prompts = [p for p in prompts for _ in range(num_images)]
+        if self.config.conditioning == "class":
+            prompts = [int(p) if isinstance(p, str) and p.isdigit() else p for p in prompts]
+        return self.sample(prompts, num_steps, guidance_scale, scheduler, seed, progress=progress, **kw), None
+
+    def sample_images(self, n: int = 16, seed: int = 0) -> torch.Tensor:
+        """A grid's worth of samples for training logs (fixed prompts / classes)."""
+        cfg = self.config
+        if cfg.conditioning == "class":
+            prompts = [i % cfg.num_classes for i in range(n)]
+        elif cfg.conditioning == "text":
+            base = list(cfg.sample_prompts) or ["a red circle", "a blue square", "a green triangle"]
+            prompts = [base[i % len(base)] for i in range(n)]
+        else:
+            prompts = None
+        was = self.training
+        self.eval()
+        try:
+            return self.sample(prompts, num_images=n if prompts is None else None, seed=seed, progress=False)
+        finally:
+            self.train(was)
+
+
+def _cat_conditions(a: dict, b: dict) -> dict:
+    """Stack two condition dicts along the batch, right-padding text contexts (and their
+    masks) to the longer of the two."""
+    out = {}
+    for k in a:
+        x, y = a[k], b[k]
+        if k in ("context", "context_mask") and x.shape[1] != y.shape[1]:
+            S = max(x.shape[1], y.shape[1])
+            pad = lambda z: F.pad(z, (0, 0, 0, S - z.shape[1]) if z.ndim == 3 else (0, S - z.shape[1]))
+            x, y = pad(x), pad(y)
+        out[k] = torch.cat([x, y])
+    return out
+
+
+def _ddim_cls():
+    from diffusers import DDIMScheduler
+    return DDIMScheduler
+
+
+def _dpm_cls():
+    from diffusers import DPMSolverMultistepScheduler
+    return DPMSolverMultistepScheduler
+
+
+def _progress(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return it
+    return tqdm(it, desc=desc, leave=False)
+
+
+# ----------------------------------------------------------------------------- presets
+_SHAPES_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow diamond",
+                   "a red circle above a blue square", "a cyan cross left of a magenta triangle")
+
+register_preset("ddpm_unet_tiny", DDPM, "tiny pixel UNet, unconditional (tests)",
+                image_size=16, unet={"base_ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_res": (8,),
+                                     "num_heads": 2, "groups": 4})
+register_preset("ddpm_unet_class_tiny", DDPM, "tiny pixel UNet, class-conditional (tests)",
+                image_size=16, conditioning="class", num_classes=10, cond_dim=32,
+                unet={"base_ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 2,
+                      "groups": 4})
+register_preset("ddpm_unet_text_tiny", DDPM, "tiny pixel UNet, text-conditional with the built-in encoder (tests)",
+                image_size=16, conditioning="text", cond_dim=32, text={"dim": 32, "depth": 1, "num_heads": 2},
+                unet={"base_ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 2,
+                      "groups": 4})
+register_preset("ddpm_dit_tiny", DDPM, "tiny pixel DiT, text-conditional (tests)",
+                image_size=16, denoiser="dit", conditioning="text", cond_dim=32, prediction="v",
+                loss_weighting="min_snr", text={"dim": 32, "depth": 1, "num_heads": 2},
+                dit={"patch_size": 4, "dim": 32, "depth": 2, "num_heads": 2})
+# The shipped checkpoint: text-conditional shapes, 32x32 RGB, trained on a CPU in minutes.
+register_preset("ddpm_unet_shapes", DDPM, "text-conditional pixel UNet for the shapes dataset (32x32)",
+                image_size=32, conditioning="text", cond_dim=128, sample_prompts=_SHAPES_PROMPTS,
+                text={"dim": 128, "depth": 2, "num_heads": 4, "max_len": 64},
+                unet={"base_ch": 32, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4,
+                      "groups": 8})
+register_preset("ddpm_unet_animal_mnist", DDPM, "class-conditional pixel UNet for animal-mnist (28x28 grey)",
+                image_size=28, in_chans=1, conditioning="class", num_classes=10, cond_dim=128,
+                unet={"base_ch": 48, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (7,), "num_heads": 4})
+register_preset("ddpm_dit_emoji", DDPM, "text-conditional DiT for emoji (32x32 RGB), adaLN + cross-attention",
+                image_size=32, denoiser="dit", conditioning="text", cond_dim=192, prediction="v",
+                loss_weighting="min_snr", text={"dim": 128, "depth": 2, "num_heads": 4, "max_len": 64},
+                dit={"patch_size": 2, "dim": 192, "depth": 6, "num_heads": 3})
+register_preset("ddpm_dit_latent_tiny", DDPM, "tiny latent DiT on a (random) vae_tiny's latents, class-conditional (tests)",
+                image_size=16, denoiser="dit", conditioning="class", cond_dim=32, clip_sample=False,
+                vae_meta={"preset": "vae_tiny"}, dit={"patch_size": 2, "dim": 32, "depth": 2, "num_heads": 2})

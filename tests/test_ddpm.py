@@ -1,0 +1,336 @@
+"""DDPM: schedules, samplers, prediction targets, guidance, denoisers, training and sampling."""
+import pytest
+import torch
+
+import mmgen
+from mmgen.models.ddpm import DDPM, make_scheduler
+from mmgen.models.dit import DiT, DiTConfig
+from mmgen.models.unet import UNet, UNetConfig
+
+
+def _wake(model):
+    """Give every zero-initialised weight (output convs, adaLN-Zero) small random values, so
+    the network's output depends on all of its inputs."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2 and p.abs().max() == 0:
+                p.normal_(std=0.05)
+    return model
+
+
+def test_add_noise_statistics():
+    """x_t = sqrt(abar) x0 + sqrt(1 - abar) eps: the mean and std over many noise draws."""
+    sched = make_scheduler("ddpm", num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    x0 = torch.full((20000, 1), 0.7)
+    for t in (0, 250, 600, 999):
+        abar = sched.alphas_cumprod[t].item()
+        xt = sched.add_noise(x0, torch.randn_like(x0), torch.full((20000,), t))
+        assert abs(xt.mean().item() - abar ** 0.5 * 0.7) < 0.02, t
+        assert abs(xt.std().item() - (1 - abar) ** 0.5) < 0.02, t
+    abar = sched.alphas_cumprod
+    assert abar[0] > 0.999 and abar[-1] < 1e-3 and (abar[1:] < abar[:-1]).all()
+
+
+def _run(model, scheduler, steps, seed, **kw):
+    return model.sample(num_images=2, num_steps=steps, scheduler=scheduler, seed=seed, progress=False, **kw)
+
+
+def test_ddim_eta1_over_all_steps_is_ddpm_ancestral():
+    """DDIM with eta = 1 at every training step has DDPM's posterior mean and variance, so given
+    the same noise (the same generator) it reproduces ancestral sampling."""
+    model = mmgen.create_model("ddpm_unet_tiny", num_train_timesteps=40, beta_schedule="linear").eval()
+    _wake(model)  # a denoiser that is not identically 0
+    ddpm = _run(model, "ddpm", 40, seed=3)
+    ddim = _run(model, "ddim", 40, seed=3, eta=1.0)
+    torch.testing.assert_close(ddim, ddpm, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(_run(model, "ddim", 40, seed=3, eta=0.0), ddpm, atol=1e-3)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_prediction_round_trip(prediction):
+    """The true eps / v / x0 target given to a sampler step recovers the clean image exactly."""
+    sched = make_scheduler("ddim", num_train_timesteps=1000, prediction=prediction, clip_sample=False)
+    sched.set_timesteps(10)
+    x0, eps = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    t = sched.timesteps[3]
+    xt = sched.add_noise(x0, eps, t[None])
+    target = {"eps": eps, "x0": x0, "v": sched.get_velocity(x0, eps, t[None])}[prediction]
+    out = sched.step(target, t, xt)
+    torch.testing.assert_close(out.pred_original_sample, x0, atol=1e-4, rtol=1e-4)
+    if prediction == "v":  # v = sqrt(abar) eps - sqrt(1-abar) x0, inverted by hand
+        a = sched.alphas_cumprod[t]
+        torch.testing.assert_close(a.sqrt() * xt - (1 - a).sqrt() * target, x0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close((1 - a).sqrt() * xt + a.sqrt() * target, eps, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ddpm_unet_text_tiny", "ddpm_dit_tiny", "ddpm_unet_class_tiny"])
+def test_guidance_scale_one_is_the_conditional_prediction(name):
+    model = _wake(mmgen.create_model(name).eval())
+    n = 3
+    x, t = torch.randn(n, 3, 16, 16), torch.tensor([10.0, 500.0, 900.0])
+    prompts = ["a red circle", "a blue square at the top", "a green triangle"] if "class" not in name else None
+    labels = torch.tensor([1, 2, 3]) if "class" in name else None
+    with torch.no_grad():
+        cond = model.encode_condition(prompts, labels)
+        uncond = model.encode_condition(unconditional=True, batch_size=n)
+        c = model.net(x, t, **cond)
+        u = model.net(x, t, **uncond)
+        torch.testing.assert_close(model.guided_prediction(x, t, cond, uncond, 1.0), c, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model.guided_prediction(x, t, cond, uncond, 0.0), u, atol=1e-5, rtol=1e-4)
+        g3 = model.guided_prediction(x, t, cond, uncond, 3.0)
+        torch.testing.assert_close(g3, u + 3 * (c - u), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(c, u, atol=1e-4), "the condition does not change the prediction"
+
+
+def test_unet_shapes_and_gradients():
+    net = UNet(UNetConfig(base_ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_res=(8,), num_heads=2, groups=4),
+               image_size=16, in_chans=3, cond_dim=8, context_dim=12)
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    ctx = torch.randn(2, 5, 12, requires_grad=True)
+    cond = torch.randn(2, 8, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    _wake(net)  # zero-initialised outputs would block gradients on the first step
+    out = net(x, torch.tensor([3.0, 700.0]), cond=cond, context=ctx, context_mask=mask)
+    assert out.shape == x.shape
+    out.square().mean().backward()
+    for name, tensor in (("x", x), ("context", ctx), ("cond", cond)):
+        assert tensor.grad is not None and tensor.grad.abs().sum() > 0, name
+    assert ctx.grad[0, 3:].abs().sum() == 0, "padded context tokens must not be attended to"
+    assert all(p.grad is not None for p in net.parameters())
+    with pytest.raises(ValueError, match="16x16"):
+        net(torch.randn(1, 3, 8, 8), torch.tensor([1.0]), cond=cond[:1], context=ctx[:1])
+    with pytest.raises(ValueError, match="divisible"):
+        UNet(UNetConfig(ch_mult=(1, 2, 2)), image_size=18, in_chans=3)
+
+
+def test_dit_shapes_and_gradients():
+    net = DiT(DiTConfig(patch_size=4, dim=32, depth=2, num_heads=2), image_size=16, in_chans=4, cond_dim=8,
+              context_dim=12)
+    _wake(net)  # open the adaLN-Zero gates and the zero output layer
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    ctx = torch.randn(2, 5, 12, requires_grad=True)
+    out = net(x, torch.tensor([3.0, 700.0]), cond=torch.randn(2, 8), context=ctx)
+    assert out.shape == x.shape
+    out.square().mean().backward()
+    assert x.grad.abs().sum() > 0 and ctx.grad.abs().sum() > 0
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        DiT(DiTConfig(patch_size=3), image_size=16, in_chans=3)
+
+
+def test_dit_zero_init_starts_at_zero_output():
+    net = DiT(DiTConfig(patch_size=2, dim=32, depth=2, num_heads=2), image_size=8, in_chans=3)
+    assert net(torch.randn(2, 3, 8, 8), torch.tensor([1.0, 2.0])).abs().max() == 0
+
+
+def test_min_snr_weighting_matches_formula():
+    model = mmgen.create_model("ddpm_unet_tiny", loss_weighting="min_snr", prediction="v")
+    t = torch.tensor([1, 100, 500, 999])
+    snr = model.snr(t)
+    a = model.alphas_cumprod[t]
+    torch.testing.assert_close(snr, a / (1 - a))
+    assert snr[0] > 5 > snr[-1]  # the clamp at gamma = 5 is active at small t only
+
+
+def test_overfit_one_batch():
+    """Class-conditional x0 prediction on two images: the loss goes near zero, which needs the
+    class condition (each label has its own image)."""
+    torch.manual_seed(0)
+    model = mmgen.create_model("ddpm_unet_class_tiny", prediction="x0", cond_dropout=0.0).train()
+    g = torch.Generator().manual_seed(0)
+    imgs = (torch.rand(2, 3, 16, 16, generator=g) > 0.5).float() * 2 - 1
+    batch = {"image": imgs.repeat(4, 1, 1, 1), "label": torch.tensor([0, 1]).repeat(4)}
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for step in range(150):
+        loss, _ = model.loss(batch)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    losses = [model.loss(batch)[0].item() for _ in range(5)]
+    assert sum(losses) / 5 < 0.05 * first, (first, losses)
+
+
+def test_seeded_sampling_is_deterministic():
+    model = _wake(mmgen.create_model("ddpm_unet_text_tiny").eval())
+    kw = dict(num_steps=4, scheduler="ddpm", guidance_scale=2.0, progress=False)
+    a = model.sample(["a red circle", "a blue square"], seed=7, **kw)
+    b = model.sample(["a red circle", "a blue square"], seed=7, **kw)
+    c = model.sample(["a red circle", "a blue square"], seed=8, **kw)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert a.shape == (2, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
+
+
+def test_generate_images_contract_and_errors():
+    model = mmgen.create_model("ddpm_unet_class_tiny", class_names=tuple(f"c{i}" for i in range(10))).eval()
+    images, scores = model.generate_images(["c3", "7"], num_images=2, seed=0, guidance_scale=3.0, num_steps=2,
+                                           progress=False)
+    assert images.shape == (4, 3, 16, 16) and scores is None
+    with pytest.raises(ValueError, match="unknown class"):
+        model.sample(["zebra"], num_steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        model.sample([12], num_steps=2, progress=False)
+    text = mmgen.create_model("ddpm_unet_text_tiny").eval()
+    with pytest.raises(ValueError, match="prompts"):
+        text.sample([], num_steps=2, progress=False)
+    with pytest.raises(ValueError, match="scheduler must be one of"):
+        text.sample(["a red circle"], num_steps=2, scheduler="heun", progress=False)
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        mmgen.create_model("ddpm_unet_tiny", prediction="score")
+
+
+def test_half_precision_checkpoint_round_trip(tmp_path):
+    model = _wake(mmgen.create_model("ddpm_unet_text_tiny").eval())
+    model.save_pretrained(tmp_path / "m", dtype=torch.float16)
+    loaded = mmgen.load_pretrained(tmp_path / "m")
+    assert isinstance(loaded, DDPM) and next(loaded.parameters()).dtype == torch.float32
+    kw = dict(num_steps=3, seed=1, progress=False)
+    torch.testing.assert_close(loaded.sample(["a red circle"], **kw), model.sample(["a red circle"], **kw),
+                               atol=2e-2, rtol=0)
+
+
+def test_generate_cli(tmp_path, capsys):
+    from mmgen.cli import main
+    model = mmgen.create_model("ddpm_unet_text_tiny")
+    model.save_pretrained(tmp_path / "ckpt", dtype=torch.float16)
+    out = tmp_path / "grid.png"
+    rc = main(["generate", "a red circle", "a blue square", "-o", str(out), "--model", str(tmp_path / "ckpt"),
+               "--num-images", "2", "--steps", "2", "--scheduler", "dpm++", "--guidance", "2", "--quiet"])
+    assert rc == 0 and out.is_file()
+    from PIL import Image
+    assert Image.open(out).size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)  # 2x2 grid with 2 px padding
+    for argv, msg in ((["   "], "empty prompt"), (["x", "--model", "nosuchmodel"], "unknown model"),
+                      (["x", "--model", str(tmp_path / "missing/")], "does not exist"),
+                      (["x", "--model", str(tmp_path)], "no config.json")):
+        assert main(["generate", *argv, "-o", str(out)]) == 2
+        assert msg in capsys.readouterr().err
+    mmgen.create_model("ddpm_unet_tiny").save_pretrained(tmp_path / "uncond")
+    assert main(["generate", "x", "--model", str(tmp_path / "uncond"), "--steps", "1", "--num-images", "1",
+                 "-o", str(out), "--quiet"]) == 0
+
+
+def test_generate_cli_rejects_non_generators(tmp_path, capsys, monkeypatch):
+    from mmgen.cli import main
+    from mmgen.commands import generate
+    model = mmgen.create_model("ddpm_unet_tiny")
+    model.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(DDPM, "generate_images", None)
+    assert main(["generate", "x", "--model", str(tmp_path / "m"), "-o", str(tmp_path / "o.png")]) == 2
+    assert "not an image generator" in capsys.readouterr().err
+    monkeypatch.setitem(generate.MODELS, "ghost", "no_such_dir")
+    assert main(["generate", "x", "--model", "ghost", "-o", str(tmp_path / "o.png")]) == 2
+    assert "checkpoints/no_such_dir" in capsys.readouterr().err
+
+
+def test_latent_dit_on_vae_latents(tmp_path):
+    model = _wake(mmgen.create_model("ddpm_dit_latent_tiny"))
+    assert (model.latent_chans, model.latent_size) == tuple(model.vae.latent_shape[:2])
+    assert not any(p.requires_grad for p in model.vae.parameters())
+    loss, _ = model.loss(model.example_batch(2))
+    loss.backward()
+    assert all(p.grad is None for p in model.vae.parameters())
+    model.eval()
+    lat = model.sample([1, 2], num_steps=2, seed=0, progress=False, return_latents=True)
+    assert lat.shape == (2, *model.vae.latent_shape)
+    img = model.sample([1, 2], num_steps=2, seed=0, progress=False)
+    assert img.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(img, model.vae.decode_latents(lat).clamp(-1, 1))
+    model.save_pretrained(tmp_path / "ldm")  # the VAE travels inside the checkpoint
+    loaded = mmgen.load_pretrained(tmp_path / "ldm")
+    torch.testing.assert_close(loaded.sample([1, 2], num_steps=2, seed=0, progress=False), img)
+    with pytest.raises(ValueError, match="clip_sample=False"):
+        mmgen.create_model("ddpm_dit_latent_tiny", clip_sample=True)
+
+
+def test_gpt_hidden_states_as_text_encoder(tmp_path):
+    """Text conditioning from a frozen GPT's hidden states; the checkpoint carries the GPT."""
+    import shutil
+    gpt = mmgen.create_model("gpt_tiny")
+    gpt.save_pretrained(tmp_path / "gpt")
+    model = mmgen.create_model("ddpm_unet_text_tiny", text_encoder="gpt", text_encoder_path=str(tmp_path / "gpt"))
+    assert model.config.text_encoder_meta["model_type"] == "gpt"
+    states, mask, pooled = model.text_encoder(["a red circle", "a blue square above a green cross"], "cpu")
+    n = len("a red circle") + 2
+    assert mask[0].sum() == n and mask[1].sum() == len("a blue square above a green cross") + 2
+    with torch.no_grad():
+        full = gpt(torch.tensor([[256, *"a red circle".encode(), 257]]), return_hidden=True)[1]
+    torch.testing.assert_close(states[0, :n], full[0])  # right padding leaves the causal states alone
+    torch.testing.assert_close(pooled[0], full[0, -1])
+    loss, _ = model.loss(model.example_batch(2))
+    loss.backward()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    assert model.text_proj.weight.grad is not None
+    model.save_pretrained(tmp_path / "ddpm")
+    shutil.rmtree(tmp_path / "gpt")  # self-contained: no reference to the GPT directory is needed
+    loaded = mmgen.load_pretrained(tmp_path / "ddpm").eval()
+    model.eval()
+    kw = dict(num_steps=2, seed=0, progress=False)
+    torch.testing.assert_close(loaded.sample(["a red circle"], **kw), model.sample(["a red circle"], **kw))
+    with pytest.raises(TypeError, match="needs a 'clip' checkpoint"):
+        mmgen.create_model("ddpm_unet_text_tiny", text_encoder="clip", text_encoder_meta=model.config.text_encoder_meta)
+
+
+class _Oracle(torch.nn.Module):
+    """The perfect denoiser for a data set of one image x0: returns the exact eps / v / x0."""
+
+    def __init__(self, x0, alphas_cumprod, prediction):
+        super().__init__()
+        self.x0, self.abar, self.prediction = x0, alphas_cumprod, prediction
+        self.dummy = torch.nn.Parameter(torch.zeros(1))  # so model.device has a parameter to read
+
+    def forward(self, x, t, **cond):
+        a = self.abar[t.round().long()].view(-1, 1, 1, 1)
+        x0 = self.x0.expand_as(x)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[self.prediction]
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "dpm++", "euler"])
+def test_every_sampler_lands_on_the_data_with_a_perfect_denoiser(scheduler, prediction):
+    model = mmgen.create_model("ddpm_unet_tiny", prediction=prediction).eval()
+    x0 = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    model.net = _Oracle(x0, model.alphas_cumprod, prediction)
+    out = model.sample(num_images=2, num_steps=8, scheduler=scheduler, seed=0, progress=False)
+    torch.testing.assert_close(out, x0.expand_as(out), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_clip_prediction_keeps_in_range_predictions_and_clips_x0(prediction):
+    model = mmgen.create_model("ddpm_unet_tiny", prediction=prediction)
+    sched = model.noise_scheduler
+    x0, eps, t = torch.rand(2, 3, 4, 4) * 1.8 - 0.9, torch.randn(2, 3, 4, 4), torch.tensor(500)
+    xt = sched.add_noise(x0, eps, t[None])
+    target = {"eps": eps, "x0": x0, "v": sched.get_velocity(x0, eps, t[None])}[prediction]
+    torch.testing.assert_close(model.clip_prediction(target, xt, t), target, atol=1e-5, rtol=1e-5)
+    far = {"eps": eps - 5, "x0": x0 + 5, "v": target - 5}[prediction]  # implies x0 far outside [-1, 1]
+    clipped = model.clip_prediction(far, xt, t)
+    a = model.alphas_cumprod[500]
+    implied = {"eps": lambda p: (xt - (1 - a).sqrt() * p) / a.sqrt(), "x0": lambda p: p,
+               "v": lambda p: a.sqrt() * xt - (1 - a).sqrt() * p}[prediction](clipped)
+    assert implied.abs().max() <= 1 + 1e-5
+
+
+def test_clip_text_tower_as_text_encoder(tmp_path):
+    """Text conditioning from a frozen CLIP text tower: its token states up to EOS, pooled at EOS
+    (projected by CLIP, the pooled state is CLIP's text embedding); the DDPM checkpoint carries it."""
+    import shutil
+    clip = mmgen.create_model("clip_tiny").eval()
+    clip.save_pretrained(tmp_path / "clip")
+    model = mmgen.create_model("ddpm_unet_text_tiny", text_encoder="clip", text_encoder_path=str(tmp_path / "clip"))
+    prompts = ["a red circle", "a blue square above a green cross"]
+    states, mask, pooled = model.text_encoder(prompts, "cpu")
+    with torch.no_grad():
+        ref = clip.encode_text(prompts, normalize=False)
+    torch.testing.assert_close(clip.text_proj(pooled), ref, atol=1e-5, rtol=1e-5)
+    eos = clip.text.pool_index(clip.tokenize(prompts))  # (B,) position of EOS
+    assert mask.sum(1).tolist() == (eos + 1).tolist() and mask[:, 0].all()  # BOS .. EOS, nothing after
+    loss, _ = model.loss(model.example_batch(2))
+    loss.backward()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    model.save_pretrained(tmp_path / "ddpm", dtype=torch.float16)
+    shutil.rmtree(tmp_path / "clip")
+    loaded = mmgen.load_pretrained(tmp_path / "ddpm")
+    assert loaded.config.text_encoder_meta["model_type"] == "clip"
+    assert loaded.sample(prompts, num_steps=2, progress=False).shape == (2, 3, 16, 16)

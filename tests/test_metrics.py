@@ -1,0 +1,108 @@
+"""mmgen.metrics: Fréchet distance, KID, feature extraction, CLIP score, prompt fidelity."""
+import pytest
+import torch
+from torch import nn
+
+from mmgen.metrics import (clip_score, fd_kid, frechet_distance, gaussian_stats, image_features,
+                           kernel_inception_distance, prompt_fidelity)
+
+
+def test_frechet_distance_closed_form():
+    """N(0, I) vs N(mu, s^2 I): FD = |mu|^2 + D (1 - s)^2."""
+    D = 8
+    mu = torch.linspace(-1, 1, D, dtype=torch.float64)
+    a = (torch.zeros(D), torch.eye(D))
+    b = (mu, 4 * torch.eye(D))
+    assert frechet_distance(a, b) == pytest.approx(float(mu.square().sum()) + D * (1 - 2) ** 2, rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_full_covariances():
+    """Against FID's own form tr((S1 S2)^1/2) = sum of sqrt(eigenvalues of S1 S2) (non-symmetric)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=g) @ torch.randn(6, 6, generator=g)
+    y = torch.randn(400, 6, generator=g) @ torch.randn(6, 6, generator=g) + 0.5
+    (m1, s1), (m2, s2) = gaussian_stats(x), gaussian_stats(y)
+    covmean_trace = torch.linalg.eigvals(s1 @ s2).real.clamp(min=0).sqrt().sum()
+    ref = float((m1 - m2).square().sum() + torch.trace(s1) + torch.trace(s2) - 2 * covmean_trace)
+    assert frechet_distance(x, y) == pytest.approx(ref, rel=1e-6)
+    assert frechet_distance(x, y) == pytest.approx(frechet_distance(y, x), rel=1e-6)
+
+
+def test_kid_unbiased_estimator():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 4, generator=g).double(), torch.randn(60, 4, generator=g).double()
+    # one subset holding every sample = the plain unbiased MMD^2, written as loops
+    k = lambda u, v: (u @ v / 4 + 1) ** 3
+    m = 60
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    mean, _ = kernel_inception_distance(x, y, num_subsets=1, subset_size=m)
+    assert mean == pytest.approx(float(xx + yy - 2 * xy), rel=1e-6)
+    same, _ = kernel_inception_distance(torch.randn(300, 4, generator=g), torch.randn(300, 4, generator=g),
+                                        num_subsets=5, subset_size=200)
+    shifted, _ = kernel_inception_distance(torch.randn(300, 4, generator=g), torch.randn(300, 4, generator=g) + 1,
+                                           num_subsets=5, subset_size=200)
+    assert abs(same) < 0.5 < 5 < shifted  # the cubic kernel is noisy at 300 samples; a shift of 1 is not
+
+
+def test_image_features_and_fd_kid_with_an_encoder():
+    enc = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(64, 1, 16, 16, generator=g) * 2 - 1  # grey, converted to the encoder's 3 channels
+    f = image_features(enc, real, batch_size=10, channels=3, image_size=8)
+    assert f.shape == (64, 8)
+    torch.testing.assert_close(f[:10], enc(nn.functional.interpolate(real[:10].expand(-1, 3, -1, -1), size=8,
+                                                                       mode="bilinear")))
+    res = fd_kid(enc, real, real.flip(0), channels=3)
+    assert res["fd_ours"] == pytest.approx(0.0, abs=1e-6)
+    far = fd_kid(enc, real, -real.abs(), channels=3)
+    assert far["fd_ours"] > 1e-3 and far["kid_ours"] > res["kid_ours"]
+    with pytest.raises(ValueError, match="N >= 2"):
+        gaussian_stats(torch.randn(1, 4))
+
+
+class _FakeCLIP(nn.Module):
+    """Images and texts embedded by their colour: red -> e0, blue -> e1."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def encode_image(self, x):
+        return torch.stack([x[:, 0].mean((1, 2)), x[:, 2].mean((1, 2))], -1) + 2
+
+    def encode_text(self, texts):
+        return torch.tensor([[3.0, 2.0] if "red" in t else [2.0, 3.0] for t in texts])
+
+
+def test_clip_score_prefers_matching_prompts():
+    red = -torch.ones(4, 3, 8, 8)
+    red[:, 0] = 1
+    clip = _FakeCLIP()
+    good = clip_score(clip, red, ["a red circle"] * 4)
+    bad = clip_score(clip, red, ["a blue circle"] * 4)
+    assert 0 < bad < good <= 100
+    assert clip_score(clip, red, ["a red circle"] * 4, reduction="none").shape == (4,)
+    with pytest.raises(ValueError, match="one prompt per image"):
+        clip_score(clip, red, ["a red circle"])
+
+
+def test_prompt_fidelity_with_a_checker():
+    imgs = torch.zeros(4, 3, 8, 8)
+    imgs[:2, 0] = 1
+    checker = lambda img, cap: ("red" in cap) == bool(img[0].mean() > 0.5)
+    assert prompt_fidelity(imgs, ["red", "red", "blue", "red"], checker=checker) == 0.75
+    with pytest.raises(ValueError, match="one caption per image"):
+        prompt_fidelity(imgs, ["red"], checker=checker)
+
+
+def test_prompt_fidelity_with_the_shapes_checker():
+    from mmgen.data import build_dataset
+    ds = build_dataset("shapes", split="test")
+    items = [ds[i] for i in range(12)]
+    imgs = torch.stack([it["image"] for it in items])
+    caps = [it["caption"] for it in items]
+    assert prompt_fidelity(imgs, caps) >= 0.9  # real images match their own captions
+    assert prompt_fidelity(-torch.ones_like(imgs), caps) == 0.0  # blank images match nothing

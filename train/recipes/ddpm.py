@@ -1,0 +1,47 @@
+"""DDPM recipes: text-conditional shapes (the shipped checkpoint), class-conditional
+animal-mnist, text-conditional emoji (DiT)."""
+from . import Recipe, register_recipe
+
+# The shipped checkpoints/ddpm_shapes: a 1.9M-parameter text-conditional UNet whose text
+# encoder is the frozen text tower of the trained shapes CLIP (copied into the DDPM
+# checkpoint), trained on a shared 2-core CPU (see checkpoints/ddpm_shapes/README.md).
+_SHAPES_TRAIN = dict(steps=600, batch_size=32, lr=1e-3, warmup=20, min_lr=1e-4, weight_decay=0.0, ema=0.995,
+                     eval_batches=4, num_samples=16, log_every=10, save_every=100)
+register_recipe(Recipe(
+    name="ddpm_shapes",
+    model="ddpm_unet_shapes",
+    data="shapes",
+    train=_SHAPES_TRAIN,
+    model_overrides={"text_encoder": "clip", "text_encoder_path": "checkpoints/clip_shapes"},
+    description="text-conditional pixel UNet on shapes (32x32), frozen CLIP text tower "
+                "(model.text_encoder_path: a trained CLIP checkpoint), CFG dropout 10%",
+    expected="see checkpoints/ddpm_shapes/README.md (FD_ours, CLIP score, prompt fidelity at guidance 1 and 3)",
+))
+register_recipe(Recipe(
+    name="ddpm_shapes_builtin",
+    model="ddpm_unet_shapes",
+    data="shapes",
+    train=_SHAPES_TRAIN,
+    description="ddpm_shapes with the built-in byte-level text encoder trained jointly (self-contained)",
+    expected="300 steps (23 min, shared CPU): the text is not used yet (conditional = unconditional loss)",
+))
+
+register_recipe(Recipe(
+    name="ddpm_animal_mnist",
+    model="ddpm_unet_animal_mnist",
+    data="animal_mnist",
+    train=dict(steps=3000, batch_size=64, lr=5e-4, warmup=100, weight_decay=0.0, ema=0.999, num_samples=20,
+               save_every=500),
+    description="class-conditional pixel UNet on animal-mnist (28x28 grey), CFG dropout 10%",
+    expected="not run to completion on the shared CPU yet (see docs/ddpm.md)",
+))
+
+register_recipe(Recipe(
+    name="ddpm_emoji",
+    model="ddpm_dit_emoji",
+    data="emoji",
+    train=dict(steps=5000, batch_size=64, lr=3e-4, warmup=200, weight_decay=0.0, ema=0.999, num_samples=16,
+               save_every=500),
+    description="text-conditional DiT (adaLN-Zero + cross-attention) on emoji names, v-prediction, min-SNR",
+    expected="not run on the shared CPU yet (see docs/ddpm.md)",
+))
