@@ -80,7 +80,7 @@ def train_table(presets, repeats: int) -> None:
     rows = []
     for name, batch, seq in presets:
         torch.manual_seed(0)
-        model = mmgen.create_model(name, embed_dropout=0.0, **{"block.dropout": 0.0}).train()
+        model = mmgen.create_model(name, dropout=0.0).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         ids = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
         b = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
