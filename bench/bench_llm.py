@@ -34,6 +34,25 @@ def _load(path: str | None, preset: str, **overrides):
     return mmgen.create_model(preset, **overrides).eval()
 
 
+def linear_micro(shapes=((768, 3072), (2048, 8192)), tokens: int = 1, repeats: int = 20) -> None:
+    """One decode-sized matmul (x of `tokens` rows) through an fp32 nn.Linear and its int8
+    QuantLinear: where weight bytes, not Python, dominate."""
+    from mmgen.finetune import QuantLinear
+    rows = []
+    for i, o in shapes:
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(i, o)
+        q = QuantLinear.from_linear(lin, 8)
+        x = torch.randn(tokens, i)
+        with torch.no_grad():
+            t = compare({"fp32": lambda: lin(x), "int8": lambda: q(x)}, warmup=3, repeats=repeats)
+            err = ((q(x) - lin(x)).norm() / lin(x).norm()).item()
+        rows.append([f"{i}x{o}", t["fp32"].median_s * 1e6, t["int8"].median_s * 1e6,
+                     t["fp32"].median_s / t["int8"].median_s, lin.weight.numel() * 4 / 1e6, q.qweight.numel() / 1e6, err])
+    print_table(f"one Linear, {tokens} token(s): fp32 vs int8 weight-only",
+                ["shape", "fp32 us", "int8 us", "speed-up", "fp32 MB", "int8 MB", "rel. error"], rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     from mmgen.finetune import model_bytes, quantize_model
     from mmgen.text.speculative import speculative_generate
@@ -50,12 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args([] if argv is None else argv)
 
     target = _load(args.target, args.preset)
-    draft = _load(args.draft, args.preset, **{"block.depth": 1, "block.dim": 64})
+    draft = _load(args.draft, args.preset, depth=1, dim=64)
     prompt = list(b"ROMEO:\nWhat light through yonder window breaks?\n")[: target.config.context // 4]
     N = args.tokens
     qtarget = copy.deepcopy(target)
     quantize_model(qtarget, 8)
-    c = target.config.block
+    c = target.transformer.cfg
     kv_bytes = 2 * c.depth * (len(prompt) + N) * c.kv_heads * c.dim_head * 4
 
     ref = target.generate(prompt, N, temperature=0)[0]
@@ -97,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"speculative: acceptance {st.acceptance:.2f}, {st.target_calls} target forwards for {N} tokens "
           f"(plain: {N}), {st.draft_calls} draft forwards")
     print(f"torch.compile: {compile_note}")
+    linear_micro()
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def count_params(model: nn.Module) -> dict[str, int]:
 
 def gpt_param_formula(config) -> int:
     """Parameters of a GPT from its config alone (checked against the built model in tests)."""
-    c, b = config, config.block
+    c, b = config, config.block_config()
     d, H, Hkv, D, F = b.dim, b.num_heads, b.kv_heads, b.dim_head, b.hidden_dim
     norm = d * (2 if b.norm == "layernorm" and b.norm_bias else 1)
     qkv = d * (H + 2 * Hkv) * D + ((H + 2 * Hkv) * D if b.qkv_bias else 0)
@@ -122,7 +122,7 @@ def transformer_spec(model: nn.Module, seq_len: int | None = None) -> dict[str, 
         T = seq_len or c.context
         if T > c.context:
             raise ValueError(f"seq_len {T} exceeds the context of {c.context} tokens")
-        return {"family": "gpt", "tokens": T, "kv_len": T, "shape": _stack_shape(c.block),
+        return {"family": "gpt", "tokens": T, "kv_len": T, "shape": _stack_shape(model.transformer.cfg),
                 "per_token_linear": _linear_flops_per_token(model.transformer) + 2.0 * model.lm_head.in_features
                 * model.lm_head.out_features, "per_example_linear": 0.0, "vocab": c.vocab_size,
                 "causal": True, "decoder": True}

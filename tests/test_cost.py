@@ -7,7 +7,7 @@ import mmgen
 from mmgen.cost import (activation_bytes, build_meta, count_params, estimate, gpt_param_formula,
                         transformer_spec)
 
-MATH = {"block.attn_impl": "math"}  # SDPA's CPU kernel is invisible to FlopCounterMode; the math path is not
+MATH = {"attn_impl": "math"}  # SDPA's CPU kernel is invisible to FlopCounterMode; the math path is not
 
 
 @pytest.mark.parametrize("preset", [p for p in mmgen.list_models("gpt*")])

@@ -23,7 +23,7 @@ def test_zero_b_equals_base_and_merge_equals_unmerged(preset):
     ids = model.example_batch(2)["input_ids"]
     base = model(ids)
     names = apply_lora(model, targets=["attn", "mlp"], rank=4, alpha=8)
-    assert len(names) == 4 * model.config.block.depth
+    assert len(names) == 4 * model.config.depth
     torch.testing.assert_close(model(ids), base, rtol=0, atol=0)  # B = 0: exactly the base model
     _randomise_b(model)
     unmerged = model(ids)
@@ -125,3 +125,47 @@ def test_prefix_tuning_trains_only_the_prefix_and_decodes_consistently(preset, t
     other = PrefixGPT(gpt, num_virtual=3)
     other.load_prefix(tmp_path)
     torch.testing.assert_close(other(torch.tensor([prompt])), pm(torch.tensor([prompt])))
+
+
+@pytest.mark.parametrize("preset", ["gpt_tiny", "gpt_llama_tiny"])
+def test_add_prefix_hook_equals_prefix_gpt(preset):
+    """The generic hook (any mmgen Transformer, e.g. CLIP's text tower) computes what PrefixGPT does."""
+    from mmgen.finetune import add_prefix, remove_prefix
+    torch.manual_seed(0)
+    gpt = mmgen.create_model(preset).eval()
+    ids = gpt.example_batch(2)["input_ids"]
+    base = gpt(ids)
+    pm = PrefixGPT(gpt, num_virtual=4)
+    want = pm(ids)
+    prefix = add_prefix(gpt, "transformer", 4)
+    prefix.load_state_dict(pm.prefix.state_dict())
+    torch.testing.assert_close(gpt(ids), want)
+    assert trainable_names(gpt) == ["prefix_tuning.keys", "prefix_tuning.values"]
+    gpt.loss(gpt.example_batch(2))[0].backward()
+    assert prefix.keys.grad is not None
+    remove_prefix(gpt)
+    torch.testing.assert_close(gpt(ids), base)
+    with pytest.raises(ValueError, match="not an mmgen.layers.Transformer"):
+        add_prefix(gpt, "lm_head")
+
+
+def test_clip_lora_and_text_tower_prefix():
+    from mmgen.finetune import add_prefix
+    torch.manual_seed(0)
+    clip = mmgen.create_model("clip_tiny").eval()
+    batch = clip.example_batch(4)
+    with torch.no_grad():
+        img, txt = clip.encode_image(batch["image"]), clip.encode_text(batch["input_ids"])
+    apply_lora(clip, targets=["text.*attn.qkv", "visual.*attn.qkv"], rank=4)
+    with torch.no_grad():
+        torch.testing.assert_close(clip.encode_text(batch["input_ids"]), txt, rtol=0, atol=0)
+        torch.testing.assert_close(clip.encode_image(batch["image"]), img, rtol=0, atol=0)
+    merge_and_unload(clip)
+    prefix = add_prefix(clip, "text.transformer", 4)
+    with torch.no_grad():
+        moved = (clip.encode_text(batch["input_ids"]) - txt).abs().max()
+        torch.testing.assert_close(clip.encode_image(batch["image"]), img)  # the image tower is untouched
+    assert moved > 0
+    clip.loss(batch)[0].backward()
+    assert trainable_names(clip) == ["prefix_tuning.keys", "prefix_tuning.values"]
+    assert prefix.keys.grad.abs().sum() > 0

@@ -11,8 +11,7 @@ from mmgen.text.speculative import speculative_generate
 
 def _small(vocab, dim, depth, seed, **kw):
     torch.manual_seed(seed)
-    m = GPT(GPTConfig(vocab_size=vocab, context=64, tie_weights=False,
-                      block=dict(dim=dim, depth=depth, num_heads=2, causal=True), **kw))
+    m = GPT(GPTConfig(vocab_size=vocab, context=64, tie_weights=False, dim=dim, depth=depth, num_heads=2, **kw))
     with torch.no_grad():  # logits of std ~1.5 instead of the near-uniform 0.02 init
         m.tok_embed.weight.normal_(0, 1.0)
         m.lm_head.weight.normal_(0, 0.4)
@@ -23,7 +22,7 @@ def _small(vocab, dim, depth, seed, **kw):
 def test_greedy_output_equals_target_greedy(num_draft):
     target = mmgen.create_model("gpt_tiny").eval()
     torch.manual_seed(1)
-    draft = mmgen.create_model("gpt_tiny", **{"block.depth": 1}).eval()
+    draft = mmgen.create_model("gpt_tiny", depth=1).eval()
     prompt = [3, 70, 71, 72, 10]
     want = target.generate(prompt, 30, temperature=0)[0]
     got, stats = speculative_generate(target, draft, prompt, 30, num_draft=num_draft, temperature=0,

@@ -149,3 +149,50 @@ class PrefixGPT(nn.Module):
         with torch.no_grad():
             self.prefix.keys.copy_(sd["keys"])
             self.prefix.values.copy_(sd["values"])
+
+
+def add_prefix(model: nn.Module, transformer: str, num_virtual: int = 8, *, freeze_base: bool = True) -> PrefixTuning:
+    """Prefix-tune any model built on `mmgen.layers.Transformer` without touching its code:
+    `add_prefix(clip, "text.transformer", 8)` (CLIP's text tower), `add_prefix(gpt, "transformer")`.
+
+    A forward pre-hook on the named Transformer gives every call made without a cache a KV
+    cache pre-filled with the learned prefix (`start=num_virtual`), keeps the tokens' own
+    positions (RoPE positions default to 0..T-1, not P..P+T-1) and extends a key-padding mask
+    with the always-visible prefix. The PrefixTuning module is registered on the model as
+    `prefix_tuning` (so its keys/values are the model's trainable parameters and are saved
+    with it); with freeze_base every other parameter is frozen. Calls that pass their own cache
+    (GPT.generate) are left alone: decode with PrefixGPT.generate for prefix-tuned decoders."""
+    tr = model.get_submodule(transformer)
+    if not hasattr(tr, "blocks") or not hasattr(tr, "make_cache"):
+        raise ValueError(f"{transformer!r} is a {type(tr).__name__}, not an mmgen.layers.Transformer")
+    if freeze_base:
+        model.requires_grad_(False)
+    prefix = PrefixTuning(tr, num_virtual)
+    model.prefix_tuning = prefix
+    P = num_virtual
+
+    def hook(mod, args, kwargs):
+        if kwargs.get("cache") is not None:
+            return None
+        x = args[0] if args else kwargs["x"]
+        B, T = x.shape[0], x.shape[1]
+        kwargs = dict(kwargs)
+        kwargs["cache"] = prefix.make_cache(B, T, dtype=x.dtype)
+        kwargs["start"] = P
+        if mod.rope is not None and kwargs.get("positions") is None:
+            kwargs["positions"] = torch.arange(T, device=x.device)
+        kp = kwargs.get("key_padding")
+        if kp is not None:
+            kwargs["key_padding"] = torch.cat([torch.ones(B, P, dtype=torch.bool, device=kp.device), kp.bool()], 1)
+        return args, kwargs
+
+    prefix._hook = tr.register_forward_pre_hook(hook, with_kwargs=True)
+    return prefix
+
+
+def remove_prefix(model: nn.Module) -> None:
+    prefix = getattr(model, "prefix_tuning", None)
+    if prefix is None:
+        raise ValueError("this model has no prefix (add_prefix was not called)")
+    prefix._hook.remove()
+    del model.prefix_tuning

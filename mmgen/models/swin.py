@@ -281,9 +281,11 @@ class Swin(ImageClassifier):
 
     # ---------------------------------------------------------------------- timm API
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = self.patch_embed(x)  # (B, h*w, C)
-        x = x.to(self.norm.weight.dtype)  # float32 residual stream under bf16 autocast (as timm)
-        return rearrange(x, "b (h w) c -> b h w c", h=h, w=w)
+        pe = self.patch_embed
+        pe.check_input(x)  # channels, size vs patch / img_size: clear errors
+        x = rearrange(pe.proj(x), "b c h w -> b h w c")  # (B, h, w, C)
+        # norm in float32 and keep a float32 residual stream under bf16 autocast (as timm)
+        return pe.norm(x.to(self.norm.weight.dtype))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normalised last-stage map (B, h, w, num_features) (NHWC, as timm)."""

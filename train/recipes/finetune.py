@@ -8,6 +8,9 @@ plain preset + dataset recipe cannot express, so these run as a module:
       --set train.steps=400 --set train.batch_size=16 --set train.lr=3e-3 --out runs/base
   # 2. fine-tune it on another corpus (emoji captions): full vs LoRA vs QLoRA vs prefix
   python -m train.recipes.finetune gpt --base runs/base --out runs/ft
+  # CLIP: a small shapes CLIP, then LoRA / prefix (text tower) / full on animal-mnist
+  python -m train --recipe clip_shapes_byte_base --out runs/clip_base
+  python -m train.recipes.finetune clip --base runs/clip_base --out runs/clip_ft
   # 3. preferences: DPO against a frozen reference + a Bradley-Terry reward model
   python -m train.recipes.finetune dpo --base runs/base --out runs/dpo
 
@@ -27,8 +30,21 @@ from pathlib import Path
 
 import torch
 
+from . import Recipe, register_recipe
 from ..config import TrainConfig
 from ..loop import lr_factor, param_groups
+
+# The CLIP base the CLIP fine-tuning recipe starts from: clip_tiny with small towers (as
+# train/recipes/clip.py) and the byte tokenizer, so captions of any dataset tokenize.
+CLIP_SMALL = dict(vision_model="vit_tiny_patch4_32", vision={"dim": 64, "depth": 2, "num_heads": 2}, embed_dim=64,
+                  tokenizer="byte", text={"context_length": 48, "width": 64, "depth": 2, "heads": 2})
+register_recipe(Recipe(
+    name="clip_shapes_byte_base", model="clip_tiny", data="shapes", model_overrides=CLIP_SMALL,
+    data_kwargs={"holdout": "default"},
+    train=dict(steps=300, batch_size=64, lr=2e-3, warmup=30, weight_decay=0.1, val_split="heldout_test",
+               eval_batches=4, log_every=50, save_every=300),
+    description="small CLIP on shapes with the byte tokenizer: the base of `python -m train.recipes.finetune clip`",
+    expected="see docs/llm.md (fine-tuning table)"))
 
 
 # ---- a small loop for wrapped models -------------------------------------------------------
@@ -165,6 +181,78 @@ def print_gpt_table(r: dict) -> None:
               f"{x['val_loss']:.3f} | {x['shakespeare_val_loss']:.3f} | {x['wall_s']:.0f} |")
 
 
+# ---- CLIP: shapes base -> animal-mnist, LoRA / prefix vs full ---------------------------------
+def finetune_clip(base_dir: str, out: str, *, steps: int = 250, batch_size: int = 64, rank: int = 8, seed: int = 0,
+                  methods: list[str] | None = None, n_test: int | None = None) -> dict:
+    import mmgen
+    from mmgen.data import build_dataset
+    from mmgen.finetune import add_prefix, apply_lora, trainable_summary
+    from mmgen.metrics.clip_eval import dataset_zero_shot
+
+    base = mmgen.load_pretrained(base_dir).eval()
+    base.config.label_aware = True  # template captions: two zebra captions are not negatives
+    base.loss_fn.label_aware = True  # (the loss module was built from the config already)
+    ds = build_dataset("animal_mnist", "train")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(ds), (steps * batch_size,), generator=g).tolist()
+    batches = [base.collate([ds[i] for i in idx[j * batch_size:(j + 1) * batch_size]]) for j in range(steps)]
+
+    def lora(m, targets):
+        apply_lora(m, targets=targets, rank=rank, alpha=2 * rank)
+        m.logit_scale.requires_grad_(True)
+        return m
+
+    def prefix(m):
+        add_prefix(m, "text.transformer", 8)
+        m.logit_scale.requires_grad_(True)
+        return m
+
+    builders = {
+        "full": (lambda m: m, 1e-3),
+        f"lora_r{rank}_both_towers": (lambda m: lora(m, ["attn", "mlp"]), 3e-3),
+        f"lora_r{rank}_text_tower": (lambda m: lora(m, ["text.*attn.qkv", "text.*attn.proj", "text.*mlp.fc1",
+                                                         "text.*mlp.fc2"]), 3e-3),
+        "prefix_8_text_tower": (prefix, 1e-2),
+    }
+    methods = methods or list(builders)
+    zs = lambda m: dataset_zero_shot(m.eval(), "animal_mnist", split="test", limit=n_test)  # all 1,000: the split is class-sorted
+    before = zs(base)
+    before_n = before["n"]
+    results = {"base": base_dir, "data": "animal_mnist", "steps": steps, "batch_size": batch_size,
+               "before": {"top1": before["top1"], "top5": before["top5"], "chance": before["chance"], "n": before["n"]},
+               "runs": {}}
+    print(f"base zero-shot top-1 {before['top1']:.3f}", file=sys.stderr)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in methods:
+        build, lr = builders[name]
+        torch.manual_seed(seed)
+        model = build(copy.deepcopy(base))
+        share = trainable_summary(model)
+        print(f"{name}: {share['trainable']:,} trainable of {share['total']:,}", file=sys.stderr)
+        t0 = time.perf_counter()
+        hist, opt = train_steps(model, lambda s: batches[s - 1], steps, lr, log_every=max(steps // 4, 1),
+                                weight_decay=0.0)
+        wall = time.perf_counter() - t0
+        mem = training_memory(model, opt, batches[0])
+        acc = zs(model)
+        results["runs"][name] = {"trainable": share["trainable"], "total": share["total"], "share": share["share"],
+                                 "lr": lr, "train_loss": hist[-1]["loss"], "top1": acc["top1"], "top5": acc["top5"],
+                                 "wall_s": wall, "memory": mem}
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\nCLIP fine-tuning {base_dir} on animal_mnist ({steps} steps x {batch_size}), zero-shot on "
+          f"{before_n} test images (chance {before['chance']:.3f})")
+    print("| method | trainable | share | train-state MB (w+g+opt) | activations MB | final train loss | top-1 | top-5 | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| base (no fine-tuning) | 0 | 0 | | | | {before['top1']:.3f} | {before['top5']:.3f} | |")
+    for name, x in results["runs"].items():
+        m = x["memory"]
+        print(f"| {name} | {x['trainable']:,} | {100 * x['share']:.2f}% | "
+              f"{(m['weights'] + m['gradients'] + m['optimizer']) / 1e6:.2f} | {m['activations'] / 1e6:.1f} | "
+              f"{x['train_loss']:.3f} | {x['top1']:.3f} | {x['top5']:.3f} | {x['wall_s']:.0f} |")
+    return results
+
+
 # ---- preferences: DPO and a reward model ----------------------------------------------------
 def preference_pairs(text: bytes, n: int, seed: int, prompt_len: int = 48, completion_len: int = 24) -> list[dict]:
     """Synthetic preferences from real text: the true continuation (chosen) against the same
@@ -234,7 +322,7 @@ def _rm_acc(rm, batch) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.recipes.finetune", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["gpt", "dpo"])
+    ap.add_argument("what", choices=["gpt", "clip", "dpo"])
     ap.add_argument("--base", required=True, help="a GPT run directory / checkpoint")
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=None)
@@ -246,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         kw = {"steps": args.steps} if args.steps else {}
         finetune_gpt(args.base, args.out, source=args.source,
                      methods=args.methods.split(",") if args.methods else None, **kw)
+    elif args.what == "clip":
+        kw = {"steps": args.steps} if args.steps else {}
+        finetune_clip(args.base, args.out, methods=args.methods.split(",") if args.methods else None, **kw)
     else:
         preference(args.base, args.out, **({"steps": args.steps} if args.steps else {}))
     return 0
