@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = ["a red circle above a blue square", "a green triangle", "a yellow square left of a purple circle"]
+PROMPTS = ["a red circle above a blue square", "a green triangle", "a yellow square left of a magenta circle"]
 
 
 def _blocks_demo() -> int:
