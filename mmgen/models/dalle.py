@@ -612,7 +612,7 @@ class DALLE(Model):
 
 
 SAMPLE_PROMPTS = {
-    "shapes": ("a red circle above a blue square", "a green triangle", "a yellow square left of a purple circle",
+    "shapes": ("a red circle above a blue square", "a green triangle", "a yellow square left of a magenta circle",
                "a blue circle"),
     "emoji": ("red heart", "grinning face", "dog face", "rocket"),
 }
