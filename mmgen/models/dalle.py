@@ -49,7 +49,6 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from ..layers import KVCache, LearnedPositions, Transformer, TransformerConfig
