@@ -16,6 +16,7 @@ checkpoint is self-contained: `text_encoder_path` is only read when the model is
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -268,7 +269,8 @@ class DDPM(Model):
         path, meta = getattr(cfg, path_field), getattr(cfg, meta_field)
         if meta is not None and "preset" in meta:  # test presets: a fresh model, recorded in full
             sub = _build_from_meta(meta)
-            setattr(cfg, meta_field, {"model_type": sub.model_type, "config": config_to_dict(sub.config)})
+            plain = json.loads(json.dumps(config_to_dict(sub.config)))  # as config.json will hold it
+            setattr(cfg, meta_field, {"model_type": sub.model_type, "config": plain})
             return sub
         if meta is None:  # first build: read the other checkpoint and record its config in ours
             from ..checkpoint import load_pretrained, read_config
