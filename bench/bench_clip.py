@@ -18,15 +18,29 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.timing import autocast, compare, matmul_peak_flops, print_table  # noqa: E402
 
 
-def open_clip_twin(model):
-    """An open_clip CLIP with our model's tower sizes (custom model config, random weights)."""
-    from open_clip.model import CLIP as OCCLIP, CLIPTextCfg, CLIPVisionCfg
+def open_clip_config(model) -> dict:
+    """An open_clip model config (the JSON of open_clip/model_configs/*.json) with our
+    model's tower sizes."""
     v, t = model.visual.config, model.config.text
-    vision_cfg = CLIPVisionCfg(layers=v.depth, width=v.dim, head_width=v.dim // v.num_heads, mlp_ratio=v.mlp_ratio,
-                               patch_size=v.patch_size, image_size=v.img_size)
-    text_cfg = CLIPTextCfg(context_length=t.context_length, vocab_size=t.vocab_size, width=t.width, heads=t.heads,
-                           layers=t.depth, mlp_ratio=t.mlp_ratio)
-    return OCCLIP(embed_dim=model.config.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    return {"embed_dim": model.config.embed_dim,
+            "vision_cfg": {"image_size": v.img_size, "patch_size": v.patch_size, "layers": v.depth, "width": v.dim,
+                           "head_width": v.dim // v.num_heads, "mlp_ratio": v.mlp_ratio},
+            "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width,
+                         "heads": t.heads, "layers": t.depth, "mlp_ratio": t.mlp_ratio}}
+
+
+def open_clip_twin(model, name: str = "mmgen-clip-twin"):
+    """open_clip.create_model on a custom model config registered with add_model_config
+    (random weights, nothing downloaded)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import open_clip
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / f"{name}.json").write_text(json.dumps(open_clip_config(model)))
+        open_clip.add_model_config(tmp)
+        return open_clip.create_model(name, pretrained=None)
 
 
 def train_flops_per_image(model, batch) -> float:

@@ -115,9 +115,17 @@ def test_label_aware_loss_drops_same_class_negatives():
         ClipLoss(label_aware=True)(img, txt, scale)
 
 
+def _half(batch, rank, world):
+    n = len(batch["caption"]) // world
+    return {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
+
+
 def _ddp_worker(rank, world, store, out_dir, img, txt, labels):
+    import datetime
+
     import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     B = img.shape[0] // world
     results = {}
     cases = {f"clip_local{int(ll)}_grad{int(gw)}": ClipLoss(local_loss=ll, gather_with_grad=gw)
@@ -133,6 +141,16 @@ def _ddp_worker(rank, world, store, out_dir, img, txt, labels):
         loss = fn(i, t, scale, bias, labels=lab)
         loss.backward()
         results[name] = (loss.detach(), i.grad, t.grad, scale.grad)
+    # The model's loss: in training the global batch (gathered), each rank gets the full loss.
+    torch.manual_seed(0)
+    model = make_clip()
+    batch = model.example_batch(8)
+    results["model_loss"] = model.train().loss(_half(batch, rank, world))[0].detach()
+    # Evaluation may run on rank 0 alone (as the train loop does): no collective may be used,
+    # or this would time out.
+    if rank == 0:
+        model.eval().evaluate(_half(batch, rank, world))
+    dist.barrier()
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -148,6 +166,11 @@ def test_ddp_loss_equals_single_process_on_global_batch(tmp_path):
     mp.start_processes(_ddp_worker, args=(world, str(tmp_path / "store"), str(tmp_path), img, txt, labels),
                        nprocs=world, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    torch.manual_seed(0)
+    model = make_clip()
+    full = model.train().loss(model.example_batch(8))[0].detach()
+    for r in ranks:
+        torch.testing.assert_close(r.pop("model_loss"), full)
     for name in ranks[0]:
         i = img.clone().requires_grad_(True)
         t = txt.clone().requires_grad_(True)
@@ -229,7 +252,8 @@ def test_pruned_vocabulary_round_trips_through_the_checkpoint(tmp_path):
     torch.testing.assert_close(loaded.tokenize(captions), tokens)
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_text(captions), model.encode_text(tokens))
-    unk = loaded.tokenize(["a purple circle"])[0].tolist()
+    with pytest.warns(UserWarning, match="1 of 2 texts hold words outside .* 'a purple circle'"):
+        unk = loaded.tokenize(["a red circle", "a purple circle"])[1].tolist()
     assert tok.unk_id in unk and tok.decode(unk) == "a <unk> circle"
 
 
@@ -257,6 +281,12 @@ def test_forward_shapes_and_unit_norm():
     assert out["logits_per_image"].shape == (3, 3)
     torch.testing.assert_close(out["logit_scale"], torch.tensor(1 / 0.07))
     assert model.encode_image(b["image"], normalize=False).norm(dim=-1).sub(1).abs().max() > 1e-3
+    model.eval()
+    sims = model.similarity(b["image"], b["caption"])
+    torch.testing.assert_close(sims, out["logits_per_image"].detach() / out["logit_scale"].detach())
+    torch.testing.assert_close(model.score(b["image"], b["caption"]), sims.diagonal())
+    with pytest.raises(ValueError, match="3 images and 1 texts"):
+        model.score(b["image"], b["caption"][:1])
 
 
 def test_logit_scale_clamped_after_step():

@@ -10,10 +10,10 @@ from mmgen.models.gpt import GPT, GPTConfig, gpt_from_hf_gpt2
 
 VARIANTS = {
     "learned_mha": {},
-    "rope_gqa_rms_swiglu": {"pos": "rope", "block.num_kv_heads": 2, "block.norm": "rmsnorm", "block.mlp": "swiglu"},
-    "rope_mqa_window": {"pos": "rope", "block.num_kv_heads": 1, "block.window": 5},
-    "learned_post_norm_untied": {"block.norm_place": "post", "tie_weights": False},
-    "sandwich_gelu_tanh_qknorm": {"block.norm_place": "sandwich", "block.mlp": "gelu_tanh", "block.qk_norm": True},
+    "rope_gqa_rms_swiglu": {"pos": "rope", "num_kv_heads": 2, "norm": "rmsnorm", "mlp": "swiglu"},
+    "rope_mqa_window": {"pos": "rope", "num_kv_heads": 1, "window": 5},
+    "learned_post_norm_untied": {"norm_place": "post", "tie_weights": False},
+    "sandwich_gelu_tanh_qknorm": {"norm_place": "sandwich", "mlp": "gelu_tanh", "qk_norm": True},
 }
 
 
@@ -102,19 +102,22 @@ def test_bad_prompts_give_clear_errors():
 
 
 def test_config_checks_and_dotted_overrides():
-    model = mmgen.create_model("gpt_tiny", **{"block.depth": 3, "pos": "rope"})
-    assert len(model.transformer.blocks) == 3 and model.config.block.rope == "1d" and model.pos_embed is None
-    assert model.config.block.causal
+    model = mmgen.create_model("gpt_tiny", depth=3, pos="rope", bias=False)
+    assert len(model.transformer.blocks) == 3 and model.pos_embed is None
+    assert model.transformer.cfg.causal and model.transformer.cfg.rope == "1d"
+    assert model.transformer.blocks[0].attn.qkv.bias is None
     with pytest.raises(ValueError, match="pos must be one of"):
         GPTConfig(pos="alibi")
-    with pytest.raises(ValueError, match="set pos='rope'"):
-        mmgen.create_model("gpt_tiny", **{"block.rope": "2d"})
+    with pytest.raises(ValueError, match="mlp must be one of"):
+        mmgen.create_model("gpt_tiny", mlp="swish")
+    with pytest.raises(ValueError, match="has no field 'dpeth'; did you mean 'depth'"):
+        mmgen.create_model("gpt_tiny", dpeth=3)
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
-        mmgen.create_model("gpt_tiny", **{"block.num_kv_heads": 3})
+        mmgen.create_model("gpt_tiny", **{"num_kv_heads": 3})
 
 
 def test_gpt2_init_scales_residual_projections():
-    model = mmgen.create_model("gpt_tiny", **{"block.depth": 8, "block.dim": 256})
+    model = mmgen.create_model("gpt_tiny", **{"depth": 8, "dim": 256})
     want = 0.02 / math.sqrt(2 * 8)
     for blk in model.transformer.blocks:
         assert abs(blk.attn.proj.weight.std().item() - want) < 0.1 * want
@@ -164,7 +167,7 @@ def test_hf_gpt2_parity_on_random_weights():
             if name.endswith("bias") or "ln_" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     ours = gpt_from_hf_gpt2(hf)
-    assert ours.config.block.mlp == "gelu_tanh" and ours.config.context == 32
+    assert ours.config.mlp == "gelu_tanh" and ours.config.context == 32
     ids = torch.randint(0, 101, (3, 20))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)

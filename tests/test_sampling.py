@@ -134,3 +134,18 @@ def test_stop_strings_need_a_tokenizer_and_match_decoded_text():
     out = model.generate("ab", 20, tokenizer=tok, seed=1, stop=[stop])[0]
     assert out == free[:n] and tok.decode(out).endswith(stop)
     assert model.generate_text("ab", tok, 20, seed=1, stop=stop) == tok.decode(free[:n])
+
+
+def test_logits_processor_restricts_the_vocabulary():
+    torch.manual_seed(0)
+    model = mmgen.create_model("gpt_tiny").eval()
+    calls = []
+
+    def only_100_to_110(logits, step):
+        calls.append(step)
+        out = torch.full_like(logits, float("-inf"))
+        out[:, 100:110] = logits[:, 100:110]
+        return out
+
+    out = model.generate([[1, 2], [3]], 30, seed=0, logits_processor=only_100_to_110)
+    assert all(100 <= t < 110 for row in out for t in row) and calls == list(range(30))

@@ -171,11 +171,11 @@ def test_sdpa_matches_math_and_drop_path_eval():
 
 def test_overfit_one_batch():
     torch.manual_seed(0)
-    m = create_model("vit_tiny", label_smoothing=0.1)
-    batch = m.example_batch(8)
-    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    m = create_model("vit_tiny", label_smoothing=0.1, dim=64, depth=2)
+    batch = m.example_batch(6)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     first = m.loss(batch)[0].item()
-    for _ in range(40):
+    for _ in range(25):
         loss, logs = m.loss(batch)
         opt.zero_grad()
         loss.backward()
@@ -199,6 +199,8 @@ def test_bad_input_errors():
         ViTConfig(img_size=30, patch_size=4)
     with pytest.raises(ValueError, match="no classifier head"):
         create_model("vit_tiny", num_classes=0).loss({"image": torch.randn(1, 3, 32, 32), "label": [0]})
+    with pytest.raises(ValueError, match="augment must be one of"):
+        ViTConfig(augment="mixup")
     with pytest.raises(ValueError, match="attention pooling"):
         convert_timm_vit({"attn_pool.latent": torch.zeros(1)})
 
@@ -207,3 +209,24 @@ def test_config_from_timm_roundtrip():
     t = _timm_vit(global_pool="avg", reg_tokens=3, dynamic_img_size=True)
     cfg = ViTConfig(**vit_config_from_timm(t))
     assert cfg.global_pool == "avg" and cfg.reg_tokens == 3 and cfg.dynamic_img_size and cfg.use_fc_norm
+
+
+def test_augment_crop_flip():
+    from mmgen.models._classify import augment_images
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    torch.testing.assert_close(augment_images(x, "none"), x)
+    g = torch.Generator().manual_seed(0)
+    y = augment_images(x, "crop_flip", pad=2, generator=g)
+    assert y.shape == x.shape
+    flipped = augment_images(x, "flip", generator=torch.Generator().manual_seed(3))
+    for i in range(2):  # each image is either itself or its mirror
+        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(-1))
+    shifted = augment_images(x, "crop", pad=1, generator=torch.Generator().manual_seed(1))
+    # the centre 6x6 of every image appears, translated by at most one pixel
+    for i in range(2):
+        assert any(torch.equal(shifted[i, :, 1 + a:7 + a, 1 + b:7 + b], x[i, :, 1:7, 1:7])
+                   for a in (-1, 0, 1) for b in (-1, 0, 1))
+    # training mode augments, evaluation does not
+    m = create_model("vit_tiny", augment="crop_flip").eval()
+    batch = m.example_batch(2)
+    assert m.loss(batch)[0].item() == m.loss(batch)[0].item()

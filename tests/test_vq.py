@@ -188,5 +188,5 @@ def test_clear_errors():
         model.decode_tokens(torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match="quantizer must be one of"):
         mmgen.create_model("vq_tiny", quantizer="fsq")
-    with pytest.raises(ValueError, match="divisible by 2"):
+    with pytest.raises(ValueError, match="must be divisible by patch"):
         mmgen.create_model("vq_tiny", img_size=18)

@@ -91,6 +91,10 @@ def merge_mask_and_bias(mask: torch.Tensor | None, bias: torch.Tensor | None, dt
     """One SDPA `attn_mask`: a bool mask alone, or an additive float bias with -inf where masked."""
     if bias is None:
         return mask
+    if bias.requires_grad and torch.is_grad_enabled():
+        # a learned bias goes to the matmul path (attention_bias_grad), which adds it in its
+        # own precision: casting it to bf16 first is slower and loses precision
+        dtype = torch.promote_types(bias.dtype, dtype)
     bias = bias.to(dtype)
     if mask is None:
         return bias
@@ -235,21 +239,30 @@ class Attention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if Hkv != H:
             raise ValueError("grouped attention needs num_kv_heads == num_heads")
-        q, k, v = self.qkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q = rearrange(q, "b g t (h d) -> b (g h) t d", h=H)
-        k = rearrange(k, "b g t (h d) -> b (g h) t d", h=H)
-        v = rearrange(v, "b g t (h d) -> b (g h) t d", h=H)
+        # views (B, G, H, T, D): no copy of q, k, v
+        q, k, v = rearrange(self.qkv(x), "b g t (three h d) -> three b g h t d", three=3, h=H).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope, dims=self.rope_dims), apply_rope(k, *rope, dims=self.rope_dims)
-        attn_mask = merge_mask_and_bias(mask, bias, q.dtype)
-        if attn_mask is not None:  # broadcastable to (B, G, H, T, T) -> (B or 1, G*H, T, T)
-            while attn_mask.ndim < 5:
-                attn_mask = attn_mask[None]
-            b = attn_mask.shape[0]
-            attn_mask = attn_mask.expand(b, G, H, T, T).reshape(b, G * H, T, T)
-        out = attention(q, k, v, attn_mask, False, self.attn_dropout if self.training else 0.0, self.impl)
-        out = rearrange(out, "b (g h) t d -> b g t (h d)", g=G)
+        attn_mask = merge_mask_and_bias(mask, bias, q.dtype)  # broadcastable to (B, G, H, T, T)
+        dropout = self.attn_dropout if self.training else 0.0
+        needs_grad = attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled()
+        if needs_grad or self.impl == "math":
+            # batched matmuls broadcast the per-group bias over the batch on the 5-D views
+            fn = attention_bias_grad if needs_grad else attention_math
+            out = fn(q, k, v, attn_mask, dropout_p=dropout)  # (B, G, H, T, D)
+            out = rearrange(out, "b g h t d -> b g t (h d)")
+        else:
+            # fused SDPA wants 4-D: fold the groups into the heads, (B, G*H, T, D), and the
+            # mask to (B or 1, G*H, T, T), so one mask per group serves the whole batch
+            q, k, v = (rearrange(t, "b g h t d -> b (g h) t d") for t in (q, k, v))
+            if attn_mask is not None:
+                while attn_mask.ndim < 5:
+                    attn_mask = attn_mask[None]
+                b = attn_mask.shape[0]
+                attn_mask = attn_mask.expand(b, G, H, T, T).reshape(b, G * H, T, T)
+            out = attention(q, k, v, attn_mask, False, dropout, self.impl)
+            out = rearrange(out, "b (g h) t d -> b g t (h d)", g=G)
         return self.proj_drop(self.proj(out))
 
     def make_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> KVCache:

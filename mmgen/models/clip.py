@@ -18,6 +18,7 @@ Order of this file (timm's): losses, text tower, model, presets.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -50,6 +51,31 @@ def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[i
     return 0, 1
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Concatenate a (B, ...) tensor from every rank along dim 0 (equal B everywhere). The
+    backward sums every rank's gradient of the gathered tensor and hands each rank its own
+    slice (what torch.distributed.nn.all_gather does; that one is deprecated)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)  # (W*B, ...)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # sum over ranks of d(loss_r)/d(gathered)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    return _AllGatherWithGrad.apply(x)
+
+
 def gather_features(image_features: torch.Tensor, text_features: torch.Tensor, *, local_loss: bool,
                     gather_with_grad: bool, rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All-gather both feature sets across ranks, as open_clip does. With gather_with_grad the
@@ -57,11 +83,8 @@ def gather_features(image_features: torch.Tensor, text_features: torch.Tensor, *
     slice); otherwise the gathered copies carry no gradient and, unless local_loss, the local
     slice is swapped back in so that this rank's own features still get one."""
     import torch.distributed as dist
-    from torch.distributed.nn.functional import all_gather as all_gather_with_grad
     if gather_with_grad:
-        all_img = torch.cat(all_gather_with_grad(image_features), dim=0)
-        all_txt = torch.cat(all_gather_with_grad(text_features), dim=0)
-        return all_img, all_txt
+        return all_gather_with_grad(image_features), all_gather_with_grad(text_features)
     imgs = [torch.zeros_like(image_features) for _ in range(world_size)]
     txts = [torch.zeros_like(text_features) for _ in range(world_size)]
     dist.all_gather(imgs, image_features.detach())
@@ -112,9 +135,10 @@ class ClipLoss(nn.Module):
         self.local_loss, self.gather_with_grad, self.label_aware = local_loss, gather_with_grad, label_aware
         self.rank, self.world_size = rank, world_size
 
-    def get_logits(self, image_features, text_features, logit_scale, logit_bias=None, labels=None):
+    def get_logits(self, image_features, text_features, logit_scale, logit_bias=None, labels=None,
+                   distributed: bool = True):
         """(logits_per_image, logits_per_text, targets), label-aware masking applied."""
-        rank, world = dist_info(self.rank, self.world_size)
+        rank, world = dist_info(self.rank, self.world_size) if distributed else (0, 1)
         B = image_features.shape[0]
         all_labels = labels
         if world > 1:
@@ -149,9 +173,12 @@ class ClipLoss(nn.Module):
             logits_per_text = logits_per_text.masked_fill(drop, float("-inf"))
         return logits_per_image, logits_per_text, targets
 
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None) -> torch.Tensor:
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None, *,
+                distributed: bool = True) -> torch.Tensor:
+        """distributed=False: this process's batch alone, even inside a process group (for
+        evaluation on one rank, where a collective would wait forever for the others)."""
         _check_features(image_features, text_features, labels)
-        li, lt, targets = self.get_logits(image_features, text_features, logit_scale, logit_bias, labels)
+        li, lt, targets = self.get_logits(image_features, text_features, logit_scale, logit_bias, labels, distributed)
         return (F.cross_entropy(li, targets) + F.cross_entropy(lt, targets)) / 2
 
 
@@ -160,9 +187,9 @@ class SigLipLoss(nn.Module):
     diagonal and -1 elsewhere, summed and divided by the local batch (open_clip's SigLipLoss).
 
     Under torch.distributed the text features of every rank are gathered with gradient
-    ("gather" exchange) and this rank's images see them as negatives, so the sum of the
-    rank losses equals the single-process loss on the global batch times world_size / 1
-    per-rank normalisation (each rank divides by its local batch, as open_clip does).
+    (open_clip's "gather" exchange) and this rank's images see them as negatives. Each rank
+    divides its rows by the local batch, so the mean of the rank losses (and DDP's averaged
+    gradient) equals the single-process loss on the global batch.
     label_aware=True leaves out same-class pairs (neither positive nor negative)."""
 
     def __init__(self, *, label_aware: bool = False, rank: int | None = None, world_size: int | None = None):
@@ -181,18 +208,18 @@ class SigLipLoss(nn.Module):
             terms = terms.masked_fill(drop, 0.0)
         return -terms.sum() / image_features.shape[0]
 
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None) -> torch.Tensor:
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None, *,
+                distributed: bool = True) -> torch.Tensor:
         _check_features(image_features, text_features, labels)
         if self.label_aware and labels is None:
             raise ValueError("label_aware SigLipLoss needs labels (batch,)")
-        rank, world = dist_info(self.rank, self.world_size)
+        rank, world = dist_info(self.rank, self.world_size) if distributed else (0, 1)
         B = image_features.shape[0]
         diag = torch.arange(B, device=image_features.device)
         drop = _same_label_mask(labels, labels, diag) if self.label_aware else None
         loss = self._block(image_features, text_features, logit_scale, logit_bias, True, drop)
         if world > 1:
-            from torch.distributed.nn.functional import all_gather as all_gather_with_grad
-            all_txt = all_gather_with_grad(text_features)
+            all_txt = all_gather_with_grad(text_features).chunk(world)  # W x (B, D)
             all_lab = gather_labels(labels, world) if self.label_aware else None
             for r in range(world):
                 if r == rank:
@@ -225,11 +252,18 @@ class CLIPTokenize:
             raise TypeError(f"tokenize takes str or a list of str, got {[type(t).__name__ for t in texts][:4]}")
         cut = self.truncate if truncate is None else truncate
         try:
-            return tokenize_captions(texts, self.tokenizer, context_length or self.context_length,
-                                     on_overflow="truncate" if cut else "error")["input_ids"]
+            ids = tokenize_captions(texts, self.tokenizer, context_length or self.context_length,
+                                    on_overflow="truncate" if cut else "error")["input_ids"]
         except ValueError as e:
             raise ValueError(f"{e} (for CLIP: model.tokenize(texts, truncate=True), or truncate=True in the "
                              f"config, cuts with a warning)") from None
+        unk = getattr(self.tokenizer, "unk_id", None)
+        if unk is not None and unk != self.tokenizer.pad_id:
+            rows = (ids == unk).any(-1).nonzero().flatten().tolist()
+            if rows:  # a pruned vocabulary reads unseen words as <unk>: say so
+                warnings.warn(f"{len(rows)} of {len(texts)} texts hold words outside this model's pruned "
+                              f"vocabulary, read as <unk>: e.g. {texts[rows[0]]!r}", stacklevel=2)
+        return ids
 
 
 def dataset_captions(ds) -> list[str]:
@@ -552,6 +586,20 @@ class CLIP(Model):
         return {"image_features": img, "text_features": txt, "logit_scale": scale, "logit_bias": self.logit_bias,
                 "logits_per_image": logits, "logits_per_text": logits.T}
 
+    @torch.no_grad()
+    def similarity(self, images: torch.Tensor, texts: torch.Tensor | Sequence[str]) -> torch.Tensor:
+        """(N_img, N_txt) cosine similarities, e.g. to rerank generated images for a prompt."""
+        return self.encode_image(images.to(self.logit_scale.device)) @ self.encode_text(texts).T
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, texts: torch.Tensor | Sequence[str]) -> torch.Tensor:
+        """(N,) cosine similarity of each image with its own text (CLIPScore is 100 * max(s, 0))."""
+        img = self.encode_image(images.to(self.logit_scale.device))
+        txt = self.encode_text(texts)
+        if img.shape[0] != txt.shape[0]:
+            raise ValueError(f"score pairs images with texts: got {img.shape[0]} images and {txt.shape[0]} texts")
+        return (img * txt).sum(-1)
+
     # ---- training contract
     @torch.no_grad()
     def post_step(self) -> None:
@@ -586,7 +634,10 @@ class CLIP(Model):
             labels = torch.as_tensor(labels, device=image.device)
         img, txt = self.encode_image(image), self.encode_text(self._text_of(batch))
         scale = self.logit_scale.exp()
-        loss = self.loss_fn(img, txt, scale, self.logit_bias, labels if self.config.label_aware else None)
+        # The global batch (all-gather across ranks) only in training: evaluation may run on
+        # one rank alone (the train loop evaluates on rank 0), where a collective would hang.
+        loss = self.loss_fn(img, txt, scale, self.logit_bias, labels if self.config.label_aware else None,
+                            distributed=self.training)
         with torch.no_grad():
             sims = img @ txt.T
             diag = torch.arange(len(img), device=img.device)

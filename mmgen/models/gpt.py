@@ -12,9 +12,9 @@ Pieces a multimodal subclass (DALL-E) overrides or reuses: `embed(input_ids, pos
 """
 from __future__ import annotations
 
-import dataclasses
+
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,28 +33,48 @@ OVERFLOW = ("error", "slide")
 class GPTConfig:
     vocab_size: int = 259  # byte-level: 256 bytes + bos, eos, pad (mmgen.text ByteTokenizer)
     context: int = 256  # block size: the most positions the model attends over
-    pos: str = "learned"  # learned | rope (block.rope is set from this)
+    dim: int = 256
+    depth: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None  # None = num_heads (MHA); 1 = MQA; in between = GQA
+    head_dim: int | None = None  # None = dim // num_heads
+    pos: str = "learned"  # learned (absolute table) | rope
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    norm_place: str = "pre"  # pre | post | sandwich
+    mlp: str = "gelu"  # gelu | gelu_tanh | relu2 | swiglu | geglu
+    mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None  # exact MLP width (overrides mlp_ratio)
+    mlp_multiple_of: int = 8  # gated MLP width rounded up to this (LLaMA)
+    bias: bool = True  # biases in the linears and LayerNorms (GPT-2: yes; LLaMA: no)
+    qk_norm: bool = False
+    window: int | None = None  # sliding-window attention: each token sees the last `window` tokens
     tie_weights: bool = True  # share the token embedding with the output head
-    embed_dropout: float = 0.0  # dropout on token + position embeddings (block.dropout for the rest)
+    dropout: float = 0.0  # embeddings, attention output and MLP (nanoGPT's one knob)
+    attn_dropout: float = 0.0  # on the attention probabilities
+    attn_impl: str = "sdpa"  # sdpa (fused) | math (reference)
     init_std: float = 0.02  # GPT-2 init: N(0, std), residual projections / sqrt(2 * depth)
-    # The block stack; `causal` is always True and `rope` follows `pos`.
-    block: TransformerConfig = field(default_factory=lambda: TransformerConfig(causal=True))
 
     def __post_init__(self):
-        if isinstance(self.block, dict):
-            self.block = TransformerConfig(**self.block)
         if self.pos not in POSITIONS:
             raise ValueError(f"pos must be one of {POSITIONS}, got {self.pos!r}")
         if self.vocab_size < 1 or self.context < 1:
             raise ValueError(f"vocab_size and context must be >= 1, got {self.vocab_size}, {self.context}")
-        if self.block.rope == "2d":
-            raise ValueError("GPT uses 1d positions: set pos='rope' (not block.rope='2d')")
-        if self.block.cross_attn or self.block.adaln != "none":
-            raise ValueError("GPT blocks take no cross-attention or adaLN; subclass GPT for conditioning")
-        if self.pos == "rope" and self.block.dim_head % 2:
-            raise ValueError(f"pos='rope' needs an even head dim, got {self.block.dim_head}")
-        # A GPT is causal, and its positions are chosen by `pos`: keep the block in step.
-        self.block = dataclasses.replace(self.block, causal=True, rope="1d" if self.pos == "rope" else "none")
+        block = self.block_config()  # validates the transformer fields
+        if self.pos == "rope" and block.dim_head % 2:
+            raise ValueError(f"pos='rope' needs an even head dim, got {block.dim_head}")
+
+    def block_config(self) -> TransformerConfig:
+        """The causal TransformerConfig of the block stack."""
+        return TransformerConfig(
+            dim=self.dim, depth=self.depth, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+            head_dim=self.head_dim, mlp=self.mlp, mlp_ratio=self.mlp_ratio, mlp_multiple_of=self.mlp_multiple_of,
+            mlp_hidden=self.mlp_hidden, norm=self.norm, norm_eps=self.norm_eps, norm_bias=self.bias,
+            norm_place=self.norm_place, final_norm=True, qkv_bias=self.bias, proj_bias=self.bias,
+            mlp_bias=self.bias, qk_norm=self.qk_norm, causal=True, window=self.window,
+            rope="1d" if self.pos == "rope" else "none", rope_theta=self.rope_theta, dropout=self.dropout,
+            attn_dropout=self.attn_dropout, attn_impl=self.attn_impl)
 
 
 @register_model("gpt")
@@ -64,11 +84,11 @@ class GPT(Model):
     def __init__(self, config: GPTConfig):
         super().__init__(config)
         c = config
-        d = c.block.dim
+        d = c.dim
         self.tok_embed = nn.Embedding(c.vocab_size, d)
         self.pos_embed = LearnedPositions(c.context, d) if c.pos == "learned" else None
-        self.drop = nn.Dropout(c.embed_dropout)
-        self.transformer = Transformer(c.block)
+        self.drop = nn.Dropout(c.dropout)
+        self.transformer = Transformer(c.block_config())
         self.lm_head = nn.Linear(d, c.vocab_size, bias=False)
         self.init_weights()
         if c.tie_weights:
@@ -151,7 +171,7 @@ class GPT(Model):
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B / nanoGPT:
         6 * (matmul params: blocks + head) + 12 * depth * seq_len * dim (attention scores)."""
-        c, T = self.config.block, seq_len or self.config.context
+        c, T = self.transformer.cfg, seq_len or self.config.context
         n = sum(p.numel() for p in self.transformer.parameters()) + self.lm_head.weight.numel()
         return 6.0 * n + 12.0 * c.depth * T * c.num_heads * c.dim_head
 
@@ -190,7 +210,7 @@ class GPT(Model):
                         repetition_penalty: float = 1.0, stop=None, eos_id: int | None = None,
                         seed: int | None = None, generator: torch.Generator | None = None,
                         tokenizer=None, use_cache: bool = True, overflow: str = "error",
-                        pad_id: int = 0) -> Iterator[list[int | None]]:
+                        pad_id: int = 0, logits_processor=None) -> Iterator[list[int | None]]:
         """Yield, per step, a list with the new token of every row (None for rows that have
         stopped). Stops after `max_new_tokens` or when every row hit `eos_id` or one of
         `stop` (token-id sequences, or strings with `tokenizer`); the stop tokens are emitted.
@@ -199,6 +219,8 @@ class GPT(Model):
         `tokenizer`. overflow: when prompt + max_new_tokens exceeds the context, "error"
         raises; "slide" keeps going, re-encoding the most recent context // 2 tokens each
         time the window fills (every token then sees between context/2 and context tokens).
+        logits_processor: optional `fn(logits (B, V), step) -> logits`, applied before the
+        sampler (e.g. to restrict a multimodal vocabulary to image tokens).
         """
         if overflow not in OVERFLOW:
             raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
@@ -243,6 +265,8 @@ class GPT(Model):
             for step in range(max_new_tokens):
                 if tok_vocab < V:
                     logits = logits.masked_fill(torch.arange(V, device=dev) >= tok_vocab, float("-inf"))
+                if logits_processor is not None:
+                    logits = logits_processor(logits, step)
                 nxt = sample_next(logits, params, seen, gen)  # (B,)
                 nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
                 seen[torch.arange(B, device=dev), nxt] |= ~done
@@ -297,11 +321,11 @@ class GPT(Model):
     def load_hf_gpt2_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Copy a transformers GPT-2 state dict into this model (every weight must fit)."""
         try:
-            ours = convert_hf_gpt2_state_dict(sd, self.config.block.depth)
+            ours = convert_hf_gpt2_state_dict(sd, self.config.depth)
             missing, unexpected = self.load_state_dict(ours, strict=False)
         except (KeyError, RuntimeError) as e:
-            raise ValueError(f"GPT-2 state dict does not fit this GPT ({self.config.block.depth} layers, "
-                             f"dim {self.config.block.dim}, vocab {self.config.vocab_size}): {e}"[:600]) from None
+            raise ValueError(f"GPT-2 state dict does not fit this GPT ({self.config.depth} layers, "
+                             f"dim {self.config.dim}, vocab {self.config.vocab_size}): {e}"[:600]) from None
         if missing or unexpected:
             raise ValueError(f"GPT-2 state dict does not fit this GPT: missing {missing[:8]}, "
                              f"unexpected {unexpected[:8]}")
@@ -314,13 +338,11 @@ def gpt2_config_from_hf(hf_config, **overrides) -> GPTConfig:
     mlp = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu2"}.get(act)
     if mlp is None or act == "relu":
         raise ValueError(f"GPT-2 activation {act!r} has no mmgen equivalent (supported: gelu_new, gelu)")
-    inner = getattr(hf_config, "n_inner", None)
-    block = TransformerConfig(dim=hf_config.n_embd, depth=hf_config.n_layer, num_heads=hf_config.n_head,
-                              mlp=mlp, mlp_hidden=inner or 4 * hf_config.n_embd, norm="layernorm",
-                              norm_eps=hf_config.layer_norm_epsilon, norm_place="pre", causal=True,
-                              dropout=0.0, attn_dropout=0.0)
-    kw = dict(vocab_size=hf_config.vocab_size, context=hf_config.n_positions, pos="learned",
-              tie_weights=getattr(hf_config, "tie_word_embeddings", True), block=block)
+    kw = dict(vocab_size=hf_config.vocab_size, context=hf_config.n_positions, dim=hf_config.n_embd,
+              depth=hf_config.n_layer, num_heads=hf_config.n_head, mlp=mlp,
+              mlp_hidden=getattr(hf_config, "n_inner", None) or 4 * hf_config.n_embd, norm="layernorm",
+              norm_eps=hf_config.layer_norm_epsilon, norm_place="pre", bias=True, pos="learned",
+              tie_weights=getattr(hf_config, "tie_word_embeddings", True))
     kw.update(overrides)
     return GPTConfig(**kw)
 
@@ -359,30 +381,22 @@ def gpt_from_hf_gpt2(hf_model_or_state_dict, hf_config=None) -> GPT:
 
 
 # ---- presets ---------------------------------------------------------------------------------
-def _block(**kw) -> dict:
-    return dict(causal=True, **kw)
-
+LLAMA = dict(pos="rope", norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", bias=False, tie_weights=False)
 
 register_preset("gpt_tiny", GPT, "2-layer 64-wide byte-level GPT for tests",
-                vocab_size=259, context=64, block=_block(dim=64, depth=2, num_heads=4))
-register_preset("gpt_llama_tiny", GPT, "LLaMA-shaped tiny GPT (RoPE, RMSNorm, SwiGLU, GQA 4:2, untied)",
-                vocab_size=259, context=64, pos="rope", tie_weights=False,
-                block=_block(dim=64, depth=2, num_heads=4, num_kv_heads=2, norm="rmsnorm", norm_eps=1e-6,
-                             mlp="swiglu", qkv_bias=False, proj_bias=False, mlp_bias=False))
+                vocab_size=259, context=64, dim=64, depth=2, num_heads=4)
+register_preset("gpt_llama_tiny", GPT, "LLaMA-shaped tiny GPT (RoPE, RMSNorm, SwiGLU, GQA 4:2, no biases, untied)",
+                vocab_size=259, context=64, dim=64, depth=2, num_heads=4, num_kv_heads=2, **LLAMA)
 register_preset("gpt_char_shakespeare", GPT,
                 "nanoGPT's shakespeare_char shape (6 layers, 6 heads, 384 wide, context 256, dropout 0.2), "
-                "byte-level vocabulary", vocab_size=259, context=256, embed_dropout=0.2,
-                block=_block(dim=384, depth=6, num_heads=6, dropout=0.2))
+                "byte-level vocabulary", vocab_size=259, context=256, dim=384, depth=6, num_heads=6, dropout=0.2)
 register_preset("gpt_char_shakespeare_cpu", GPT,
                 "char-level Shakespeare model sized for minutes of CPU training (4 layers, 128 wide, context 128)",
-                vocab_size=259, context=128, embed_dropout=0.0,
-                block=_block(dim=128, depth=4, num_heads=4, dropout=0.0))
+                vocab_size=259, context=128, dim=128, depth=4, num_heads=4)
 register_preset("gpt2_small", GPT, "GPT-2 small shape (124M; loads HF GPT-2 weights)",
-                vocab_size=50257, context=1024,
-                block=_block(dim=768, depth=12, num_heads=12, mlp="gelu_tanh"))
+                vocab_size=50257, context=1024, dim=768, depth=12, num_heads=12, mlp="gelu_tanh")
 register_preset("gpt_llama_d768_l12_gqa4", GPT,
                 "LLaMA-shaped 12 x 768 decoder: RoPE, RMSNorm, SwiGLU, GQA (12 query / 4 kv heads), "
                 "no biases, untied, 32k vocabulary",
-                vocab_size=32000, context=2048, pos="rope", tie_weights=False,
-                block=_block(dim=768, depth=12, num_heads=12, num_kv_heads=4, norm="rmsnorm", norm_eps=1e-6,
-                             mlp="swiglu", mlp_multiple_of=256, qkv_bias=False, proj_bias=False, mlp_bias=False))
+                vocab_size=32000, context=2048, dim=768, depth=12, num_heads=12, num_kv_heads=4,
+                mlp_multiple_of=256, **LLAMA)

@@ -25,7 +25,7 @@ from torch import nn
 from ..layers import PatchEmbed, TransformerBlock, TransformerConfig, make_norm
 from ..layers.attention import ATTN_IMPLS
 from ..registry import register_model, register_preset
-from .base import Model
+from ._classify import AUGMENTS, ImageClassifier
 from .vit import _take_indices
 
 MASK_VALUE = -100.0  # what timm and torchvision add for masked pairs (finite: no NaN rows)
@@ -52,11 +52,14 @@ class SwinConfig:
     head_dropout: float = 0.0
     attn_impl: str = "sdpa"
     label_smoothing: float = 0.0
+    augment: str = "none"  # none | flip | crop | crop_flip (training batches only)
 
     def __post_init__(self):
         self.depths, self.num_heads = tuple(self.depths), tuple(self.num_heads)
         if self.global_pool not in ("avg", "none"):
             raise ValueError(f"SwinConfig.global_pool must be 'avg' or 'none', got {self.global_pool!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"SwinConfig.augment must be one of {AUGMENTS}, got {self.augment!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"SwinConfig.attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         if len(self.depths) != len(self.num_heads) or not self.depths:
@@ -130,17 +133,28 @@ class SwinBlock(TransformerBlock):
         self.window, self.shift = window, shift
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, cfg.num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
-        self._masks: dict = {}  # (H, W, device) -> (shift, mask): one entry per resolution seen
+        self._masks: dict = {}  # (H, W, device) -> (shift, mask, layout): one entry per resolution seen
 
     def _shift_and_mask(self, H: int, W: int, device):
+        """(shift, additive mask (nW, 1, N, N) or None, layout) for an H x W map; built once per
+        resolution. layout[p] = the flat index into the padded (Hp * Wp) map of window-layout
+        position p (after the roll), so `x_flat[:, layout]` is the block's (nW * N) ordering."""
         key = (H, W, str(device))
         if key not in self._masks:
             w = self.window
             Hp, Wp = -(-H // w) * w, -(-W // w) * w
             # no shift along an axis that one window already covers (torchvision's rule)
             shift = (self.shift if Hp > w else 0, self.shift if Wp > w else 0)
-            self._masks[key] = shift, window_mask(H, W, w, shift, device)
+            grid = torch.roll(torch.arange(Hp * Wp, device=device).view(Hp, Wp), (-shift[0], -shift[1]), (0, 1))
+            layout = rearrange(grid, "(nh wh) (nw ww) -> (nh nw wh ww)", wh=w, ww=w)
+            self._masks[key] = shift, window_mask(H, W, w, shift, device), layout
         return self._masks[key]
+
+    def window_bias(self, H: int, W: int, device) -> torch.Tensor:
+        """Relative position bias plus the shift / padding mask: (heads, N, N) or (nW, heads, N, N)."""
+        mask = self._shift_and_mask(H, W, device)[1]
+        bias = self.rel_pos_bias()  # (heads, N, N)
+        return bias if mask is None else bias + mask.to(bias.dtype)
 
     def rel_pos_bias(self) -> torch.Tensor:
         N = self.window ** 2
@@ -151,7 +165,7 @@ class SwinBlock(TransformerBlock):
         """x (B, H, W, C) -> (B, H, W, C)."""
         B, H, W, C = x.shape
         w = self.window
-        (sh, sw), mask = self._shift_and_mask(H, W, x.device)
+        (sh, sw), _, _ = self._shift_and_mask(H, W, x.device)
         pad_h, pad_w = (w - H % w) % w, (w - W % w) % w
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
@@ -159,9 +173,7 @@ class SwinBlock(TransformerBlock):
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         Hp, Wp = x.shape[1:3]
         x = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=w, ww=w)  # (B, nW, N, C)
-        bias = self.rel_pos_bias()  # (heads, N, N)
-        if mask is not None:
-            bias = bias + mask.to(bias.dtype)  # (nW, heads, N, N)
+        bias = self.window_bias(H, W, x.device)
         x = super().forward(x, bias=bias)  # attention inside each window; norm/MLP per token
         x = rearrange(x, "b (nh nw) (wh ww) c -> b (nh wh) (nw ww) c", nh=Hp // w, wh=w, ww=w)
         if sh or sw:
@@ -204,15 +216,41 @@ class SwinStage(nn.Module):
             SwinBlock(tcfg, window=window, shift=0 if j % 2 == 0 else shift, drop_path=drop_paths[j])
             for j in range(cfg.depths[i]))
 
+        self._plans: dict = {}
+
+    def _plan(self, H: int, W: int, device) -> list[torch.Tensor]:
+        """Gather indices that move the tokens straight from one block's window layout to the
+        next one's: [padded map -> block 0, block 0 -> block 1, ..., last block -> padded map].
+        One index_select per block boundary replaces roll + partition + reverse + roll back."""
+        key = (H, W, str(device))
+        if key not in self._plans:
+            layouts = [blk._shift_and_mask(H, W, device)[2] for blk in self.blocks]
+            inverse = [torch.argsort(p) for p in layouts]
+            steps = [layouts[0]] + [inverse[j][layouts[j + 1]] for j in range(len(layouts) - 1)] + [inverse[-1]]
+            self._plans[key] = steps
+        return self._plans[key]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H', W', C'): merge, then the blocks on windowed layouts."""
         x = self.downsample(x)
-        for blk in self.blocks:
-            x = blk(x)
-        return x
+        if not len(self.blocks):
+            return x
+        B, H, W, C = x.shape
+        w = self.blocks[0].window
+        Hp, Wp = -(-H // w) * w, -(-W // w) * w
+        if (Hp, Wp) != (H, W):
+            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))  # zeros; masked out as keys in every block
+        plan = self._plan(H, W, x.device)
+        x = x.reshape(B, Hp * Wp, C)
+        for blk, idx in zip(self.blocks, plan):
+            x = x.index_select(1, idx).view(B, -1, w * w, C)  # (B, nW, N, C) in this block's layout
+            x = TransformerBlock.forward(blk, x, bias=blk.window_bias(H, W, x.device)).flatten(1, 2)
+        x = x.index_select(1, plan[-1]).view(B, Hp, Wp, C)
+        return x[:, :H, :W] if (Hp, Wp) != (H, W) else x
 
 
 @register_model("swin")
-class Swin(Model):
+class Swin(ImageClassifier):
     config_class = SwinConfig
 
     def __init__(self, config: SwinConfig):
@@ -243,8 +281,11 @@ class Swin(Model):
 
     # ---------------------------------------------------------------------- timm API
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        x, (h, w) = self.patch_embed(x)  # (B, h*w, C)
-        return rearrange(x, "b (h w) c -> b h w c", h=h, w=w)
+        pe = self.patch_embed
+        pe.check_input(x)  # channels, size vs patch / img_size: clear errors
+        x = rearrange(pe.proj(x), "b c h w -> b h w c")  # (B, h, w, C)
+        # norm in float32 and keep a float32 residual stream under bf16 autocast (as timm)
+        return pe.norm(x.to(self.norm.weight.dtype))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> normalised last-stage map (B, h, w, num_features) (NHWC, as timm)."""
@@ -296,29 +337,10 @@ class Swin(Model):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
 
-    # ------------------------------------------------------------------ training contract
-    def loss(self, batch):
-        if self.config.num_classes <= 0 or self.config.global_pool != "avg":
-            raise ValueError("classification loss needs a head (num_classes > 0) and global_pool='avg'")
-        logits = self(batch["image"])
-        labels = torch.as_tensor(batch["label"], device=logits.device)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
-        acc = (logits.argmax(-1) == labels).float().mean()
-        return loss, {"loss": loss.item(), "acc": acc.item()}
-
-    @torch.no_grad()
-    def evaluate(self, batch):
-        logits = self(batch["image"])
-        labels = torch.as_tensor(batch["label"], device=logits.device)
-        return {"loss": F.cross_entropy(logits.float(), labels).item(),
-                "acc": (logits.argmax(-1) == labels).float().mean().item()}
-
-    def example_batch(self, batch_size: int = 2, device="cpu"):
-        c = self.config
-        g = torch.Generator().manual_seed(0)
-        image = (torch.rand(batch_size, c.in_chans, c.img_size, c.img_size, generator=g) * 2 - 1).to(device)
-        label = torch.randint(0, max(c.num_classes, 1), (batch_size,), generator=g).to(device)
-        return {"image": image, "label": label}
+    def _check_classifier(self) -> None:
+        super()._check_classifier()
+        if self.config.global_pool != "avg":
+            raise ValueError("the classification loss needs pooled logits: set global_pool='avg'")
 
     # ------------------------------------------------------------------ other libraries
     def load_timm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:

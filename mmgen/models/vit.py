@@ -25,7 +25,7 @@ from ..layers import PatchEmbed, Transformer, TransformerConfig, grid_positions,
 from ..layers.attention import ATTN_IMPLS
 from ..layers.mlp import MLPS
 from ..registry import register_model, register_preset
-from .base import Model
+from ._classify import AUGMENTS, ImageClassifier
 
 GLOBAL_POOLS = ("token", "avg", "none")
 POS_KINDS = ("learned", "sincos", "rope", "none")
@@ -63,10 +63,12 @@ class ViTConfig:
     rope_theta: float = 100.0  # 2D RoPE over a small grid wants a low base
     attn_impl: str = "sdpa"
     label_smoothing: float = 0.0
+    augment: str = "none"  # none | flip | crop | crop_flip (training batches only)
 
     def __post_init__(self):
         for name, value, allowed in (("global_pool", self.global_pool, GLOBAL_POOLS), ("pos", self.pos, POS_KINDS),
-                                     ("mlp", self.mlp, MLPS), ("attn_impl", self.attn_impl, ATTN_IMPLS)):
+                                     ("mlp", self.mlp, MLPS), ("attn_impl", self.attn_impl, ATTN_IMPLS),
+                                     ("augment", self.augment, AUGMENTS)):
             if value not in allowed:
                 raise ValueError(f"ViTConfig.{name} must be one of {allowed}, got {value!r}")
         if self.img_size % self.patch_size:
@@ -132,7 +134,7 @@ def _take_indices(n: int, indices: int | list[int] | tuple[int, ...] | None) -> 
 
 
 @register_model("vit")
-class ViT(Model):
+class ViT(ImageClassifier):
     config_class = ViTConfig
 
     def __init__(self, config: ViTConfig):
@@ -189,6 +191,8 @@ class ViT(Model):
         """Images (B, C, H, W) -> tokens (B, P + h*w, D) with positions added, and the grid (h, w)."""
         c = self.config
         x, grid = self.patch_embed(x)  # (B, h*w, D)
+        # the residual stream stays in the parameter dtype (float32 under bf16 autocast, as timm)
+        x = x.to(self.patch_embed.proj.weight.dtype)
         B = x.shape[0]
         prefix = [t.expand(B, -1, -1).to(x.dtype) for t in (self.cls_token, self.reg_token) if t is not None]
         if c.pos == "learned":
@@ -270,30 +274,6 @@ class ViT(Model):
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
-
-    # ------------------------------------------------------------------ training contract
-    def loss(self, batch):
-        if self.config.num_classes <= 0:
-            raise ValueError("this ViT has no classifier head (num_classes=0): it has no classification loss")
-        logits = self(batch["image"])
-        labels = torch.as_tensor(batch["label"], device=logits.device)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
-        acc = (logits.argmax(-1) == labels).float().mean()
-        return loss, {"loss": loss.item(), "acc": acc.item()}
-
-    @torch.no_grad()
-    def evaluate(self, batch):
-        logits = self(batch["image"])
-        labels = torch.as_tensor(batch["label"], device=logits.device)
-        return {"loss": F.cross_entropy(logits.float(), labels).item(),
-                "acc": (logits.argmax(-1) == labels).float().mean().item()}
-
-    def example_batch(self, batch_size: int = 2, device="cpu"):
-        c = self.config
-        g = torch.Generator().manual_seed(0)
-        image = (torch.rand(batch_size, c.in_chans, c.img_size, c.img_size, generator=g) * 2 - 1).to(device)
-        label = torch.randint(0, max(c.num_classes, 1), (batch_size,), generator=g).to(device)
-        return {"image": image, "label": label}
 
     # ------------------------------------------------------------------ other libraries
     def load_timm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:

@@ -232,7 +232,10 @@ class VQModel(Model):
             self.quantizer = GumbelQuantizer(c.codebook_size, c.code_dim, hard=c.gumbel_hard)
         self.decoder = ConvDecoder(c, c.code_dim)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # drives the gumbel schedules
-        self._last_images: torch.Tensor | None = None
+        # the first training images, kept (and saved) so that sample_images -- which the training
+        # loop calls on a separate evaluation copy of the model -- can show their reconstructions
+        self.register_buffer("preview", torch.zeros(8, c.in_channels, c.img_size, c.img_size))
+        self.register_buffer("preview_n", torch.zeros((), dtype=torch.long))
 
     # ----------------------------------------------------------------- properties
     @property
@@ -334,7 +337,10 @@ class VQModel(Model):
             logs = {"recon": rec.item(), "kl": aux.item(), "tau": self.tau(), "kl_weight": w, **logs}
         if self.training:
             self.step += 1
-            self._last_images = images[:8].detach()
+            if int(self.preview_n) == 0:
+                n = min(images.shape[0], self.preview.shape[0])
+                self.preview[:n] = images[:n].detach()
+                self.preview_n.fill_(n)
         logs["psnr"] = float(psnr(recon.detach(), images).mean())
         return total, logs
 
@@ -352,10 +358,10 @@ class VQModel(Model):
 
     @torch.no_grad()
     def sample_images(self, n: int = 16, seed: int = 0) -> torch.Tensor:
-        """For the training loop's PNG grids: (original, reconstruction) pairs of the last
-        training images; before any training, decodes uniformly random tokens."""
-        if self._last_images is not None:
-            x = self._last_images[: max(n // 2, 1)]
+        """For the training loop's PNG grids: (original, reconstruction) pairs of the first
+        training images (the `preview` buffer); before any training, decodes random tokens."""
+        if int(self.preview_n) > 0:
+            x = self.preview[: min(max(n // 2, 1), int(self.preview_n))]
             pairs = torch.stack([x, self.reconstruct(x)], dim=1)  # (b, 2, C, H, W)
             return pairs.flatten(0, 1)[:n]
         g = torch.Generator().manual_seed(seed)
@@ -370,9 +376,9 @@ register_preset("dvae_tiny", VQModel, "Gumbel dVAE, 16 px -> 4x4 tokens from 32 
                 img_size=16, ch=8, ch_mult=(1, 2, 2), groups=8, codebook_size=32, code_dim=8,
                 quantizer="gumbel", gumbel_anneal_steps=100, gumbel_kl_warmup=10)
 register_preset("vq_32", VQModel, "VQ-VAE tokenizer: 32 px -> 8x8 tokens from 512 codes (EMA codebook)",
-                img_size=32, ch=32, ch_mult=(1, 2, 2), codebook_size=512, code_dim=64)
+                img_size=32, patch=2, ch=32, ch_mult=(1, 2), codebook_size=512, code_dim=64)
 register_preset("vq_32_attn", VQModel, "vq_32 with a 2-block transformer bottleneck at 8x8",
-                img_size=32, ch=32, ch_mult=(1, 2, 2), codebook_size=512, code_dim=64,
+                img_size=32, patch=2, ch=32, ch_mult=(1, 2), codebook_size=512, code_dim=64,
                 bottleneck="transformer", bottleneck_depth=2, bottleneck_heads=4)
 register_preset("dvae_32", VQModel, "DALL-E-style Gumbel-softmax dVAE: 32 px -> 8x8 tokens from 512 codes",
-                img_size=32, ch=32, ch_mult=(1, 2, 2), codebook_size=512, code_dim=64, quantizer="gumbel")
+                img_size=32, patch=2, ch=32, ch_mult=(1, 2), codebook_size=512, code_dim=64, quantizer="gumbel")

@@ -19,19 +19,19 @@ register_recipe(Recipe(
     train=dict(steps=600, batch_size=64, lr=2e-3, warmup=50, weight_decay=0.1, val_split="heldout_test",
                eval_batches=4, log_every=50, save_every=400),
     description="CLIP on shapes captions; six colour-shape pairs never seen in training",
-    expected="see docs/clip.md: text->image R@1 on 1,000 held-out-pair test captions"))
+    expected="text->image R@1 0.174 (R@10 0.590) on 1,000 heldout_test captions; 4.6 min on a shared 2-core CPU"))
 
-# LiT (Zhai et al., 2022): the image tower of the clip_shapes run, locked; a fresh text tower
-# (and the image projection) learn to read it. Run clip_shapes first (its --out is the path below).
+# LiT (Zhai et al., 2022): the image tower and projection of the clip_shapes run, locked; a
+# fresh text tower learns to read them. Run clip_shapes first (its --out is the path below).
 register_recipe(Recipe(
     name="clip_shapes_lit", model="clip_tiny", data="shapes",
     model_overrides={**SMALL, "tokenizer_prune_from": "shapes:val", "tokenizer_prune_kwargs": {"holdout": "default"},
-                     "init_image_from": "runs/clip_shapes", "lock_image": "tower"},
+                     "init_image_from": "runs/clip_shapes", "lock_image": "tower_proj"},
     data_kwargs={"holdout": "default"},
     train=dict(steps=600, batch_size=64, lr=2e-3, warmup=50, weight_decay=0.1, val_split="heldout_test",
                eval_batches=4, log_every=50, save_every=400),
-    description="LiT on shapes: the clip_shapes image tower locked, only the text side trains",
-    expected="see docs/clip.md"))
+    description="LiT on shapes: the clip_shapes image tower and projection locked, only the text tower trains",
+    expected="text->image R@1 0.218 (R@10 0.584) on heldout_test; 2.3 min on a shared 2-core CPU"))
 
 # animal-mnist with the CLIP paper's 18 CIFAR templates as captions ("a blurry photo of the
 # zebra."): label-aware loss, since two zebra captions in a batch are not negatives of each
@@ -42,7 +42,7 @@ register_recipe(Recipe(
     train=dict(steps=600, batch_size=64, lr=2e-3, warmup=50, weight_decay=0.1, val_split="test",
                eval_batches=4, log_every=50, save_every=400),
     description="CLIP on animal-mnist silhouettes with class-template captions (label-aware loss)",
-    expected="see docs/clip.md: zero-shot top-1 on the 1,000-image test split"))
+    expected="zero-shot top-1 0.519 / top-5 0.955 on the 1,000 test images (label_aware=false: 0.477); ~5 CPU min"))
 
 # Emoji: 2,933 training emoji (32 px) with their CLDR names; test emoji are other base emoji.
 register_recipe(Recipe(
@@ -53,4 +53,4 @@ register_recipe(Recipe(
     train=dict(steps=600, batch_size=64, lr=2e-3, warmup=50, weight_decay=0.1, val_split="test",
                eval_batches=4, log_every=50, save_every=400),
     description="CLIP on Noto emoji (32 px) captioned with CLDR names",
-    expected="see docs/clip.md: retrieval R@K on the train and test emoji"))
+    expected="test emoji (unseen base emoji): text->image R@1 0.150, R@10 0.440; ~5 CPU min"))

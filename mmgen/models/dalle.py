@@ -1,0 +1,635 @@
+r"""DALL-E (Ramesh et al. 2021), small: one causal transformer over the sequence
+[text tokens; image tokens], the image tokens coming from a frozen VQ-VAE / dVAE.
+
+    dalle = mmgen.load_pretrained("checkpoints/dalle_shapes")  # finds ../vq_shapes, ../clip_shapes
+    images, scores = dalle.generate(["a red circle above a blue square"], num_candidates=8, rerank=True)
+
+Sequence layout (positions 0 .. text_len + h*w - 1):
+
+    [BOS t_1 .. t_k EOS PAD .. PAD] [i_(0,0) i_(0,1) .. i_(h-1,w-1)]
+     \______ text_len positions __/  \___ h*w image tokens, raster order ___/
+
+* The text half is the GPT decoder's: a byte-level (or any mmgen.text) tokenizer, learned
+  absolute positions, padded to a fixed `text_len` so every row has the same layout (the
+  image always starts at position text_len; padding is attended to, as in DALL-E, and its
+  learned position embedding makes each pad slot distinct).
+* Text and image have their own embeddings and output heads: the hidden state at position p
+  predicts token p+1 with the text head while p+1 < text_len, with the image head after.
+* Image tokens get learned row + column embeddings (no 1-D position table).
+* The loss is the weighted mean (text_loss_weight * CE_text + image_loss_weight * CE_image)
+  / (sum of the weights), 1:7 by default (DALL-E's weighting); padding targets are ignored.
+* Classifier-free guidance: in training the caption of each row is replaced, with
+  probability cond_drop, by the null condition (the empty caption [BOS EOS PAD ..]); its text
+  loss is skipped. Sampling runs the conditional and null rows side by side on the KV cache
+  and mixes the next-token logits null + s * (cond - null); s = 1 is plain conditional
+  sampling (the null rows are not even computed).
+* Sampling uses the shared logits pipeline of mmgen.text.sampling (temperature, top-k, top-p)
+  and reranks N candidates per prompt by the CLIP score 100 * cos(image, text) of our CLIP.
+
+The VQ tokenizer and the CLIP reranker are not stored in this checkpoint: config fields
+`vq_path` / `clip_path` name their checkpoint directories, relative to this checkpoint's
+directory (e.g. "../vq_shapes") or to the working directory, or absolute. `attach(vq=..., clip=...)`
+sets them in code.
+
+Prompts: empty prompts are refused; a prompt longer than text_len tokens (with BOS/EOS)
+raises a ValueError unless truncate=True, which cuts it with a warning; words never seen in
+training captions get a warning, and a prompt with no known word at all is refused (the
+model would ignore it). The words seen are recorded during training in a hashed bitmap buffer
+(`seen_words`), so every checkpoint knows its own vocabulary.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..layers import KVCache, LearnedPositions, Transformer, TransformerConfig
+from ..registry import register_model, register_preset
+from ..text.sampling import SamplingParams, make_generator, sample_next
+from .base import Model
+
+WORD_BUCKETS = 1 << 16  # hashed bitmap of the words seen in training captions
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+
+
+def prompt_words(text: str) -> list[str]:
+    """Lower-cased words (runs of letters/digits; CJK runs count as one word)."""
+    return _WORD_RE.findall(text.lower())
+
+
+def word_bucket(word: str) -> int:
+    return zlib.crc32(word.encode("utf-8")) % WORD_BUCKETS
+
+
+@dataclass
+class DALLEConfig:
+    tokenizer: str = "byte"  # mmgen.text.get_tokenizer name: byte | clip_bpe
+    tokenizer_captions: str = ""  # prune clip_bpe to the words of these captions: a dataset name or module:function
+    tokenizer_state: dict | None = None  # the tokenizer's to_dict() (a pruned vocabulary), filled at construction
+    text_vocab: int = 0  # 0: the tokenizer's vocabulary size
+    text_len: int = 48  # text positions, BOS / EOS / padding included
+    image_vocab: int = 512  # codebook size of the VQ tokenizer
+    image_grid: tuple[int, int] = (8, 8)  # (h, w) image tokens
+    block: TransformerConfig = field(default_factory=lambda: TransformerConfig(causal=True))
+    text_loss_weight: float = 1.0
+    image_loss_weight: float = 7.0  # DALL-E: image tokens weigh 7x the text tokens
+    cond_drop: float = 0.15  # probability of training a row on the null caption (for guidance)
+    embed_dropout: float = 0.0
+    init_std: float = 0.02
+    vq_path: str = ""  # VQ checkpoint dir: relative to this checkpoint's dir, else to the cwd
+    clip_path: str = ""  # CLIP checkpoint dir for reranking ("" = no reranking)
+    train_data: str = ""  # the dataset the model was trained on, named in prompt errors
+    # sampling defaults of generate() (a shipped checkpoint carries the values it was measured with)
+    guidance_scale: float = 3.0
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self):
+        if isinstance(self.block, dict):
+            self.block = TransformerConfig(**self.block)
+        self.image_grid = tuple(int(v) for v in self.image_grid)
+        if len(self.image_grid) != 2 or min(self.image_grid) < 1:
+            raise ValueError(f"image_grid must be (h, w) with h, w >= 1, got {self.image_grid}")
+        if self.text_len < 3:
+            raise ValueError(f"text_len must hold BOS, one token and EOS (>= 3), got {self.text_len}")
+        if self.image_vocab < 2:
+            raise ValueError(f"image_vocab must be >= 2, got {self.image_vocab}")
+        if not 0.0 <= self.cond_drop < 1.0:
+            raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
+        if self.text_loss_weight < 0 or self.image_loss_weight <= 0:
+            raise ValueError(f"need text_loss_weight >= 0 and image_loss_weight > 0, got "
+                             f"{self.text_loss_weight}, {self.image_loss_weight}")
+        if self.block.cross_attn or self.block.adaln != "none" or self.block.rope == "2d":
+            raise ValueError("DALL-E's blocks take no cross-attention, adaLN or 2d RoPE: the text conditions "
+                             "the image through the one causal sequence")
+        if self.block.window is not None:
+            raise ValueError("DALL-E attends over the whole sequence: set block.window=None")
+        # the stack is causal by construction; positions are the learned tables below
+        import dataclasses
+        self.block = dataclasses.replace(self.block, causal=True, rope="none")
+
+    @property
+    def image_tokens(self) -> int:
+        return self.image_grid[0] * self.image_grid[1]
+
+    @property
+    def seq_len(self) -> int:
+        return self.text_len + self.image_tokens
+
+
+def caption_corpus(source: str) -> list[str]:
+    """The captions a tokenizer is pruned to: "module:function" (called with no arguments), or a
+    dataset name whose module has `all_captions()` (shapes), else the captions of its train split."""
+    import importlib
+    if ":" in source:
+        mod, fn = source.split(":", 1)
+        return list(getattr(importlib.import_module(mod), fn)())
+    try:
+        mod = importlib.import_module(f"mmgen.data.{source}")
+    except ImportError:
+        mod = None
+    if mod is not None and hasattr(mod, "all_captions"):
+        return list(mod.all_captions())
+    from ..data import build_dataset
+    ds = build_dataset(source, split="train")
+    if hasattr(ds, "captions"):
+        return list(ds.captions())
+    return [ds[i]["caption"] for i in range(len(ds))]
+
+
+def build_tokenizer(c: DALLEConfig):
+    """The text tokenizer: rebuilt from tokenizer_state (checkpoints), or pruned from
+    tokenizer_captions (then its state is stored in the config), or a plain named one."""
+    from ..text import get_tokenizer
+    from ..text.tokenizers import tokenizer_from_dict
+    if c.tokenizer_state:
+        return tokenizer_from_dict(c.tokenizer_state)
+    if c.tokenizer_captions:
+        if c.tokenizer != "clip_bpe":
+            raise ValueError(f"tokenizer_captions prunes a clip_bpe vocabulary; tokenizer={c.tokenizer!r} has "
+                             f"nothing to prune (set tokenizer='clip_bpe' or drop tokenizer_captions)")
+        tok = get_tokenizer("clip_bpe", captions=caption_corpus(c.tokenizer_captions))
+        c.tokenizer_state = tok.to_dict()
+        return tok
+    return get_tokenizer(c.tokenizer)
+
+
+def _resolve(path: str, base: Path | None, what: str) -> Path:
+    """A checkpoint path from the config: absolute, else relative to the DALL-E checkpoint's
+    directory, else to the working directory."""
+    p = Path(path)
+    tried = []
+    for cand in ([p] if p.is_absolute() else ([base / p] if base is not None else []) + [Path.cwd() / p]):
+        tried.append(str(cand))
+        if (cand / "config.json").is_file():
+            return cand.resolve()
+    raise FileNotFoundError(f"the {what} checkpoint {path!r} named in the DALL-E config was not found "
+                            f"(looked in {', '.join(tried)}); set {what}_path or call attach()")
+
+
+@register_model("dalle")
+class DALLE(Model):
+    """Text-to-image transformer over [text; image tokens]. See the module docstring."""
+
+    config_class = DALLEConfig
+
+    def __init__(self, config: DALLEConfig):
+        super().__init__(config)
+        c = config
+        self.tokenizer = build_tokenizer(c)
+        if c.text_vocab == 0:
+            c.text_vocab = self.tokenizer.vocab_size
+        elif c.text_vocab < self.tokenizer.vocab_size:
+            raise ValueError(f"text_vocab={c.text_vocab} is smaller than the {c.tokenizer!r} tokenizer's "
+                             f"{self.tokenizer.vocab_size}; set text_vocab=0 to take the tokenizer's")
+        d = c.block.dim
+        h, w = c.image_grid
+        self.text_embed = nn.Embedding(c.text_vocab, d)
+        self.text_pos = LearnedPositions(c.text_len, d, std=c.init_std)
+        self.image_embed = nn.Embedding(c.image_vocab, d)
+        self.row_embed = nn.Parameter(torch.randn(h, d) * c.init_std)
+        self.col_embed = nn.Parameter(torch.randn(w, d) * c.init_std)
+        self.drop = nn.Dropout(c.embed_dropout)
+        self.transformer = Transformer(c.block)
+        self.text_head = nn.Linear(d, c.text_vocab, bias=False)
+        self.image_head = nn.Linear(d, c.image_vocab, bias=False)
+        # training-caption vocabulary: hashed words and text token ids seen by loss()
+        self.register_buffer("seen_words", torch.zeros(WORD_BUCKETS, dtype=torch.bool))
+        self.register_buffer("seen_text", torch.zeros(c.text_vocab, dtype=torch.bool))
+        self.transformer.init_weights(std=c.init_std, residual_scale=True)
+        for emb in (self.text_embed, self.image_embed, self.text_head, self.image_head):
+            nn.init.normal_(emb.weight, std=c.init_std)
+        self._vq = None  # frozen helpers, not part of this checkpoint's weights
+        self._clip = None
+        self._ckpt_dir: Path | None = None
+
+    # ------------------------------------------------------------------ helpers (VQ, CLIP)
+    def attach(self, vq=None, clip=None) -> "DALLE":
+        """Use these VQ / CLIP models (kept frozen, outside this model's state dict)."""
+        if vq is not None:
+            for name, want in (("vocab_size", self.config.image_vocab),):
+                if getattr(vq, name, None) != want:
+                    raise ValueError(f"the VQ tokenizer has {name}={getattr(vq, name, None)}, this DALL-E "
+                                     f"expects {want}")
+            if tuple(vq.token_shape) != self.config.image_grid:
+                raise ValueError(f"the VQ tokenizer makes {tuple(vq.token_shape)} token grids, this DALL-E "
+                                 f"expects {self.config.image_grid}")
+            object.__setattr__(self, "_vq", vq.eval().requires_grad_(False))  # not a submodule
+        if clip is not None:
+            if not (hasattr(clip, "encode_image") and hasattr(clip, "encode_text")):
+                raise TypeError(f"reranking needs a CLIP model (encode_image / encode_text), got "
+                                f"{type(clip).__name__}")
+            object.__setattr__(self, "_clip", clip.eval().requires_grad_(False))
+        return self
+
+    def _load_helper(self, path: str, what: str, model_type: str):
+        from ..checkpoint import load_pretrained, read_config
+        ckpt = _resolve(path, self._ckpt_dir, what)
+        found = read_config(ckpt)["model_type"]
+        if found != model_type:
+            raise ValueError(f"{what}_path {path!r} holds a {found!r} checkpoint; DALL-E needs a {model_type!r} "
+                             f"one there")
+        return load_pretrained(ckpt).to(self.device)
+
+    @property
+    def vq(self):
+        """The frozen image tokenizer, loaded from `vq_path` on first use."""
+        if self._vq is None:
+            if not self.config.vq_path:
+                raise ValueError("this DALL-E has no VQ tokenizer: set config vq_path or call attach(vq=...)")
+            self.attach(vq=self._load_helper(self.config.vq_path, "vq", "vq"))
+        return self._vq
+
+    @property
+    def clip(self):
+        """The frozen CLIP reranker (None without `clip_path`)."""
+        if self._clip is None and self.config.clip_path:
+            self.attach(clip=self._load_helper(self.config.clip_path, "clip", "clip"))
+        return self._clip
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        model = super().from_pretrained(path, **kwargs)
+        model._ckpt_dir = Path(path).resolve()
+        return model
+
+    # ------------------------------------------------------------------ text
+    def null_text(self, batch: int = 1) -> torch.Tensor:
+        """The null condition: the empty caption [BOS EOS PAD ..], (batch, text_len)."""
+        return self._pad([[self.tokenizer.bos_id, self.tokenizer.eos_id]] * batch)
+
+    def _pad(self, rows: list[list[int]]) -> torch.Tensor:
+        out = torch.full((len(rows), self.config.text_len), self.tokenizer.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        return out.to(self.text_embed.weight.device)
+
+    def tokenize(self, texts: str | Sequence[str], *, truncate: bool = False) -> torch.Tensor:
+        """Captions -> (N, text_len) ids [BOS text EOS PAD ..]. Over-long text raises a
+        ValueError naming both lengths; truncate=True cuts it (EOS kept last) with a warning."""
+        if isinstance(texts, str):
+            texts = [texts]
+        L, tok = self.config.text_len, self.tokenizer
+        rows = []
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"captions must be str, got {type(t).__name__}")
+            ids = tok.encode(t, add_bos=True, add_eos=True)
+            if len(ids) > L:
+                if not truncate:
+                    raise ValueError(f"prompt {t[:50]!r}{'...' if len(t) > 50 else ''} is {len(ids)} tokens with "
+                                     f"BOS/EOS; this model reads at most {L} (text_len). Shorten it, or pass "
+                                     f"truncate=True (--truncate) to cut it with a warning")
+                warnings.warn(f"prompt {t[:40]!r}... is {len(ids)} tokens; cut to the model's {L} "
+                              f"(text_len), so its end is ignored", UserWarning, stacklevel=3)
+                ids = ids[:L - 1] + [tok.eos_id]
+            rows.append(ids)
+        return self._pad(rows)
+
+    def check_prompts(self, prompts: Sequence[str]) -> None:
+        """Refuse empty prompts and prompts with no word seen in training; warn about unseen
+        words and characters (the model knows nothing of them and will likely ignore them)."""
+        trained = bool(self.seen_words.any())
+        data = f" (trained on {self.config.train_data} captions)" if self.config.train_data else ""
+        for p in prompts:
+            if not isinstance(p, str):
+                raise TypeError(f"prompts must be str, got {type(p).__name__}")
+            if not p.strip():
+                raise ValueError("empty prompt: describe the image, e.g. 'a red circle above a blue square'")
+            if not trained:
+                continue
+            words = prompt_words(p)
+            unseen = [w for w in words if not bool(self.seen_words[word_bucket(w)])]
+            odd = []  # characters (bytes) never seen: only meaningful for the byte-level tokenizer
+            if self.config.tokenizer == "byte" and not self.config.tokenizer_state:
+                odd = sorted({ch for ch in p if not all(bool(self.seen_text[i]) for i in self.tokenizer.encode(ch))})
+            if not words or len(unseen) == len(words):
+                raise ValueError(f"prompt {p[:50]!r} has no word this model saw in training{data}, so it would "
+                                 f"ignore the prompt; never-seen words: {unseen[:8]}"
+                                 + (f", never-seen characters: {''.join(odd[:12])!r}" if odd else ""))
+            if unseen or odd:
+                warnings.warn(f"prompt {p[:50]!r}: "
+                              + (f"words never seen in training{data}: {unseen[:8]}" if unseen else "")
+                              + ("; " if unseen and odd else "")
+                              + (f"characters never seen in training: {''.join(odd[:12])!r}" if odd else "")
+                              + "; the model will likely ignore them", UserWarning, stacklevel=3)
+
+    @torch.no_grad()
+    def record_captions(self, captions: Sequence[str], text: torch.Tensor | None = None) -> None:
+        """Mark the words (and token ids) of training captions as seen."""
+        idx = [word_bucket(w) for c in captions for w in prompt_words(c)]
+        if idx:
+            self.seen_words[torch.tensor(idx, device=self.seen_words.device)] = True
+        if text is not None:
+            self.seen_text[text.flatten().to(self.seen_text.device)] = True
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Tokens of the joint sequence at positions [start, start + T) -> (B, T, dim). Text ids
+        at positions < text_len, image ids (codebook indices) after."""
+        c = self.config
+        B, T = tokens.shape
+        if start + T > c.seq_len:
+            raise ValueError(f"positions {start}..{start + T - 1} run past the sequence of {c.seq_len} "
+                             f"(text_len {c.text_len} + {c.image_tokens} image tokens)")
+        n_text = max(0, min(T, c.text_len - start))  # how many of these positions are text
+        parts = []
+        if n_text:
+            t = tokens[:, :n_text]
+            if int(t.max()) >= c.text_vocab or int(t.min()) < 0:
+                raise ValueError(f"text ids must be in [0, {c.text_vocab}), got [{int(t.min())}, {int(t.max())}]")
+            parts.append(self.text_pos(self.text_embed(t), start=start))
+        if n_text < T:
+            im = tokens[:, n_text:]
+            if int(im.max()) >= c.image_vocab or int(im.min()) < 0:
+                raise ValueError(f"image ids must be in [0, {c.image_vocab}), got [{int(im.min())}, {int(im.max())}]")
+            i0 = start + n_text - c.text_len  # index of the first image token here
+            idx = torch.arange(i0, i0 + (T - n_text), device=tokens.device)
+            w = c.image_grid[1]
+            pos = self.row_embed[idx // w] + self.col_embed[idx % w]  # (Ti, dim)
+            parts.append(self.image_embed(im) + pos)
+        return self.drop(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
+
+    def forward(self, tokens: torch.Tensor, *, start: int = 0, cache: list[KVCache] | None = None,
+                return_hidden: bool = False):
+        """tokens (B, T) of the joint sequence at positions [start, start + T) -> (text_logits
+        (B, Tt, text_vocab) or None, image_logits (B, Ti, image_vocab) or None): the hidden
+        state at position p predicts token p + 1, with the text head while p + 1 < text_len
+        (the first Tt positions) and the image head after (the last Ti)."""
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
+        if tokens.dtype.is_floating_point:
+            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+        h = self.transformer(self.embed(tokens, start), cache=cache, start=start)  # (B, T, dim)
+        T = tokens.shape[1]
+        n_text = max(0, min(T, self.config.text_len - 1 - start))  # positions predicting text
+        text_logits = self.text_head(h[:, :n_text]) if n_text else None
+        image_logits = self.image_head(h[:, n_text:]) if n_text < T else None
+        return (text_logits, image_logits, h) if return_hidden else (text_logits, image_logits)
+
+    def make_cache(self, batch: int, max_len: int | None = None, *, dtype=None, device=None) -> list[KVCache]:
+        return self.transformer.make_cache(batch, max_len or self.config.seq_len, dtype=dtype,
+                                           device=device or self.text_embed.weight.device)
+
+    # ------------------------------------------------------------------ training contract
+    def collate(self, items: list[dict]) -> dict[str, Any]:
+        """Dataset items {"image", "caption", ...} -> {"text" (B, text_len), "image_tokens"
+        (B, h, w), "caption"}: captions tokenised (over-long ones cut with a warning), images
+        encoded by the frozen VQ under no_grad."""
+        if not items:
+            raise ValueError("collate got an empty list of items")
+        missing = {"image", "caption"} - set(items[0])
+        if missing:
+            raise ValueError(f"DALL-E batches need 'image' and 'caption' items, missing {sorted(missing)}")
+        captions = [it["caption"] for it in items]
+        images = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
+        # the frozen VQ gives the same tokens for the same image: memoise them (fixed datasets
+        # revisit images every epoch), keyed by a hash of the pixels
+        cache = self.__dict__.setdefault("_token_cache", {})
+        keys = [hashlib.blake2b(im.numpy().tobytes(), digest_size=16).digest() for im in images]
+        todo = [i for i, k in enumerate(keys) if k not in cache]
+        if todo:
+            vq = self.vq
+            with torch.no_grad():
+                new = vq.encode_tokens(images[todo].to(vq.device)).cpu()
+            if len(cache) < 500_000:
+                cache.update(zip((keys[i] for i in todo), new))
+            fresh = dict(zip(todo, new))
+        tokens = torch.stack([fresh[i] if i in fresh else cache[k] for i, k in enumerate(keys)]) if todo else \
+            torch.stack([cache[k] for k in keys])
+        return {"text": self.tokenize(captions, truncate=True).cpu(), "image_tokens": tokens, "caption": captions}
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """batch {"text" (B, text_len) ids, "image_tokens" (B, h, w) or (B, h*w) codebook ids}
+        (or {"image", "caption"}: tokenised and VQ-encoded here). Returns the 1:7 weighted mean
+        of the text and image cross-entropies (nats per token)."""
+        c = self.config
+        if "text" not in batch or "image_tokens" not in batch:
+            if "image" in batch and "caption" in batch:
+                images = batch["image"]
+                batch = self.collate([{"image": images[i], "caption": batch["caption"][i]}
+                                      for i in range(len(images))])
+            else:
+                raise ValueError(f"DALL-E loss needs 'text' + 'image_tokens' (or 'image' + 'caption'), "
+                                 f"got keys {sorted(batch)}")
+        dev = self.text_embed.weight.device
+        text = batch["text"].to(dev)
+        image = batch["image_tokens"].to(dev).reshape(text.shape[0], -1)  # (B, h*w) raster order
+        if text.shape[1] != c.text_len or image.shape[1] != c.image_tokens:
+            raise ValueError(f"expected text (B, {c.text_len}) and image tokens (B, {c.image_tokens}), got "
+                             f"{tuple(text.shape)} and {tuple(image.shape)}")
+        B = text.shape[0]
+        keep = torch.ones(B, dtype=torch.bool, device=dev)
+        if self.training:
+            if "caption" in batch:
+                self.record_captions(batch["caption"], text)
+            if c.cond_drop > 0:
+                keep = torch.rand(B, device=dev) >= c.cond_drop
+                text = torch.where(keep[:, None], text, self.null_text(B))
+        seq = torch.cat([text, image], 1)  # (B, text_len + h*w)
+        text_logits, image_logits = self(seq[:, :-1])
+        # text targets: positions 1 .. text_len-1, padding and dropped captions ignored
+        t_tgt = seq[:, 1:c.text_len].masked_fill(seq[:, 1:c.text_len] == self.tokenizer.pad_id, -100)
+        t_tgt = t_tgt.masked_fill(~keep[:, None], -100)
+        loss_text = F.cross_entropy(text_logits.flatten(0, 1).float(), t_tgt.flatten(), ignore_index=-100)
+        if not bool((t_tgt != -100).any()):
+            loss_text = text_logits.sum() * 0.0  # every caption dropped: no text target this batch
+        loss_image = F.cross_entropy(image_logits.flatten(0, 1).float(), image.flatten())
+        wt, wi = c.text_loss_weight, c.image_loss_weight
+        loss = (wt * loss_text + wi * loss_image) / (wt + wi)
+        return loss, {"loss": loss.item(), "loss_text": loss_text.item(), "loss_image": loss_image.item()}
+
+    def example_batch(self, batch_size: int = 2, device="cpu") -> dict:
+        c = self.config
+        g = torch.Generator().manual_seed(0)
+        words = ["a red circle", "a blue square", "green", "a star"]
+        captions = [words[i % len(words)] for i in range(batch_size)]
+        image = torch.randint(0, c.image_vocab, (batch_size, *c.image_grid), generator=g)
+        return {"text": self.tokenize(captions, truncate=True).to(device), "image_tokens": image.to(device),
+                "caption": captions}
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict) -> dict[str, float]:
+        """Validation cross-entropies with the real captions (no condition dropout)."""
+        was = self.training
+        self.eval()
+        try:
+            _, logs = self.loss(batch)
+        finally:
+            self.train(was)
+        return logs  # the loop files them under val/
+
+    # ------------------------------------------------------------------ sampling
+    def _guided_logits(self, logits: torch.Tensor, B: int, guidance_scale: float) -> torch.Tensor:
+        """(2B, V) [cond; null] -> (B, V) null + s * (cond - null); (B, V) unchanged without guidance."""
+        if logits.shape[0] == B:
+            return logits
+        cond, null = logits[:B].float(), logits[B:].float()
+        return null + guidance_scale * (cond - null)
+
+    @torch.no_grad()
+    def sample_tokens(self, text: torch.Tensor, *, guidance_scale: float = 1.0, temperature: float = 1.0,
+                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                      generator: torch.Generator | None = None, use_cache: bool = True,
+                      force_null_rows: bool = False) -> torch.Tensor:
+        """Sample image tokens (B, h, w) for text ids (B, text_len), one token per step.
+
+        guidance_scale s: next-token logits null + s * (cond - null) (classifier-free guidance;
+        0 = unconditional, 1 = conditional, > 1 = stronger). With s == 1 the null rows are
+        skipped unless force_null_rows. use_cache=False recomputes the full prefix each step
+        (the reference the KV cache must match)."""
+        c = self.config
+        if text.ndim != 2 or text.shape[1] != c.text_len:
+            raise ValueError(f"text must be (batch, {c.text_len}) ids from tokenize(), got {tuple(text.shape)}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1 = plain conditional), got {guidance_scale}")
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+        dev = self.text_embed.weight.device
+        gen = generator if generator is not None else make_generator(seed, dev)
+        B = text.shape[0]
+        text = text.to(dev)
+        rows = torch.cat([text, self.null_text(B)]) if (guidance_scale != 1.0 or force_null_rows) else text
+        was = self.training
+        self.eval()
+        try:
+            out = torch.empty(B, 0, dtype=torch.long, device=dev)
+            cache = self.make_cache(rows.shape[0], c.seq_len) if use_cache else None
+            _, logits = self(rows, cache=cache)  # prefill: the last text position predicts image token 0
+            for i in range(c.image_tokens):
+                nxt_logits = self._guided_logits(logits[:, -1], B, guidance_scale)
+                nxt = sample_next(nxt_logits, params, None, gen)  # (B,)
+                out = torch.cat([out, nxt[:, None]], 1)
+                if i == c.image_tokens - 1:
+                    break
+                step = nxt.repeat(rows.shape[0] // B)[:, None]  # the same token for cond and null rows
+                if use_cache:
+                    _, logits = self(step, cache=cache, start=c.text_len + i)
+                else:
+                    seq = torch.cat([rows, out.repeat(rows.shape[0] // B, 1)], 1)
+                    _, logits = self(seq)
+        finally:
+            self.train(was)
+        return out.view(B, *c.image_grid)
+
+    @torch.no_grad()
+    def clip_scores(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """100 * cos(CLIP image embedding, CLIP text embedding) per (image, prompt) pair."""
+        clip = self.clip
+        if clip is None:
+            raise ValueError("no CLIP model for scoring: set config clip_path or call attach(clip=...)")
+        dev = clip.logit_scale.device
+        img = clip.encode_image(images.to(dev), normalize=True)
+        txt = clip.encode_text(clip.tokenize(list(prompts), truncate=True), normalize=True)
+        return 100.0 * (img * txt).sum(-1).float().cpu()
+
+    @torch.no_grad()
+    def generate(self, prompts: str | Sequence[str], *, num_images: int = 1, num_candidates: int | None = None,
+                 rerank: bool = True, guidance_scale: float | None = None, temperature: float | None = None,
+                 top_k: Any = "default", top_p: Any = "default", seed: int | None = 0,
+                 truncate: bool = False, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text -> images. For each prompt, samples num_candidates (default: num_images) token
+        grids, decodes them with the VQ, scores them with CLIP (when a CLIP model is set) and,
+        with rerank=True, keeps the num_images best. Returns (images (P * num_images, C, H, W)
+        in [-1, 1], prompt-major and best first when reranked; scores (P * num_images,) CLIP
+        scores, or None without CLIP). guidance_scale / temperature / top_k / top_p default to
+        the config's values (what the checkpoint was measured with)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given")
+        c = self.config  # unset sampling options take the checkpoint's defaults (top_k/top_p: None = off)
+        guidance_scale = c.guidance_scale if guidance_scale is None else guidance_scale
+        temperature = c.temperature if temperature is None else temperature
+        top_k = c.top_k if isinstance(top_k, str) and top_k == "default" else top_k
+        top_p = c.top_p if isinstance(top_p, str) and top_p == "default" else top_p
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        n_cand = num_images if num_candidates is None else num_candidates
+        if n_cand < num_images:
+            raise ValueError(f"num_candidates ({n_cand}) must be >= num_images ({num_images})")
+        if rerank and n_cand > num_images and self.clip is None:
+            raise ValueError("reranking needs a CLIP model: set config clip_path, attach(clip=...), or pass "
+                             "rerank=False")
+        self.check_prompts(prompts)
+        text = self.tokenize(prompts, truncate=truncate)  # (P, text_len)
+        text = text.repeat_interleave(n_cand, 0)  # (P * n_cand, text_len), prompt-major
+        gen = make_generator(seed, self.text_embed.weight.device)
+        tokens = torch.cat([self.sample_tokens(text[i:i + batch_size], guidance_scale=guidance_scale,
+                                               temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+                            for i in range(0, len(text), batch_size)])
+        vq = self.vq
+        images = torch.cat([vq.decode_tokens(tokens[i:i + batch_size].to(vq.device)).cpu()
+                            for i in range(0, len(tokens), batch_size)])  # (P * n_cand, C, H, W)
+        scores = None
+        if self.clip is not None:
+            scores = torch.cat([self.clip_scores(images[i:i + batch_size],
+                                                 [prompts[j // n_cand] for j in range(i, min(i + batch_size, len(images)))])
+                                for i in range(0, len(images), batch_size)])
+        P = len(prompts)
+        images = images.view(P, n_cand, *images.shape[1:])
+        if scores is not None:
+            scores = scores.view(P, n_cand)
+            if rerank:
+                order = scores.argsort(dim=1, descending=True)  # (P, n_cand) best first
+                images = torch.stack([images[p, order[p]] for p in range(P)])
+                scores = torch.gather(scores, 1, order)
+            scores = scores[:, :num_images].reshape(-1)
+        return images[:, :num_images].reshape(-1, *images.shape[2:]), scores
+
+    GENERATE_OPTIONS = ("num_candidates", "rerank", "temperature", "top_k", "top_p", "truncate", "batch_size")
+
+    def generate_images(self, prompts, num_images: int = 4, seed: int | None = 0, guidance_scale: float | None = None,
+                        progress: bool = False, **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The protocol `mmgen generate` drives: num_images per prompt, prompt-major, the best
+        num_images of num_candidates by CLIP score (default: 8 candidates when a CLIP model is set)."""
+        bad = sorted(set(kw) - set(self.GENERATE_OPTIONS))
+        if bad:
+            raise ValueError(f"DALL-E generation takes no {', '.join(bad)} (that is an option of diffusion models); "
+                             f"its options are {', '.join(self.GENERATE_OPTIONS)}")
+        if "num_candidates" not in kw and kw.get("rerank", True) and self.clip is not None:
+            kw["num_candidates"] = max(num_images, 8)
+        return self.generate(prompts, num_images=num_images, seed=seed, guidance_scale=guidance_scale, **kw)
+
+    @torch.no_grad()
+    def sample_images(self, n: int = 16, seed: int = 0) -> torch.Tensor:
+        """For the training loop's PNG grids: n images for a few fixed captions (no reranking)."""
+        prompts = list(SAMPLE_PROMPTS.get(self.config.train_data, SAMPLE_PROMPTS["shapes"]))
+        per = max(1, n // len(prompts))
+        text = self.tokenize(prompts, truncate=True).repeat_interleave(per, 0)[:n]
+        c = self.config
+        tokens = self.sample_tokens(text, guidance_scale=c.guidance_scale, temperature=c.temperature, top_k=c.top_k,
+                                    top_p=c.top_p, seed=seed)
+        return self.vq.decode_tokens(tokens.to(self.vq.device)).cpu()
+
+
+SAMPLE_PROMPTS = {
+    "shapes": ("a red circle above a blue square", "a green triangle", "a yellow square left of a purple circle",
+               "a blue circle"),
+    "emoji": ("red heart", "grinning face", "dog face", "rocket"),
+}
+
+
+# ------------------------------------------------------------------------------ presets
+def _block(**kw) -> dict:
+    return dict(causal=True, **kw)
+
+
+register_preset("dalle_tiny", DALLE, "2-layer 64-wide DALL-E over 16 text + 4x4 image tokens from 32 codes; tests",
+                text_len=16, image_vocab=32, image_grid=(4, 4), block=_block(dim=64, depth=2, num_heads=4))
+register_preset("dalle_small_32", DALLE,
+                "4-layer 256-wide DALL-E: 48 byte-level text positions + 8x8 tokens of a 512-code VQ (vq_32)",
+                text_len=48, image_vocab=512, image_grid=(8, 8), block=_block(dim=256, depth=4, num_heads=8))
+register_preset("dalle_shapes_32", DALLE,
+                "4-layer 192-wide DALL-E for the shapes captions: a clip_bpe vocabulary pruned to the shapes "
+                "grammar (12 text positions) + 8x8 tokens of a 512-code VQ (vq_32)",
+                tokenizer="clip_bpe", tokenizer_captions="shapes", text_len=12, image_vocab=512, image_grid=(8, 8),
+                train_data="shapes", block=_block(dim=192, depth=4, num_heads=6))

@@ -1,0 +1,33 @@
+"""Recipes for the VAE / VQ family (mmgen.models.vae, mmgen.models.vq): the image tokenizers
+the DALL-E generator reads (vq_shapes, vq_emoji) and a Gaussian VAE on animal-mnist.
+
+Sized for a shared 2-core CPU: one thread (OMP_NUM_THREADS=1 is ~20x more work per CPU
+second than two threads there), batch 32, ~1,500 steps (about 5 CPU minutes); the
+`expected` strings give what such a run reached (test split, scripts/ae_report.py)."""
+from . import Recipe, register_recipe
+
+_SCHEDULE = dict(steps=1500, batch_size=32, lr=2e-3, min_lr=1e-4, warmup=50, weight_decay=0.0, clip=1.0,
+                 save_every=100, sample_every=500, num_samples=16, log_every=50, eval_batches=8, progress=False)
+
+register_recipe(Recipe(
+    name="vq_shapes", model="vq_32", data="shapes", train=dict(_SCHEDULE),
+    description="VQ-VAE tokenizer for the shapes dataset: 32 px -> 8x8 tokens from 512 EMA codes "
+                "(used by the DALL-E generator)",
+    expected="see docs/vae.md (results table)"))
+
+register_recipe(Recipe(
+    name="vq_emoji", model="vq_32", data="emoji", data_kwargs=dict(image_size=32), train=dict(_SCHEDULE),
+    description="VQ-VAE tokenizer for 32 px emoji: 8x8 tokens from 512 EMA codes",
+    expected="see docs/vae.md (results table)"))
+
+register_recipe(Recipe(
+    name="dvae_shapes", model="dvae_32", data="shapes",
+    model_overrides=dict(gumbel_anneal_steps=1200, gumbel_kl_warmup=300), train=dict(_SCHEDULE),
+    description="DALL-E-style Gumbel-softmax dVAE on shapes (temperature 1 -> 1/16)",
+    expected="see docs/vae.md (results table)"))
+
+register_recipe(Recipe(
+    name="vae_animal_mnist", model="vae_32", data="animal_mnist", model_overrides=dict(kl_warmup_steps=300),
+    train=dict(_SCHEDULE),
+    description="Gaussian VAE on animal-mnist: latents (4, 8, 8), discretised Gaussian decoder, bits/dim",
+    expected="see docs/vae.md (results table)"))
