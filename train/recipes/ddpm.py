@@ -36,13 +36,14 @@ register_recipe(Recipe(
     train=dict(steps=3000, batch_size=64, lr=5e-4, warmup=100, weight_decay=0.0, ema=0.999, num_samples=20,
                save_every=500),
     description="class-conditional pixel UNet on animal-mnist (28x28 grey), CFG dropout 10%",
-    expected="not run to completion on the shared CPU yet (see docs/ddpm.md)",
+    expected="a 250-step smoke run only (see docs/ddpm.md); the full recipe has not been run",
 ))
 
 register_recipe(Recipe(
     name="ddpm_emoji",
     model="ddpm_dit_emoji",
     data="emoji",
+    data_kwargs={"image_size": 32},
     train=dict(steps=5000, batch_size=64, lr=3e-4, warmup=200, weight_decay=0.0, ema=0.999, num_samples=16,
                save_every=500),
     description="text-conditional DiT (adaLN-Zero + cross-attention) on emoji names, v-prediction, min-SNR",
