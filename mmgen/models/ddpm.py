@@ -570,6 +570,7 @@ register_preset("ddpm_unet_shapes", DDPM, "text-conditional pixel UNet for the s
 register_preset("ddpm_unet_animal_mnist", DDPM,
                 "class-conditional pixel UNet for animal-mnist as the dataset serves it (3x32x32, the CIFAR stand-in)",
                 image_size=32, in_chans=3, conditioning="class", num_classes=10, cond_dim=128,
+                class_names=("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"),
                 unet={"base_ch": 32, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4,
                       "groups": 8})
 register_preset("ddpm_dit_emoji", DDPM, "text-conditional DiT for emoji (32x32 RGB), adaLN + cross-attention",
