@@ -52,18 +52,22 @@ def main(argv=None) -> int:
     encoder = mmgen.load_pretrained(args.encoder).eval() if args.encoder else clip
     text = args.dataset == "shapes"
     test = build_dataset(args.dataset, split="test")
-    items = [test[i] for i in range(args.n)]
+    # shapes: the first n (its order is random); labelled sets are stored class by class, so
+    # take n evenly spaced items (every class equally)
+    index = range(args.n) if text else torch.linspace(0, len(test) - 1, args.n).long().tolist()
+    items = [test[i] for i in index]
     captions = [it["caption"] if text else int(it["label"]) for it in items]
     real = torch.stack([it["image"] for it in items])
     results = {"model": str(args.model), "clip": args.clip, "encoder": args.encoder or args.clip,
                "dataset": args.dataset, "n": args.n, "steps": args.steps,
-               "scheduler": args.scheduler, "seed": args.seed, "captions": "shapes test split, first n", "runs": []}
+               "scheduler": args.scheduler, "seed": args.seed, "captions": "test split: shapes the first n, labelled sets n evenly spaced", "runs": []}
     if encoder is not None:  # the floor: real test images against as many real val/train images
         try:
             val = build_dataset(args.dataset, split="val")
         except ValueError:
             val = build_dataset(args.dataset, split="train")
-        val_items = [val[i] for i in range(args.n)]
+        val_index = range(args.n) if text else torch.linspace(0, len(val) - 1, args.n).long().tolist()
+        val_items = [val[i] for i in val_index]
         ref = torch.stack([it["image"] for it in val_items])
         floor = fd_kid(encoder, real, ref)
         if text and clip is not None:
