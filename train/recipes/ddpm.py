@@ -36,7 +36,8 @@ register_recipe(Recipe(
     train=dict(steps=3000, batch_size=64, lr=5e-4, warmup=100, weight_decay=0.0, ema=0.999, num_samples=20,
                save_every=500),
     description="class-conditional pixel UNet on animal-mnist (28x28 grey), CFG dropout 10%",
-    expected="a 250-step smoke run only (see docs/ddpm.md); the full recipe has not been run",
+    expected="only a 250-step run so far (--set train.steps=250 train.lr=1e-3 train.ema=0.99; 8 min on a shared "
+             "CPU): FD_ours 123.1 / 120.2 at guidance 1 / 3 on our ViT's features (real-vs-real 0.27); see docs/ddpm.md",
 ))
 
 register_recipe(Recipe(
