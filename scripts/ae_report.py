@@ -1,6 +1,7 @@
 """Evaluate a trained VAE / VQ checkpoint on a whole dataset split and write PNG grids.
 
     python scripts/ae_report.py runs/vq_shapes --data shapes --split test --png docs/img/vq_shapes
+    python scripts/ae_report.py runs/vq_emoji --data emoji --data-set image_size=32 --png docs/img/vq_emoji
 
 Prints one JSON line: PSNR (dB, posterior-mean / argmin-token reconstructions, images on
 [0, 1]), MSE, and for a VAE the bits/dim of the negative ELBO (one seeded posterior sample,
@@ -35,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("checkpoint")
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", default="test")
+    ap.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a build_dataset keyword argument, e.g. image_size=32 (repeatable)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
     ap.add_argument("--png", default="", help="path prefix for the PNG grids (empty = none)")
@@ -47,7 +50,14 @@ def main(argv=None) -> int:
     from mmgen.models.vq import codebook_stats
     torch.manual_seed(0)
     model = mmgen.load_pretrained(args.checkpoint).eval()
-    ds = build_dataset(args.data, split=args.split)
+    kwargs = {}
+    for item in args.data_set:
+        key, _, value = item.partition("=")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    ds = build_dataset(args.data, split=args.split, **kwargs)
     n = len(ds) if not args.limit else min(args.limit, len(ds))
     sums: dict[str, float] = {}
     tokens = []

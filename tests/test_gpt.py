@@ -106,6 +106,7 @@ def test_config_checks_and_dotted_overrides():
     assert len(model.transformer.blocks) == 3 and model.pos_embed is None
     assert model.transformer.cfg.causal and model.transformer.cfg.rope == "1d"
     assert model.transformer.blocks[0].attn.qkv.bias is None
+    assert model.config.block.depth == 3 and model.config.block.rope == "1d"  # read-only view
     with pytest.raises(ValueError, match="pos must be one of"):
         GPTConfig(pos="alibi")
     with pytest.raises(ValueError, match="mlp must be one of"):

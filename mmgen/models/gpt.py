@@ -65,6 +65,11 @@ class GPTConfig:
         if self.pos == "rope" and block.dim_head % 2:
             raise ValueError(f"pos='rope' needs an even head dim, got {block.dim_head}")
 
+    @property
+    def block(self) -> TransformerConfig:
+        """Read-only view of the block stack's config (`config.block.dim`); set the flat fields."""
+        return self.block_config()
+
     def block_config(self) -> TransformerConfig:
         """The causal TransformerConfig of the block stack."""
         return TransformerConfig(

@@ -119,8 +119,8 @@ class EMAVectorQuantizer(nn.Module):
         self.last_restarts = 0
 
     def assign(self, flat: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code for each row of flat (N, D)."""
-        e = self.embed.to(flat.dtype)
+        """Index of the nearest code for each row of flat (N, D), in float32 (bf16 distances tie)."""
+        flat, e = flat.float(), self.embed.float()
         dist_ = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)[None]  # (N, K)
         return dist_.argmin(1)
 

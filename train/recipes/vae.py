@@ -13,21 +13,21 @@ register_recipe(Recipe(
     name="vq_shapes", model="vq_32", data="shapes", train=dict(_SCHEDULE),
     description="VQ-VAE tokenizer for the shapes dataset: 32 px -> 8x8 tokens from 512 EMA codes "
                 "(used by the DALL-E generator)",
-    expected="see docs/vae.md (results table)"))
+    expected="test PSNR 27.4 dB, codebook usage 100% (perplexity 403); ~235 CPU s, 1 thread, shared 2-core CPU"))
 
 register_recipe(Recipe(
     name="vq_emoji", model="vq_32", data="emoji", data_kwargs=dict(image_size=32), train=dict(_SCHEDULE),
     description="VQ-VAE tokenizer for 32 px emoji: 8x8 tokens from 512 EMA codes",
-    expected="see docs/vae.md (results table)"))
+    expected="test PSNR 21.8 dB, codebook usage 100% (perplexity 428); ~230 CPU s, 1 thread, shared 2-core CPU"))
 
 register_recipe(Recipe(
     name="dvae_shapes", model="dvae_32", data="shapes",
     model_overrides=dict(gumbel_anneal_steps=1200, gumbel_kl_warmup=300), train=dict(_SCHEDULE),
     description="DALL-E-style Gumbel-softmax dVAE on shapes (temperature 1 -> 1/16)",
-    expected="see docs/vae.md (results table)"))
+    expected="600 steps (--set train.steps=600 model.gumbel_anneal_steps=500 model.gumbel_kl_warmup=150): test PSNR 21.4 dB but only 8% codebook usage (collapse); 133 CPU s"))
 
 register_recipe(Recipe(
     name="vae_animal_mnist", model="vae_32", data="animal_mnist", model_overrides=dict(kl_warmup_steps=300),
     train=dict(_SCHEDULE),
     description="Gaussian VAE on animal-mnist: latents (4, 8, 8), discretised Gaussian decoder, bits/dim",
-    expected="see docs/vae.md (results table)"))
+    expected="test 1.41 bits/dim (recon 1.29 + KL 0.12), PSNR 28.3 dB; ~230 CPU s, 1 thread, shared 2-core CPU"))
