@@ -122,6 +122,9 @@ def _half(batch, rank, world):
 
 def _ddp_worker(rank, world, store, out_dir, img, txt, labels):
     import datetime
+    # A forked child must not enter the parent's OpenMP pool (libgomp is not fork-safe and
+    # hangs); one thread keeps torch off it, as DataLoader workers do.
+    torch.set_num_threads(1)
 
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,

@@ -1,4 +1,5 @@
-"""Evaluate a text-conditional image generator on the shapes test captions, offline.
+"""Evaluate an image generator offline: text-conditional on the shapes test captions, or
+class-conditional on a labelled set (--dataset animal_mnist, prompts = the test labels).
 
     python -m mmgen.metrics.evaluate --model checkpoints/ddpm_shapes --clip PATH_TO_CLIP \
         --n 200 --guidance 1 3 --steps 20 --scheduler dpm++ --seed 0 --out runs/eval_ddpm
@@ -25,6 +26,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmgen.metrics.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="checkpoint directory of an image generator")
     p.add_argument("--clip", default=None, help="checkpoint directory of a trained mmgen CLIP (features + score)")
+    p.add_argument("--encoder", default=None, help="checkpoint of the feature encoder for FD_ours/KID_ours "
+                                                   "(default: the CLIP's image tower)")
+    p.add_argument("--dataset", default="shapes", help="shapes (text prompts) or a labelled image set (class labels)")
     p.add_argument("--n", type=int, default=200, help="samples per guidance scale (= real test images)")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     p.add_argument("--steps", type=int, default=20)
@@ -45,20 +49,32 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model = mmgen.load_pretrained(args.model).eval()
     clip = mmgen.load_pretrained(args.clip).eval() if args.clip else None
-    test = build_dataset("shapes", split="test")
-    items = [test[i] for i in range(args.n)]
-    captions = [it["caption"] for it in items]
+    encoder = mmgen.load_pretrained(args.encoder).eval() if args.encoder else clip
+    text = args.dataset == "shapes"
+    test = build_dataset(args.dataset, split="test")
+    # shapes: the first n (its order is random); labelled sets are stored class by class, so
+    # take n evenly spaced items (every class equally)
+    index = range(args.n) if text else torch.linspace(0, len(test) - 1, args.n).long().tolist()
+    items = [test[i] for i in index]
+    captions = [it["caption"] if text else int(it["label"]) for it in items]
     real = torch.stack([it["image"] for it in items])
-    results = {"model": str(args.model), "clip": args.clip, "n": args.n, "steps": args.steps,
-               "scheduler": args.scheduler, "seed": args.seed, "captions": "shapes test split, first n", "runs": []}
-    if clip is not None:  # the floor: real test images against as many real val images
-        val = build_dataset("shapes", split="val")
-        val_items = [val[i] for i in range(args.n)]
+    results = {"model": str(args.model), "clip": args.clip, "encoder": args.encoder or args.clip,
+               "dataset": args.dataset, "n": args.n, "steps": args.steps,
+               "scheduler": args.scheduler, "seed": args.seed, "captions": "test split: shapes the first n, labelled sets n evenly spaced", "runs": []}
+    if encoder is not None:  # the floor: real test images against as many real val/train images
+        try:
+            val = build_dataset(args.dataset, split="val")
+        except ValueError:
+            val = build_dataset(args.dataset, split="train")
+        val_index = range(args.n) if text else torch.linspace(0, len(val) - 1, args.n).long().tolist()
+        val_items = [val[i] for i in val_index]
         ref = torch.stack([it["image"] for it in val_items])
-        floor = fd_kid(clip, real, ref)
-        floor["clip_score"] = clip_score(clip, ref, [it["caption"] for it in val_items])
-        floor.update({f"fidelity_{k}": v for k, v in check_batch(ref, [it["caption"] for it in val_items]).items()
-                      if k != "n"})
+        floor = fd_kid(encoder, real, ref)
+        if text and clip is not None:
+            floor["clip_score"] = clip_score(clip, ref, [it["caption"] for it in val_items])
+        if text:
+            floor.update({f"fidelity_{k}": v for k, v in check_batch(ref, [it["caption"] for it in val_items]).items()
+                          if k != "n"})
         results["real_val_vs_real_test"] = floor
         print("real val vs real test:", json.dumps(floor))
     for g in args.guidance:
@@ -71,16 +87,18 @@ def main(argv=None) -> int:
             chunks.append(imgs.float().cpu())
         fake = torch.cat(chunks)
         rec = {"guidance": g, "sample_s": round(time.perf_counter() - t0, 1)}
-        rec.update({f"fidelity_{k}": v for k, v in check_batch(fake, captions).items() if k != "n"})
-        if clip is not None:
-            rec.update(fd_kid(clip, real, fake))
+        if text:
+            rec.update({f"fidelity_{k}": v for k, v in check_batch(fake, captions).items() if k != "n"})
+        if encoder is not None:
+            rec.update(fd_kid(encoder, real, fake))
+        if clip is not None and text:
             rec["clip_score"] = clip_score(clip, fake, captions)
             rec["clip_score_real"] = clip_score(clip, real, captions)
         results["runs"].append(rec)
         save_image((fake[:32] + 1) / 2, out / f"samples_g{g:g}.png", nrow=8, padding=1)
         print(json.dumps(rec))
     save_image((real[:32] + 1) / 2, out / "real.png", nrow=8, padding=1)
-    (out / "captions.txt").write_text("\n".join(captions[:32]) + "\n")
+    (out / "captions.txt").write_text("\n".join(map(str, captions[:32])) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out / 'results.json'}")
     return 0

@@ -16,6 +16,7 @@ checkpoint is self-contained: `text_encoder_path` is only read when the model is
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -268,7 +269,8 @@ class DDPM(Model):
         path, meta = getattr(cfg, path_field), getattr(cfg, meta_field)
         if meta is not None and "preset" in meta:  # test presets: a fresh model, recorded in full
             sub = _build_from_meta(meta)
-            setattr(cfg, meta_field, {"model_type": sub.model_type, "config": config_to_dict(sub.config)})
+            plain = json.loads(json.dumps(config_to_dict(sub.config)))  # as config.json will hold it
+            setattr(cfg, meta_field, {"model_type": sub.model_type, "config": plain})
             return sub
         if meta is None:  # first build: read the other checkpoint and record its config in ours
             from ..checkpoint import load_pretrained, read_config
@@ -565,9 +567,12 @@ register_preset("ddpm_unet_shapes", DDPM, "text-conditional pixel UNet for the s
                 text={"dim": 128, "depth": 2, "num_heads": 4, "max_len": 64},
                 unet={"base_ch": 32, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4,
                       "groups": 8})
-register_preset("ddpm_unet_animal_mnist", DDPM, "class-conditional pixel UNet for animal-mnist (28x28 grey)",
-                image_size=28, in_chans=1, conditioning="class", num_classes=10, cond_dim=128,
-                unet={"base_ch": 48, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (7,), "num_heads": 4})
+register_preset("ddpm_unet_animal_mnist", DDPM,
+                "class-conditional pixel UNet for animal-mnist as the dataset serves it (3x32x32, the CIFAR stand-in)",
+                image_size=32, in_chans=3, conditioning="class", num_classes=10, cond_dim=128,
+                class_names=("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"),
+                unet={"base_ch": 32, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4,
+                      "groups": 8})
 register_preset("ddpm_dit_emoji", DDPM, "text-conditional DiT for emoji (32x32 RGB), adaLN + cross-attention",
                 image_size=32, denoiser="dit", conditioning="text", cond_dim=192, prediction="v",
                 loss_weighting="min_snr", text={"dim": 128, "depth": 2, "num_heads": 4, "max_len": 64},

@@ -15,7 +15,9 @@ register_recipe(Recipe(
     model_overrides={"text_encoder": "clip", "text_encoder_path": "checkpoints/clip_shapes"},
     description="text-conditional pixel UNet on shapes (32x32), frozen CLIP text tower "
                 "(model.text_encoder_path: a trained CLIP checkpoint), CFG dropout 10%",
-    expected="see checkpoints/ddpm_shapes/README.md (FD_ours, CLIP score, prompt fidelity at guidance 1 and 3)",
+    expected="600 steps, 28 min on a shared 2-core CPU: 200 test captions, DPM-Solver++ 25 steps, guidance 3: "
+             "FD_ours 31.2, CLIP score 36.6, colour match 0.375, whole-scene fidelity 0.010 "
+             "(guidance 1: 31.8 / 25.2 / 0.265 / 0.005); see checkpoints/ddpm_shapes/README.md",
 ))
 register_recipe(Recipe(
     name="ddpm_shapes_builtin",
@@ -23,7 +25,8 @@ register_recipe(Recipe(
     data="shapes",
     train=_SHAPES_TRAIN,
     description="ddpm_shapes with the built-in byte-level text encoder trained jointly (self-contained)",
-    expected="300 steps (23 min, shared CPU): the text is not used yet (conditional = unconditional loss)",
+    expected="with --set train.steps=300 (23 min, shared CPU) the text is not used yet (the loss is the same "
+             "with true, empty and shuffled captions); guidance 3: FD_ours 44.8, CLIP score 18.4, fidelity 0.000",
 ))
 
 register_recipe(Recipe(
@@ -33,13 +36,15 @@ register_recipe(Recipe(
     train=dict(steps=3000, batch_size=64, lr=5e-4, warmup=100, weight_decay=0.0, ema=0.999, num_samples=20,
                save_every=500),
     description="class-conditional pixel UNet on animal-mnist (28x28 grey), CFG dropout 10%",
-    expected="not run to completion on the shared CPU yet (see docs/ddpm.md)",
+    expected="only a 250-step run so far (--set train.steps=250 train.lr=1e-3 train.ema=0.99; 8 min on a shared "
+             "CPU): FD_ours 123.1 / 120.2 at guidance 1 / 3 on our ViT's features (real-vs-real 0.27); see docs/ddpm.md",
 ))
 
 register_recipe(Recipe(
     name="ddpm_emoji",
     model="ddpm_dit_emoji",
     data="emoji",
+    data_kwargs={"image_size": 32},
     train=dict(steps=5000, batch_size=64, lr=3e-4, warmup=200, weight_decay=0.0, ema=0.999, num_samples=16,
                save_every=500),
     description="text-conditional DiT (adaLN-Zero + cross-attention) on emoji names, v-prediction, min-SNR",
