@@ -106,3 +106,24 @@ def test_prompt_fidelity_with_the_shapes_checker():
     caps = [it["caption"] for it in items]
     assert prompt_fidelity(imgs, caps) >= 0.9  # real images match their own captions
     assert prompt_fidelity(-torch.ones_like(imgs), caps) == 0.0  # blank images match nothing
+
+
+def test_evaluate_cli_on_emoji_captions(tmp_path):
+    """The evaluate module on a captioned set other than shapes: emoji at 32 px, random tiny
+    models; FD/KID/CLIP score are written, shapes-only fidelity is not."""
+    import json
+
+    import mmgen
+    from mmgen.metrics.evaluate import main
+
+    mmgen.create_model("ddpm_dit_tiny", image_size=32).eval().save_pretrained(tmp_path / "ddpm")
+    mmgen.create_model("clip_tiny").eval().save_pretrained(tmp_path / "clip")
+    assert main(["--model", str(tmp_path / "ddpm"), "--clip", str(tmp_path / "clip"), "--dataset", "emoji",
+                 "--data-set", "image_size=32", "--n", "4", "--guidance", "2", "--steps", "2",
+                 "--out", str(tmp_path / "eval")]) == 0
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    (run,) = res["runs"]
+    assert {"fd_ours", "kid_ours", "clip_score"} <= set(run), run
+    assert not any(k.startswith("fidelity") for k in run)
+    assert "fd_ours" in res["real_val_vs_real_test"]
+    assert res["data_kwargs"] == {"image_size": 32}

@@ -1,5 +1,6 @@
-"""Evaluate an image generator offline: text-conditional on the shapes test captions, or
-class-conditional on a labelled set (--dataset animal_mnist, prompts = the test labels).
+"""Evaluate an image generator offline: text-conditional on the test captions of a captioned
+set (shapes, or emoji with --data-set image_size=32), or class-conditional on a labelled set
+(--dataset animal_mnist, prompts = the test labels).
 
     python -m mmgen.metrics.evaluate --model checkpoints/ddpm_shapes --clip PATH_TO_CLIP \
         --n 200 --guidance 1 3 --steps 20 --scheduler dpm++ --seed 0 --out runs/eval_ddpm
@@ -9,8 +10,8 @@ For each guidance scale: N samples for the first N captions of the shapes `test`
   - FD_ours / KID_ours against the N real test images, on the pooled image features of our
     trained CLIP's image tower (NOT Inception: never compare with FID figures);
   - CLIP score (100 x cosine) with the same CLIP;
-  - prompt fidelity: the shapes checker's `correct` rate, plus its colour / shape /
-    relation / count rates.
+  - prompt fidelity (shapes only): the shapes checker's `correct` rate, plus its colour /
+    shape / relation / count rates.
 Writes results.json and one sample grid per guidance scale to --out."""
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ def main(argv=None) -> int:
     p.add_argument("--clip", default=None, help="checkpoint directory of a trained mmgen CLIP (features + score)")
     p.add_argument("--encoder", default=None, help="checkpoint of the feature encoder for FD_ours/KID_ours "
                                                    "(default: the CLIP's image tower)")
-    p.add_argument("--dataset", default="shapes", help="shapes (text prompts) or a labelled image set (class labels)")
+    p.add_argument("--dataset", default="shapes", help="shapes or emoji (text prompts), or a labelled image set "
+                                                       "(class labels)")
+    p.add_argument("--data-set", dest="data_sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for build_dataset, e.g. image_size=32 (emoji at the size the models use)")
     p.add_argument("--n", type=int, default=200, help="samples per guidance scale (= real test images)")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
     p.add_argument("--steps", type=int, default=20)
@@ -50,29 +54,39 @@ def main(argv=None) -> int:
     model = mmgen.load_pretrained(args.model).eval()
     clip = mmgen.load_pretrained(args.clip).eval() if args.clip else None
     encoder = mmgen.load_pretrained(args.encoder).eval() if args.encoder else clip
-    text = args.dataset == "shapes"
-    test = build_dataset(args.dataset, split="test")
-    # shapes: the first n (its order is random); labelled sets are stored class by class, so
-    # take n evenly spaced items (every class equally)
-    index = range(args.n) if text else torch.linspace(0, len(test) - 1, args.n).long().tolist()
+    data_kwargs = {}
+    for kv in args.data_sets:
+        if "=" not in kv:
+            raise SystemExit(f"--data-set expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        data_kwargs[k] = int(v) if v.lstrip("-").isdigit() else v
+    shapes = args.dataset == "shapes"
+    text = args.dataset in ("shapes", "emoji")
+    test = build_dataset(args.dataset, split="test", **data_kwargs)
+    if args.n > len(test):
+        raise SystemExit(f"--n {args.n} is more than the {len(test)} items of the {args.dataset} test split")
+    # shapes: the first n (its order is random); other sets are stored in order (class by
+    # class, emoji by category), so take n evenly spaced items
+    index = range(args.n) if shapes else torch.linspace(0, len(test) - 1, args.n).long().tolist()
     items = [test[i] for i in index]
     captions = [it["caption"] if text else int(it["label"]) for it in items]
     real = torch.stack([it["image"] for it in items])
     results = {"model": str(args.model), "clip": args.clip, "encoder": args.encoder or args.clip,
                "dataset": args.dataset, "n": args.n, "steps": args.steps,
-               "scheduler": args.scheduler, "seed": args.seed, "captions": "test split: shapes the first n, labelled sets n evenly spaced", "runs": []}
+               "scheduler": args.scheduler, "seed": args.seed, "data_kwargs": data_kwargs,
+               "captions": "test split: shapes the first n, other sets n evenly spaced", "runs": []}
     if encoder is not None:  # the floor: real test images against as many real val/train images
         try:
-            val = build_dataset(args.dataset, split="val")
+            val = build_dataset(args.dataset, split="val", **data_kwargs)
         except ValueError:
-            val = build_dataset(args.dataset, split="train")
-        val_index = range(args.n) if text else torch.linspace(0, len(val) - 1, args.n).long().tolist()
+            val = build_dataset(args.dataset, split="train", **data_kwargs)
+        val_index = range(args.n) if shapes else torch.linspace(0, len(val) - 1, min(args.n, len(val))).long().tolist()
         val_items = [val[i] for i in val_index]
         ref = torch.stack([it["image"] for it in val_items])
         floor = fd_kid(encoder, real, ref)
         if text and clip is not None:
             floor["clip_score"] = clip_score(clip, ref, [it["caption"] for it in val_items])
-        if text:
+        if shapes:
             floor.update({f"fidelity_{k}": v for k, v in check_batch(ref, [it["caption"] for it in val_items]).items()
                           if k != "n"})
         results["real_val_vs_real_test"] = floor
@@ -87,7 +101,7 @@ def main(argv=None) -> int:
             chunks.append(imgs.float().cpu())
         fake = torch.cat(chunks)
         rec = {"guidance": g, "sample_s": round(time.perf_counter() - t0, 1)}
-        if text:
+        if shapes:
             rec.update({f"fidelity_{k}": v for k, v in check_batch(fake, captions).items() if k != "n"})
         if encoder is not None:
             rec.update(fd_kid(encoder, real, fake))
