@@ -47,6 +47,11 @@ register_recipe(Recipe(
     data_kwargs={"image_size": 32},
     train=dict(steps=5000, batch_size=64, lr=3e-4, warmup=200, weight_decay=0.0, ema=0.999, num_samples=16,
                save_every=500),
-    description="text-conditional DiT (adaLN-Zero + cross-attention) on emoji names, v-prediction, min-SNR",
-    expected="not run on the shared CPU yet (see docs/ddpm.md)",
+    model_overrides={"text_encoder": "clip", "text_encoder_path": "checkpoints/clip_emoji"},
+    description="text-conditional DiT (adaLN-Zero + cross-attention) on emoji names (32 px), frozen text tower "
+                "of checkpoints/clip_emoji, v-prediction, min-SNR",
+    expected="only a short run so far: 208 steps (--set train.steps=320 train.warmup=20 train.lr=5e-4 "
+             "train.min_lr=5e-5 train.ema=0.99, stopped by SIGTERM at 14 min on a shared 2-core CPU): 200 test "
+             "captions, DPM-Solver++ 25 steps, guidance 1 / 3: FD_ours 8.0 / 8.3, CLIP score 65.0 / 78.8 "
+             "(real images: 1.8 / 96.8); speckled colour blobs, no recognisable emoji; see docs/ddpm.md",
 ))
