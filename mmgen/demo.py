@@ -41,10 +41,7 @@ def main() -> int:
     out.mkdir(exist_ok=True)
     shipped = ROOT / "checkpoints"
     if any((shipped / d / "config.json").exists() for d in ("dalle_shapes", "ddpm_shapes")):
-        rc = cli(["generate", *PROMPTS, "-o", str(out / "demo.png")])
-        if rc == 0:
-            print(f"wrote {out / 'demo.png'}")
-        return rc
+        return cli(["generate", *PROMPTS, "-o", str(out / "demo.png")])
     return _blocks_demo()
 
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.base import eval_mode
+
 
 def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum over positions of log p(labels[t] | input_ids[:t+1]) where labels != -100 -> (B,)."""
@@ -100,12 +102,8 @@ class DPOModel(nn.Module):
 
     @torch.no_grad()
     def evaluate(self, batch: dict) -> dict:
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             _, logs = self.loss(batch)
-        finally:
-            self.train(was)
         return logs
 
     def collate(self, items):

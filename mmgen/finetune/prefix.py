@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..layers import KVCache
+from ..models.base import eval_mode
 from ..text.sampling import SamplingParams, make_generator, sample_next
 
 
@@ -108,9 +109,7 @@ class PrefixGPT(nn.Module):
         params = SamplingParams(temperature, top_k, top_p, min_p)
         gen = make_generator(seed, ids.device)
         P = self.num_virtual
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             cache = self.prefix.make_cache(B, T + max_new_tokens)
             logits = self.gpt(ids, positions=torch.arange(T, device=ids.device), cache=cache, start=P)[:, -1]
             out = [[] for _ in range(B)]
@@ -125,8 +124,6 @@ class PrefixGPT(nn.Module):
                     break
                 pos = torch.full((B, 1), T + step, device=ids.device)
                 logits = self.gpt(nxt[:, None], positions=pos, cache=cache, start=P + T + step)[:, -1]
-        finally:
-            self.train(was)
         return out
 
     def save_prefix(self, path: str | Path) -> Path:

@@ -1,12 +1,24 @@
 """The base class of every mmgen model: checkpointing plus the training contract."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..checkpoint import PretrainedMixin
+
+
+@contextmanager
+def eval_mode(module: nn.Module):
+    """Run a block with `module.eval()` (sampling, evaluation), then restore its training flag."""
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
 
 
 class Model(nn.Module, PretrainedMixin):

@@ -31,7 +31,7 @@ from ..layers import LearnedPositions, Transformer, TransformerConfig
 from ..layers.mlp import MLPS
 from ..layers.norm import NORMS
 from ..registry import get_family, get_preset, register_model, register_preset
-from .base import Model
+from .base import Model, eval_mode
 
 LOSSES = ("clip", "siglip")
 POOLS = ("eos", "argmax", "last")
@@ -650,16 +650,12 @@ class CLIP(Model):
     def evaluate(self, batch: dict) -> dict[str, float]:
         """In-batch retrieval R@1 both ways (equal captions count as hits) and the loss."""
         from ..metrics.clip_eval import retrieval_metrics
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             loss, logs = self.loss(batch)
             img = self.encode_image(batch["image"].to(self.logit_scale.device))
             txt = self.encode_text(self._text_of(batch))
             captions = batch.get("caption")
             m = retrieval_metrics(img, txt, captions=captions, ks=(1,))
-        finally:
-            self.train(was)
         return {"val_loss": logs["loss"], **{f"val_{k}": v for k, v in m.items()}}
 
     def example_batch(self, batch_size: int = 2, device: str | torch.device = "cpu") -> dict[str, Any]:

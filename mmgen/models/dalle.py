@@ -54,7 +54,7 @@ from torch import nn
 from ..layers import KVCache, LearnedPositions, Transformer, TransformerConfig
 from ..registry import register_model, register_preset
 from ..text.sampling import SamplingParams, make_generator, sample_next
-from .base import Model
+from .base import Model, eval_mode
 
 WORD_BUCKETS = 1 << 16  # hashed bitmap of the words seen in training captions
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
@@ -460,12 +460,8 @@ class DALLE(Model):
     @torch.no_grad()
     def evaluate(self, batch: dict) -> dict[str, float]:
         """Validation cross-entropies with the real captions (no condition dropout)."""
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             _, logs = self.loss(batch)
-        finally:
-            self.train(was)
         return logs  # the loop files them under val/
 
     # ------------------------------------------------------------------ sampling
@@ -498,9 +494,7 @@ class DALLE(Model):
         B = text.shape[0]
         text = text.to(dev)
         rows = torch.cat([text, self.null_text(B)]) if (guidance_scale != 1.0 or force_null_rows) else text
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             out = torch.empty(B, 0, dtype=torch.long, device=dev)
             cache = self.make_cache(rows.shape[0], c.seq_len) if use_cache else None
             _, logits = self(rows, cache=cache)  # prefill: the last text position predicts image token 0
@@ -516,8 +510,6 @@ class DALLE(Model):
                 else:
                     seq = torch.cat([rows, out.repeat(rows.shape[0] // B, 1)], 1)
                     _, logits = self(seq)
-        finally:
-            self.train(was)
         return out.view(B, *c.image_grid)
 
     @torch.no_grad()

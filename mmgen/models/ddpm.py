@@ -28,7 +28,7 @@ from torch import nn
 from ..config import config_to_dict
 from ..layers import LearnedPositions, Transformer, TransformerConfig
 from ..registry import register_model, register_preset
-from .base import Model
+from .base import Model, eval_mode
 from .dit import DiT, DiTConfig
 from .unet import UNet, UNetConfig
 
@@ -500,12 +500,8 @@ class DDPM(Model):
             prompts = [base[i % len(base)] for i in range(n)]
         else:
             prompts = None
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self.sample(prompts, num_images=n if prompts is None else None, seed=seed, progress=False)
-        finally:
-            self.train(was)
 
 
 def _cat_conditions(a: dict, b: dict) -> dict:
