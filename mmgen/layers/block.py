@@ -10,6 +10,7 @@ from torch import nn
 from .attention import ATTN_IMPLS, Attention, KVCache, check_heads, make_attn_mask
 from .cond import ADALN, AdaLNModulation, modulate
 from .drop import DropPath, LayerScale
+from .init import init_linears
 from .mlp import MLPS, make_mlp, mlp_hidden_dim
 from .norm import NORMS, make_norm
 from .pos import ROPES, RotaryEmbedding
@@ -180,11 +181,7 @@ class Transformer(nn.Module):
     def init_weights(self, std: float = 0.02, residual_scale: bool = True) -> None:
         """GPT-2 initialisation: N(0, std) linears, zero biases, and the projections that write
         into the residual stream scaled by 1/sqrt(2 * depth)."""
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear) and "modulation" not in name:
-                nn.init.normal_(m.weight, std=std)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linears(self, lambda w: nn.init.normal_(w, std=std))
         if residual_scale:
             for blk in self.blocks:
                 for lin in (blk.attn.proj, blk.mlp.fc2):

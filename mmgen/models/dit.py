@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from ..layers import AdaLNModulation, PatchEmbed, TimestepEmbedding, Transformer, TransformerConfig, modulate
-from ..layers import make_norm, sincos_2d
+from ..layers import init_linears, make_norm, sincos_2d
 
 
 @dataclass
@@ -64,11 +64,7 @@ class DiT(nn.Module):
 
     def _init(self):
         # DiT's initialisation: xavier linears, zero adaLN (done by AdaLNModulation), zero output.
-        for name, m in self.blocks.named_modules():
-            if isinstance(m, nn.Linear) and "modulation" not in name:
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linears(self.blocks, nn.init.xavier_uniform_)
         w = self.patch.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)

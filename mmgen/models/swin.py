@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..layers import PatchEmbed, TransformerBlock, TransformerConfig, make_norm
+from ..layers import PatchEmbed, TransformerBlock, TransformerConfig, init_linears, make_norm
 from ..layers.attention import ATTN_IMPLS
 from ..registry import register_model, register_preset
 from ._classify import AUGMENTS, ImageClassifier
@@ -271,12 +271,9 @@ class Swin(ImageClassifier):
         self.init_weights()
 
     def init_weights(self) -> None:
+        init_linears(self, lambda w: nn.init.trunc_normal_(w, std=0.02), skip=())
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, SwinBlock):
+            if isinstance(m, SwinBlock):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
 
     # ---------------------------------------------------------------------- timm API

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..layers import PatchEmbed, Transformer, TransformerConfig, grid_positions, make_norm, sincos_2d
+from ..layers import PatchEmbed, Transformer, TransformerConfig, grid_positions, init_linears, make_norm, sincos_2d
 from ..layers.attention import ATTN_IMPLS
 from ..layers.mlp import MLPS
 from ..registry import register_model, register_preset
@@ -164,11 +164,7 @@ class ViT(ImageClassifier):
     # ----------------------------------------------------------------------------- init
     def init_weights(self) -> None:
         """timm's default ViT init: truncated normal(0.02) linears and positions, tiny cls/registers."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_linears(self, lambda w: nn.init.trunc_normal_(w, std=0.02), skip=())
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for tok in (self.cls_token, self.reg_token):
