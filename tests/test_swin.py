@@ -136,6 +136,32 @@ def test_grouped_attention_equals_per_group():
     torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
 
 
+
+def test_grouped_attention_bf16_matmul_path_equals_sdpa(monkeypatch):
+    """Small bf16 windows on CPU run as batched matmuls, larger ones (or any, with the limit
+    at 0) through SDPA: both match the float32 result to bf16 precision, with an additive
+    bias or a bool mask."""
+    import sys
+
+    A = sys.modules["mmgen.layers.attention"]  # (the package re-exports a function of that name)
+    torch.manual_seed(0)
+    a = Attention(32, 4)
+    x = torch.randn(2, 5, 9, 32)
+    bias = torch.randn(5, 4, 9, 9)
+    keep = torch.rand(5, 1, 9, 9) > 0.3
+    keep[..., 0] = True  # every query keeps a key
+    for kw in (dict(bias=bias), dict(mask=keep), dict(bias=bias, mask=keep)):
+        with torch.no_grad():
+            ref = a(x, **kw)  # float32: SDPA
+            outs = []
+            for limit in (A.CPU_MATMUL_MAX_TOKENS, 0):  # matmul path, then SDPA
+                monkeypatch.setattr(A, "CPU_MATMUL_MAX_TOKENS", limit)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    outs.append(a(x, **kw).float())
+        for out in outs:
+            torch.testing.assert_close(out, ref, atol=3e-2, rtol=3e-2)
+
+
 def test_timm_api_and_reset_classifier(tmp_path):
     m = create_model("swin_tiny_patch2_window4_32").eval()
     x = torch.randn(2, 3, 32, 32)

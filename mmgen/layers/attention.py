@@ -87,20 +87,20 @@ def make_attn_mask(
     return mask
 
 
-def merge_mask_and_bias(mask: torch.Tensor | None, bias: torch.Tensor | None, dtype) -> torch.Tensor | None:
-    """One SDPA `attn_mask`: a bool mask alone, or an additive float bias with -inf where masked."""
+def merge_mask_and_bias(mask: torch.Tensor | None, bias: torch.Tensor | None, dtype, *,
+                        matmul: bool = False) -> torch.Tensor | None:
+    """One attention mask: a bool mask alone, or an additive float bias with -inf where
+    masked. For SDPA the bias is cast to the query dtype; for the matmul path (`matmul=True`)
+    it keeps float32, as the scores are added to it in float32 (casting to bf16 first is
+    slower there and loses precision)."""
     if bias is None:
         return mask
-    if bias.requires_grad and torch.is_grad_enabled():
-        # a learned bias goes to the matmul path (attention_bias_grad), which adds it in its
-        # own precision: casting it to bf16 first is slower and loses precision
-        dtype = torch.promote_types(bias.dtype, dtype)
-    bias = bias.to(dtype)
+    bias = bias.to(torch.promote_types(bias.dtype, dtype) if matmul else dtype)
     if mask is None:
         return bias
     if mask.dtype == torch.bool:
         return bias.masked_fill(~mask, float("-inf"))
-    return bias + mask.to(dtype)
+    return bias + mask.to(bias.dtype)
 
 
 def attention_math(q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=None):
@@ -122,18 +122,30 @@ def attention_math(q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=Non
     return (attn @ upcast(v)).to(q.dtype)
 
 
-def attention_bias_grad(q, k, v, bias, dropout_p=0.0, scale=None):
-    """softmax(q k^T * scale + bias) v in the input dtype, for an additive bias that needs a
-    gradient (a learned relative position bias): SDPA then falls back to its slow math kernel."""
-    H, Hkv = q.shape[1], k.shape[1]
+def attention_matmul(q, k, v, bias, dropout_p=0.0, scale=None):
+    """softmax(q k^T * scale + bias) v with batched matmuls in the input dtype, the scores
+    promoted to the bias dtype (float32) for the softmax. Used where SDPA is the slower
+    choice: a learned bias that needs a gradient (SDPA falls back to its math kernel), and
+    tiny windows on CPU. bias: additive, or bool (True = attend), broadcastable to the scores."""
+    H, Hkv = q.shape[-3], k.shape[-3]
     if Hkv != H:
-        k = k.repeat_interleave(H // Hkv, dim=1)
-        v = v.repeat_interleave(H // Hkv, dim=1)
+        k = k.repeat_interleave(H // Hkv, dim=-3)
+        v = v.repeat_interleave(H // Hkv, dim=-3)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    attn = ((q * scale) @ k.transpose(-2, -1) + bias).softmax(-1)  # (B, H, T, S)
+    scores = (q * scale) @ k.transpose(-2, -1)  # (..., H, T, S)
+    if bias is not None:
+        scores = scores.masked_fill(~bias, float("-inf")) if bias.dtype == torch.bool else scores + bias
+    attn = scores.softmax(-1)
     if dropout_p > 0:
         attn = F.dropout(attn, dropout_p)
     return attn.to(v.dtype) @ v
+
+
+# Grouped (window) attention in bf16/fp16 over at most this many tokens runs as batched
+# matmuls on CPU: there SDPA's fused CPU kernel is the slower one (Swin's 16-token windows:
+# whole-model bf16 inference 1.15x timm instead of 0.89x), while in float32 it wins
+# (python -m bench.bench_block --windows; python -m bench vision).
+CPU_MATMUL_MAX_TOKENS = 32
 
 
 def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, impl="sdpa", scale=None):
@@ -141,7 +153,7 @@ def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, impl="sdpa", s
     if impl == "math":
         return attention_math(q, k, v, mask, is_causal, dropout_p, scale)
     if mask is not None and mask.requires_grad and torch.is_grad_enabled() and not is_causal:
-        return attention_bias_grad(q, k, v, mask, dropout_p, scale)
+        return attention_matmul(q, k, v, mask, dropout_p, scale)
     gqa = k.shape[1] != q.shape[1]
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=gqa)
@@ -227,7 +239,8 @@ class Attention(nn.Module):
                 k = apply_rope(k, *rope, dims=self.rope_dims)
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, Hkv, start + T, D)
-        attn_mask = merge_mask_and_bias(mask, bias, q.dtype)
+        needs_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
+        attn_mask = merge_mask_and_bias(mask, bias, q.dtype, matmul=needs_grad)
         out = attention(q, k, v, attn_mask, is_causal and attn_mask is None,
                         self.attn_dropout if self.training else 0.0, self.impl)
         return self.proj_drop(self.proj(rearrange(out, "b h t d -> b t (h d)")))
@@ -244,17 +257,20 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope, dims=self.rope_dims), apply_rope(k, *rope, dims=self.rope_dims)
-        attn_mask = merge_mask_and_bias(mask, bias, q.dtype)  # broadcastable to (B, G, H, T, T)
         dropout = self.attn_dropout if self.training else 0.0
-        needs_grad = attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled()
-        if needs_grad or self.impl == "math":
-            # batched matmuls broadcast the per-group bias over the batch on the 5-D views
-            fn = attention_bias_grad if needs_grad else attention_math
+        needs_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
+        small = x.device.type == "cpu" and q.dtype != torch.float32 and T <= CPU_MATMUL_MAX_TOKENS
+        matmul = needs_grad or small
+        if self.impl == "math" or matmul:
+            # batched matmuls broadcast the per-group mask over the batch on the 5-D views
+            attn_mask = merge_mask_and_bias(mask, bias, q.dtype, matmul=True)  # -> (B, G, H, T, T)
+            fn = attention_math if self.impl == "math" else attention_matmul
             out = fn(q, k, v, attn_mask, dropout_p=dropout)  # (B, G, H, T, D)
             out = rearrange(out, "b g h t d -> b g t (h d)")
         else:
             # fused SDPA wants 4-D: fold the groups into the heads, (B, G*H, T, D), and the
             # mask to (B or 1, G*H, T, T), so one mask per group serves the whole batch
+            attn_mask = merge_mask_and_bias(mask, bias, q.dtype)
             q, k, v = (rearrange(t, "b g h t d -> b (g h) t d") for t in (q, k, v))
             if attn_mask is not None:
                 while attn_mask.ndim < 5:
