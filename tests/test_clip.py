@@ -258,6 +258,9 @@ def test_pruned_vocabulary_round_trips_through_the_checkpoint(tmp_path):
     with pytest.warns(UserWarning, match="1 of 2 texts hold words outside .* 'a purple circle'"):
         unk = loaded.tokenize(["a red circle", "a purple circle"])[1].tolist()
     assert tok.unk_id in unk and tok.decode(unk) == "a <unk> circle"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per model, not once per batch
+        loaded.tokenize(["a teal circle"])
 
 
 def test_text_longer_than_context_raises_or_warns():

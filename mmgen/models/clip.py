@@ -241,6 +241,7 @@ class CLIPTokenize:
 
     def __init__(self, tokenizer, context_length: int, *, truncate: bool = False):
         self.tokenizer, self.context_length, self.truncate = tokenizer, context_length, truncate
+        self._warned_unk = False  # say it once: a training loop would repeat it every batch
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None, *,
                  truncate: bool | None = None) -> torch.Tensor:
@@ -260,9 +261,11 @@ class CLIPTokenize:
         unk = getattr(self.tokenizer, "unk_id", None)
         if unk is not None and unk != self.tokenizer.pad_id:
             rows = (ids == unk).any(-1).nonzero().flatten().tolist()
-            if rows:  # a pruned vocabulary reads unseen words as <unk>: say so
+            if rows and not self._warned_unk:  # a pruned vocabulary reads unseen words as <unk>: say so
+                self._warned_unk = True
                 warnings.warn(f"{len(rows)} of {len(texts)} texts hold words outside this model's pruned "
-                              f"vocabulary, read as <unk>: e.g. {texts[rows[0]]!r}", stacklevel=2)
+                              f"vocabulary, read as <unk>: e.g. {texts[rows[0]]!r} (said once per model)",
+                              stacklevel=2)
         return ids
 
 
