@@ -204,6 +204,20 @@ def test_norms_compute_in_float32_and_cast_back():
         y = norm(x)
         assert y.dtype == torch.bfloat16
         torch.testing.assert_close(y.float(), norm(x.float()), atol=2e-2, rtol=1e-2)
+    # bf16 LayerNorm on CPU runs the mixed-dtype kernel directly: it must still reduce in
+    # float32 (a large mean would wreck a bf16 reduction) and give the upcast path's gradients
+    ln = L.LayerNorm(64)
+    with torch.no_grad():
+        ln.weight.normal_(), ln.bias.normal_()
+    x = (torch.randn(4, 64) * 3 + 50).bfloat16().requires_grad_()
+    xf = x.detach().float().requires_grad_()
+    y, yf = ln(x), F.layer_norm(xf, (64,), ln.weight, ln.bias, ln.eps)
+    torch.testing.assert_close(y.float(), yf.bfloat16().float(), atol=1e-3, rtol=1 / 128)  # <= 2 bf16 ulps
+    g = torch.randn(4, 64)
+    gx, gw = torch.autograd.grad(y.float().mul(g).sum(), (x, ln.weight))
+    gxf, gwf = torch.autograd.grad(yf.mul(g).sum(), (xf, ln.weight))
+    torch.testing.assert_close(gx.float(), gxf, atol=0.1, rtol=2e-2)
+    torch.testing.assert_close(gw, gwf, atol=0.1, rtol=2e-2)
 
 
 def test_mlp_variants_and_llama_rounding():
