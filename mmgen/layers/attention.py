@@ -132,9 +132,13 @@ def attention_matmul(q, k, v, bias, dropout_p=0.0, scale=None):
         k = k.repeat_interleave(H // Hkv, dim=-3)
         v = v.repeat_interleave(H // Hkv, dim=-3)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = (q * scale) @ k.transpose(-2, -1)  # (..., H, T, S)
-    if bias is not None:
-        scores = scores.masked_fill(~bias, float("-inf")) if bias.dtype == torch.bool else scores + bias
+    scores = q @ k.transpose(-2, -1)  # (..., H, T, S), unscaled
+    if bias is None or bias.dtype == torch.bool:
+        scores = scores * scale
+        if bias is not None:
+            scores = scores.masked_fill(~bias, float("-inf"))
+    else:
+        scores = torch.add(bias, scores, alpha=scale)  # bias + scale * scores in one pass
     attn = scores.softmax(-1)
     if dropout_p > 0:
         attn = F.dropout(attn, dropout_p)
@@ -252,8 +256,10 @@ class Attention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if Hkv != H:
             raise ValueError("grouped attention needs num_kv_heads == num_heads")
-        # views (B, G, H, T, D): no copy of q, k, v
-        q, k, v = rearrange(self.qkv(x), "b g t (three h d) -> three b g h t d", three=3, h=H).unbind(0)
+        # one copy to (3, B, G, H, T, D): then neither the matmuls nor SDPA's head folding
+        # below copy q, k or v again
+        qkv = rearrange(self.qkv(x), "b g t (three h d) -> three b g h t d", three=3, h=H).contiguous()
+        q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope, dims=self.rope_dims), apply_rope(k, *rope, dims=self.rope_dims)
