@@ -146,10 +146,11 @@ def attention_matmul(q, k, v, bias, dropout_p=0.0, scale=None):
 
 
 # Grouped (window) attention in bf16/fp16 over at most this many tokens runs as batched
-# matmuls on CPU: there SDPA's fused CPU kernel is the slower one (Swin's 16-token windows:
-# whole-model bf16 inference 1.15x timm instead of 0.89x), while in float32 it wins
-# (python -m bench.bench_block --windows; python -m bench vision).
-CPU_MATMUL_MAX_TOKENS = 32
+# matmuls on CPU, where SDPA's fused kernel is the slower one: 1.4x at 16 tokens, 2x at 25,
+# 1.4x at 36, while from 49 tokens on SDPA wins (python -m bench.bench_block --windows, quiet
+# 2-core CPU). float32 keeps SDPA: whole-model Swin inference was 1.23x timm with it, 0.99x
+# with the matmuls.
+CPU_MATMUL_MAX_TOKENS = 36
 
 
 def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, impl="sdpa", scale=None):
