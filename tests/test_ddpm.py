@@ -334,3 +334,16 @@ def test_clip_text_tower_as_text_encoder(tmp_path):
     loaded = mmgen.load_pretrained(tmp_path / "ddpm")
     assert loaded.config.text_encoder_meta["model_type"] == "clip"
     assert loaded.sample(prompts, num_steps=2, progress=False).shape == (2, 3, 16, 16)
+
+
+def test_prompt_the_pruned_text_encoder_cannot_read_is_refused():
+    """The shipped shapes model reads text through a CLIP with a pruned vocabulary: a prompt
+    with none of its words would be ignored (an unconditional sample), so sample() refuses it;
+    one known word is enough."""
+    from pathlib import Path
+    model = mmgen.load_pretrained(Path(__file__).resolve().parents[1] / "checkpoints" / "ddpm_shapes")
+    tok = model.text_encoder.model.tokenizer
+    assert tok.unreadable(model.text_encoder.model.tokenize(["圆", "a red 圆", "zzzz qqqq"])).tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="no word this model's text encoder knows"):
+        model.sample(["a red circle", "圆"], num_steps=1, progress=False)
+    model.text_encoder.check_prompts(["a red 圆", "a blue square"])  # known words: accepted

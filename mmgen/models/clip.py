@@ -268,6 +268,15 @@ class CLIPTokenize:
                               stacklevel=2)
         return ids
 
+    def unreadable(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B,) True for rows of `ids` (from this tokenizer) with no token but <unk> and the
+        special ones: text the model cannot read at all (e.g. only unseen words)."""
+        unk = getattr(self.tokenizer, "unk_id", None)
+        known = torch.ones_like(ids, dtype=torch.bool)
+        for i in {self.tokenizer.bos_id, self.tokenizer.eos_id, self.tokenizer.pad_id, unk} - {None}:
+            known &= ids != i
+        return ~known.any(-1)
+
 
 def dataset_captions(ds) -> list[str]:
     """Every caption of a dataset: its `captions` (attribute or method) if it has one, else

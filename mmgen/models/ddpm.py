@@ -140,6 +140,16 @@ class FrozenTextEncoder(nn.Module):
         self.model.eval()
         return self
 
+    def check_prompts(self, texts: Sequence[str]) -> None:
+        """Refuse a prompt the frozen CLIP can only read as <unk> (its pruned vocabulary holds
+        none of its words): the model would ignore it and draw an unconditional sample."""
+        if self.kind != "clip":
+            return  # byte-level GPT: every text has tokens
+        bad = [t for t, b in zip(texts, self.model.tokenizer.unreadable(self.model.tokenize(texts))) if b]
+        if bad:
+            raise ValueError(f"prompt {bad[0][:50]!r} has no word this model's text encoder knows (its CLIP "
+                             f"vocabulary is pruned to its training captions), so it would be ignored")
+
     @torch.no_grad()
     def forward(self, texts, device):
         texts = list(texts)
@@ -440,6 +450,8 @@ class DDPM(Model):
             else:
                 if any(not isinstance(p, str) for p in prompts):
                     raise TypeError("text prompts must be strings")
+                if isinstance(self.text_encoder, FrozenTextEncoder):
+                    self.text_encoder.check_prompts(prompts)
                 cond = self.encode_condition(prompts=prompts)
             uncond = self.encode_condition(unconditional=True, batch_size=n) if scale != 1.0 else None
         sched = make_scheduler(scheduler or cfg.scheduler, num_train_timesteps=cfg.num_train_timesteps,
