@@ -142,9 +142,9 @@ def test_grouped_attention_bf16_matmul_path_equals_sdpa(monkeypatch):
     """Small bf16 windows on CPU run as batched matmuls, larger ones (or any, with the limit
     at 0) through SDPA: both match the float32 result to bf16 precision, with an additive
     bias or a bool mask."""
-    import sys
+    import importlib
 
-    A = sys.modules["mmgen.layers.attention"]  # (the package re-exports a function of that name)
+    A = importlib.import_module("mmgen.layers.attention")  # the module (the package re-exports a function of that name)
     torch.manual_seed(0)
     a = Attention(32, 4)
     x = torch.randn(2, 5, 9, 32)
