@@ -103,6 +103,11 @@ def merge_mask_and_bias(mask: torch.Tensor | None, bias: torch.Tensor | None, dt
     return bias + mask.to(bias.dtype)
 
 
+def _needs_grad(t: torch.Tensor | None) -> bool:
+    """A learned bias / mask that must be differentiated through (SDPA's fused kernels cannot)."""
+    return t is not None and t.requires_grad and torch.is_grad_enabled()
+
+
 def attention_math(q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=None):
     """Reference attention: softmax(q k^T * scale + mask) v, at least in float32. q (B,H,T,D), k/v (B,Hkv,S,D)."""
     H, Hkv = q.shape[1], k.shape[1]
@@ -157,7 +162,7 @@ def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, impl="sdpa", s
     """Dispatch to fused SDPA or the reference path. q (B,H,T,D), k/v (B,Hkv,S,D) -> (B,H,T,D)."""
     if impl == "math":
         return attention_math(q, k, v, mask, is_causal, dropout_p, scale)
-    if mask is not None and mask.requires_grad and torch.is_grad_enabled() and not is_causal:
+    if _needs_grad(mask) and not is_causal:
         return attention_matmul(q, k, v, mask, dropout_p, scale)
     gqa = k.shape[1] != q.shape[1]
     return F.scaled_dot_product_attention(
@@ -244,8 +249,7 @@ class Attention(nn.Module):
                 k = apply_rope(k, *rope, dims=self.rope_dims)
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, Hkv, start + T, D)
-        needs_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
-        attn_mask = merge_mask_and_bias(mask, bias, q.dtype, matmul=needs_grad)
+        attn_mask = merge_mask_and_bias(mask, bias, q.dtype, matmul=_needs_grad(bias))
         out = attention(q, k, v, attn_mask, is_causal and attn_mask is None,
                         self.attn_dropout if self.training else 0.0, self.impl)
         return self.proj_drop(self.proj(rearrange(out, "b h t d -> b t (h d)")))
@@ -265,9 +269,8 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope, dims=self.rope_dims), apply_rope(k, *rope, dims=self.rope_dims)
         dropout = self.attn_dropout if self.training else 0.0
-        needs_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
         small = x.device.type == "cpu" and q.dtype != torch.float32 and T <= CPU_MATMUL_MAX_TOKENS
-        matmul = needs_grad or small
+        matmul = _needs_grad(bias) or small
         if self.impl == "math" or matmul:
             # batched matmuls broadcast the per-group mask over the batch on the 5-D views
             attn_mask = merge_mask_and_bias(mask, bias, q.dtype, matmul=True)  # -> (B, G, H, T, T)
