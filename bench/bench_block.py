@@ -58,34 +58,40 @@ def main(dim: int = 384, heads: int = 6, tokens: int = 65, batch: int = 32) -> N
 
 
 def windows(heads: int = 3, head_dim: int = 16, tokens: int = 16384, dtype=torch.bfloat16) -> None:
-    """Inference of the attention core alone on (batch, windows, heads, N, D) views with
-    a per-window float bias, as Swin runs it: SDPA (groups folded into heads) against
-    `attention_matmul`, for window sides 3..8."""
-    import torch.nn.functional as F
+    """Inference of grouped (window) attention, projections included, on (batch, windows,
+    N, C) input with a per-window float bias, as Swin runs it: the fused-SDPA path against
+    the batched-matmul path of `Attention`, for window sides 3..8."""
+    import importlib
 
-    from mmgen.layers.attention import attention_matmul
+    from mmgen.layers import Attention
 
+    attention_module = importlib.import_module("mmgen.layers.attention")
     torch.manual_seed(0)
+    attn = Attention(heads * head_dim, heads).eval()
     rows = []
     for side in range(3, 9):
         N = side * side
         G, B = 16, max(tokens // (16 * N), 1)
-        qkv = torch.randn(B, G, N, 3, heads, head_dim, dtype=dtype).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)  # (B, G, H, N, D) strided views, as the qkv projection gives them
+        x = torch.randn(B, G, N, heads * head_dim)
         bias = torch.randn(G, heads, N, N)
 
-        def sdpa():
-            fold = [t.reshape(B, G * heads, N, head_dim) for t in (q, k, v)]
-            F.scaled_dot_product_attention(*fold, attn_mask=bias.to(q.dtype).reshape(1, G * heads, N, N))
+        def run(max_matmul_tokens):
+            def step():
+                attention_module.CPU_MATMUL_MAX_TOKENS[dtype] = max_matmul_tokens
+                with torch.no_grad(), autocast("bf16" if dtype == torch.bfloat16 else "fp32"):
+                    attn(x, bias=bias)
+            return step
 
-        def matmul():
-            attention_matmul(q, k, v, bias)
-
-        with torch.no_grad():
-            res = compare({"sdpa": sdpa, "matmul": matmul}, warmup=2, repeats=10)
+        saved = dict(attention_module.CPU_MATMUL_MAX_TOKENS)
+        try:
+            res = compare({"sdpa": run(0), "matmul": run(N)}, warmup=2, repeats=10)
+        finally:
+            attention_module.CPU_MATMUL_MAX_TOKENS.clear()
+            attention_module.CPU_MATMUL_MAX_TOKENS.update(saved)
         rows.append([N, B * G * N, res["sdpa"].median_s * 1e3, res["matmul"].median_s * 1e3,
                      res["sdpa"].median_s / res["matmul"].median_s])
-    print_table(f"window attention, {str(dtype)[6:]} inference ({heads} heads x {head_dim}, {torch.get_num_threads()} threads)",
+    print_table(f"window attention, {str(dtype)[6:]} inference ({heads} heads x {head_dim}, "
+                f"{torch.get_num_threads()} threads)",
                 ["tokens/window", "tokens", "SDPA ms", "matmul ms", "matmul speed-up"], rows)
 
 

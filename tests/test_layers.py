@@ -231,6 +231,46 @@ def test_mlp_variants_and_llama_rounding():
     torch.testing.assert_close(swiglu(x), (F.silu(x @ gate.T) * (x @ up.T)) @ swiglu.fc2.weight.T)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("place", ["pre", "sandwich"])
+def test_inference_in_place_paths_equal_autograd_paths_and_leave_inputs_alone(dtype, place):
+    """Under no_grad the residual add, GELU and the matmul attention write into their own
+    temporaries; the result must equal the recorded (autograd) path and no input may change."""
+    from mmgen.layers.attention import attention_matmul
+
+    torch.manual_seed(0)
+    blk = L.TransformerBlock(L.TransformerConfig(dim=32, num_heads=4, norm_place=place))
+    x = torch.randn(2, 3, 5, 32, dtype=dtype)  # grouped: 3 windows of 5 tokens
+    bias = torch.randn(3, 4, 5, 5)
+    blk.to(dtype)
+    x0, b0 = x.clone(), bias.clone()
+    ref = blk(x, bias=bias)  # parameters require grad: the recorded path
+    assert ref.requires_grad
+    with torch.no_grad():
+        out = blk(x, bias=bias)
+    torch.testing.assert_close(out, ref.detach(), atol=0, rtol=0)
+    assert torch.equal(x, x0) and torch.equal(bias, b0)
+    q, k, v = (torch.randn(2, 3, 4, 5, 8, dtype=dtype) for _ in range(3))
+    qkv0 = [t.clone() for t in (q, k, v)]
+    ref = attention_matmul(q, k, v, bias.requires_grad_())
+    with torch.no_grad():
+        out = attention_matmul(q, k, v, bias)
+    torch.testing.assert_close(out, ref.detach(), atol=0, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v), qkv0))
+
+
+def test_residual_add_promotes_like_the_plain_sum():
+    """A float32 residual stream plus a bf16 branch (autocast) stays float32 in no_grad too."""
+    from mmgen.layers.autograd import add_residual
+
+    x, h = torch.randn(4, 8), torch.randn(4, 8).bfloat16()
+    with torch.no_grad():
+        out = add_residual(x, h)
+        same = add_residual(x, x)  # a branch that returns its input is not overwritten
+    assert out.dtype == torch.float32 and torch.equal(out, x + h)
+    assert torch.equal(same, 2 * x) and not torch.equal(x, same)
+
+
 def test_norm_placements_differ_and_run():
     x = torch.randn(2, 5, 32)
     outs = {}

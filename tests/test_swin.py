@@ -5,7 +5,7 @@ import torch
 
 from mmgen import create_model, load_pretrained
 from mmgen.layers import Attention
-from mmgen.models.swin import (PermuteTokens, Swin, SwinConfig, convert_timm_swin, swin_config_from_timm,
+from mmgen.models.swin import (MASK_VALUE, PermuteTokens, Swin, SwinConfig, convert_timm_swin, swin_config_from_timm,
                                window_mask)
 from mmgen.registry import preset_config
 
@@ -120,6 +120,21 @@ def test_window_mask_shapes_and_shift():
     assert padded.shape == (4, 1, 16, 16) and (padded[0] == 0).all() and (padded[3] != 0).any()
 
 
+def test_masked_window_pairs_get_exactly_zero_weight():
+    """exp(MASK_VALUE + s) must underflow to 0, not to a float32 denormal (timm's -100 gives
+    4e-44, and denormal arithmetic made the softmax over shifted windows 6.5x slower)."""
+    torch.manual_seed(0)
+    blk = create_model("swin_tiny_patch2_window4_32").stages[0].blocks[1]
+    with torch.no_grad():
+        blk.relative_position_bias_table.normal_(0, 5)  # large learned biases, too
+        bias = blk.window_bias(16, 16, "cpu")  # (nW, heads, N, N)
+        scores = torch.randn(2, *bias.shape) * 10 + bias
+        p = scores.softmax(-1)
+    masked = (bias < MASK_VALUE / 2).expand_as(p)
+    assert masked.any() and (p[masked] == 0).all()
+    assert (p[~masked] >= torch.finfo(torch.float32).tiny).all()  # the rest: normal floats, no denormal
+
+
 def test_grouped_attention_equals_per_group():
     torch.manual_seed(0)
     a = Attention(32, 4)
@@ -155,8 +170,8 @@ def test_grouped_attention_bf16_matmul_path_equals_sdpa(monkeypatch):
         with torch.no_grad():
             ref = a(x, **kw)  # float32: SDPA
             outs = []
-            for limit in (A.CPU_MATMUL_MAX_TOKENS, 0):  # matmul path, then SDPA
-                monkeypatch.setattr(A, "CPU_MATMUL_MAX_TOKENS", limit)
+            for limit in (9, 0):  # matmul path, then SDPA
+                monkeypatch.setitem(A.CPU_MATMUL_MAX_TOKENS, torch.bfloat16, limit)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     outs.append(a(x, **kw).float())
         for out in outs:

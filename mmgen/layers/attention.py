@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .autograd import records_grad
 from .norm import make_norm, upcast
 from .pos import apply_rope
 
@@ -103,11 +104,6 @@ def merge_mask_and_bias(mask: torch.Tensor | None, bias: torch.Tensor | None, dt
     return bias + mask.to(bias.dtype)
 
 
-def _needs_grad(t: torch.Tensor | None) -> bool:
-    """A learned bias / mask that must be differentiated through (SDPA's fused kernels cannot)."""
-    return t is not None and t.requires_grad and torch.is_grad_enabled()
-
-
 def attention_math(q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=None):
     """Reference attention: softmax(q k^T * scale + mask) v, at least in float32. q (B,H,T,D), k/v (B,Hkv,S,D)."""
     H, Hkv = q.shape[1], k.shape[1]
@@ -138,6 +134,12 @@ def attention_matmul(q, k, v, bias, dropout_p=0.0, scale=None):
         v = v.repeat_interleave(H // Hkv, dim=-3)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = q @ k.transpose(-2, -1)  # (..., H, T, S), unscaled
+    if not records_grad(q, k, v, bias) and dropout_p == 0 and bias is not None and bias.is_floating_point():
+        # inference: the same steps in place, in one float32 buffer (two fewer fresh buffers,
+        # whose page faults cost more than the arithmetic in tiny windows on CPU)
+        scores = scores.to(torch.promote_types(scores.dtype, bias.dtype))
+        torch.add(bias, scores, alpha=scale, out=scores)
+        return torch.softmax(scores, -1, out=scores).to(v.dtype) @ v
     if bias is None or bias.dtype == torch.bool:
         scores = scores * scale
         if bias is not None:
@@ -150,19 +152,18 @@ def attention_matmul(q, k, v, bias, dropout_p=0.0, scale=None):
     return attn.to(v.dtype) @ v
 
 
-# Grouped (window) attention in bf16/fp16 over at most this many tokens runs as batched
-# matmuls on CPU, where SDPA's fused kernel is the slower one: 1.4x at 16 tokens, 2x at 25,
-# 1.4x at 36, while from 49 tokens on SDPA wins (python -m bench.bench_block --windows, quiet
-# 2-core CPU). float32 keeps SDPA: whole-model Swin inference was 1.23x timm with it, 0.99x
-# with the matmuls.
-CPU_MATMUL_MAX_TOKENS = 36
+# Grouped (window) attention over at most this many tokens per group runs as batched matmuls
+# on CPU, where SDPA's fused kernel is the slower one in bf16: 1.2-1.4x at 9-25 tokens, 1.1x at
+# 36, while from 49 tokens on SDPA wins (python -m bench.bench_block --windows, projections
+# included). float32 keeps SDPA at every size (it wins or ties from 16 tokens on).
+CPU_MATMUL_MAX_TOKENS = {torch.bfloat16: 36, torch.float16: 36}
 
 
 def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, impl="sdpa", scale=None):
     """Dispatch to fused SDPA or the reference path. q (B,H,T,D), k/v (B,Hkv,S,D) -> (B,H,T,D)."""
     if impl == "math":
         return attention_math(q, k, v, mask, is_causal, dropout_p, scale)
-    if _needs_grad(mask) and not is_causal:
+    if records_grad(mask) and not is_causal:
         return attention_matmul(q, k, v, mask, dropout_p, scale)
     gqa = k.shape[1] != q.shape[1]
     return F.scaled_dot_product_attention(
@@ -249,7 +250,7 @@ class Attention(nn.Module):
                 k = apply_rope(k, *rope, dims=self.rope_dims)
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, Hkv, start + T, D)
-        attn_mask = merge_mask_and_bias(mask, bias, q.dtype, matmul=_needs_grad(bias))
+        attn_mask = merge_mask_and_bias(mask, bias, q.dtype, matmul=records_grad(bias))
         out = attention(q, k, v, attn_mask, is_causal and attn_mask is None,
                         self.attn_dropout if self.training else 0.0, self.impl)
         return self.proj_drop(self.proj(rearrange(out, "b h t d -> b t (h d)")))
@@ -261,35 +262,42 @@ class Attention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if Hkv != H:
             raise ValueError("grouped attention needs num_kv_heads == num_heads")
-        # one copy to (3, B, G, H, T, D): then neither the matmuls nor SDPA's head folding
-        # below copy q, k or v again
-        qkv = rearrange(self.qkv(x), "b g t (three h d) -> three b g h t d", three=3, h=H).contiguous()
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope, dims=self.rope_dims), apply_rope(k, *rope, dims=self.rope_dims)
         dropout = self.attn_dropout if self.training else 0.0
-        small = x.device.type == "cpu" and q.dtype != torch.float32 and T <= CPU_MATMUL_MAX_TOKENS
-        matmul = _needs_grad(bias) or small
-        if self.impl == "math" or matmul:
-            # batched matmuls broadcast the per-group mask over the batch on the 5-D views
+        qkv = self.qkv(x)  # (B, G, T, 3 * H * D)
+        small = qkv.device.type == "cpu" and T <= CPU_MATMUL_MAX_TOKENS.get(qkv.dtype, 0)
+        if self.impl == "math" or records_grad(bias) or small:
+            # one copy to (3, B, G, H, T, D): the batched matmuls then copy nothing and
+            # broadcast the per-group mask over the batch
+            q, k, v = rearrange(qkv, "b g t (three h d) -> three b g h t d", three=3, h=H).contiguous().unbind(0)
+            q, k = self._qk_transform(q, k, rope)
             attn_mask = merge_mask_and_bias(mask, bias, q.dtype, matmul=True)  # -> (B, G, H, T, T)
             fn = attention_math if self.impl == "math" else attention_matmul
             out = fn(q, k, v, attn_mask, dropout_p=dropout)  # (B, G, H, T, D)
             out = rearrange(out, "b g h t d -> b g t (h d)")
         else:
-            # fused SDPA wants 4-D: fold the groups into the heads, (B, G*H, T, D), and the
-            # mask to (B or 1, G*H, T, T), so one mask per group serves the whole batch
+            # fused SDPA on (B*G, H, T, D) views of the projection: no copy in, and its output
+            # is laid out (B*G, T, H, D), so no copy out. A per-group mask is expanded over
+            # the batch (timm's layout; folding the groups into the heads instead to share
+            # one mask was 1.5x slower: two copies and a slower kernel)
+            q, k, v = rearrange(qkv, "b g t (three h d) -> three (b g) h t d", three=3, h=H).unbind(0)
+            q, k = self._qk_transform(q, k, rope)
             attn_mask = merge_mask_and_bias(mask, bias, q.dtype)
-            q, k, v = (rearrange(t, "b g h t d -> b (g h) t d") for t in (q, k, v))
             if attn_mask is not None:
                 while attn_mask.ndim < 5:
                     attn_mask = attn_mask[None]
-                b = attn_mask.shape[0]
-                attn_mask = attn_mask.expand(b, G, H, T, T).reshape(b, G * H, T, T)
-            out = attention(q, k, v, attn_mask, False, dropout, self.impl)
-            out = rearrange(out, "b (g h) t d -> b g t (h d)", g=G)
+                if attn_mask.shape[:2] == (1, 1):  # the same for every window: broadcasts as is
+                    attn_mask = attn_mask[0]
+                else:
+                    attn_mask = attn_mask.expand(B, G, *attn_mask.shape[2:]).reshape(B * G, *attn_mask.shape[2:])
+            out = attention(q, k, v, attn_mask, False, dropout, self.impl)  # (B*G, H, T, D)
+            out = rearrange(out, "(b g) h t d -> b g t (h d)", b=B)
         return self.proj_drop(self.proj(out))
+
+    def _qk_transform(self, q, k, rope):
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope, dims=self.rope_dims), apply_rope(k, *rope, dims=self.rope_dims)
+        return q, k
 
     def make_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> KVCache:
         device = device or self.proj.weight.device

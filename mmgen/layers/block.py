@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .attention import ATTN_IMPLS, Attention, KVCache, check_heads, make_attn_mask
+from .autograd import add_residual
 from .cond import ADALN, AdaLNModulation, modulate
 from .drop import DropPath, LayerScale
 from .init import init_linears
@@ -122,10 +123,10 @@ class TransformerBlock(nn.Module):
         """Apply one sublayer f with the configured norm placement."""
         place = self.cfg.norm_place
         if place == "pre":
-            return x + self.drop_path(ls(f(norm(x))))
+            return add_residual(x, self.drop_path(ls(f(norm(x)))))
         if place == "post":
             return norm(x + self.drop_path(ls(f(x))))
-        return x + self.drop_path(ls(post(f(norm(x)))))  # sandwich
+        return add_residual(x, self.drop_path(ls(post(f(norm(x))))))  # sandwich
 
     def forward(self, x, *, mask=None, bias=None, is_causal=False, rope=None, cache=None, start=0,
                 context=None, context_mask=None, cond=None):

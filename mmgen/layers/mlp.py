@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .autograd import records_grad
+
 MLPS = ("gelu", "gelu_tanh", "relu2", "swiglu", "geglu")
 GATED = ("swiglu", "geglu")
 
@@ -34,8 +36,10 @@ class Mlp(nn.Module):
         h = self.fc1(x)
         if self.act == "relu2":  # Primer / modded-nanoGPT squared ReLU
             h = F.relu(h).square()
-        else:
+        elif records_grad(h):
             h = F.gelu(h, approximate="tanh" if self.act == "gelu_tanh" else "none")
+        else:  # inference: in place, the widest activation of the block needs no second buffer
+            h = torch.ops.aten.gelu_(h, approximate="tanh" if self.act == "gelu_tanh" else "none")
         return self.fc2(self.drop(h))
 
 
