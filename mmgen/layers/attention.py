@@ -153,9 +153,9 @@ def attention_matmul(q, k, v, bias, dropout_p=0.0, scale=None):
 
 
 # Grouped (window) attention over at most this many tokens per group runs as batched matmuls
-# on CPU, where SDPA's fused kernel is the slower one in bf16: 1.2-1.4x at 9-25 tokens, 1.1x at
+# on CPU, where SDPA's fused kernel is the slower one in bf16: 1.3-1.5x at 9-25 tokens, 1.1x at
 # 36, while from 49 tokens on SDPA wins (python -m bench.bench_block --windows, projections
-# included). float32 keeps SDPA at every size (it wins or ties from 16 tokens on).
+# included). float32 keeps SDPA at every size (it wins from 9 tokens on).
 CPU_MATMUL_MAX_TOKENS = {torch.bfloat16: 36, torch.float16: 36}
 
 
