@@ -370,3 +370,16 @@ def test_layers_never_import_models():
                 assert "models" not in mod and not mod.startswith(".."), f"{path.name} imports {mod}"
             if isinstance(node, ast.Import):
                 assert all(not a.name.startswith("mmgen") for a in node.names), path.name
+
+
+def test_blocks_trace_for_torch_compile_without_graph_breaks():
+    """The inference fast paths (in-place adds, GELU, grouped attention) must not break a
+    torch.compile graph: a data_ptr() check in the residual add once halved compiled decoding."""
+    torch._dynamo.reset()
+    blk = L.TransformerBlock(L.TransformerConfig(dim=32, num_heads=4)).eval()
+    x, grouped, bias = torch.randn(2, 5, 32), torch.randn(2, 3, 5, 32), torch.randn(3, 4, 5, 5)
+    with torch.no_grad():
+        for args, kw in (((x,), {}), ((grouped,), {"bias": bias})):
+            expl = torch._dynamo.explain(blk)(*args, **kw)
+            assert expl.graph_break_count == 0, expl.break_reasons
+    torch._dynamo.reset()

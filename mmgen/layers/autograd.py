@@ -16,6 +16,7 @@ def add_residual(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """x + h, where h is the sublayer's freshly computed output. Outside autograd the sum is
     written into h (no new buffer), when h already has the result's shape and dtype (under
     autocast a float32 stream plus a bf16 branch must still promote to float32)."""
-    if records_grad(x, h) or h.shape != x.shape or h.dtype != x.dtype or h.data_ptr() == x.data_ptr():
+    if (torch.compiler.is_compiling()  # the compiler plans buffers itself; data_ptr breaks its graph
+            or records_grad(x, h) or h.shape != x.shape or h.dtype != x.dtype or h.data_ptr() == x.data_ptr()):
         return x + h
     return h.add_(x)
