@@ -243,11 +243,7 @@ class Attention(nn.Module):
             q = rearrange(q, "b t (h d) -> b h t d", h=H)
             k = rearrange(k, "b t (h d) -> b h t d", h=Hkv)
             v = rearrange(v, "b t (h d) -> b h t d", h=Hkv)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q = apply_rope(q, *rope, dims=self.rope_dims)
-            if not self.is_cross:
-                k = apply_rope(k, *rope, dims=self.rope_dims)
+        q, k = self._qk_transform(q, k, rope)
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, Hkv, start + T, D)
         attn_mask = merge_mask_and_bias(mask, bias, q.dtype, matmul=records_grad(bias))
@@ -294,9 +290,13 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(out))
 
     def _qk_transform(self, q, k, rope):
+        """q/k norm, then RoPE on the queries and, in self-attention, the keys (a cross-
+        attention context has no positions on the query's axis)."""
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, *rope, dims=self.rope_dims), apply_rope(k, *rope, dims=self.rope_dims)
+            q = apply_rope(q, *rope, dims=self.rope_dims)
+            if not self.is_cross:
+                k = apply_rope(k, *rope, dims=self.rope_dims)
         return q, k
 
     def make_cache(self, batch: int, max_len: int, *, dtype=None, device=None) -> KVCache:

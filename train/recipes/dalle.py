@@ -8,14 +8,17 @@ The shapes run never sees the six held-out colour-shape pairs (holdout="default"
 quality is measured on them (see docs/dalle.md)."""
 from . import Recipe, register_recipe
 
+# the training schedule both datasets share; each recipe sets its own step count
+_TRAIN = {"batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-4, "warmup": 30, "weight_decay": 0.01,
+          "val_split": "val", "eval_every": 0, "eval_batches": 4, "sample_every": 0, "num_samples": 16,
+          "log_every": 20, "save_every": 100, "progress": False}
+
 register_recipe(Recipe(
     name="dalle_shapes", model="dalle_shapes_32", data="shapes",
     model_overrides={"vq_path": "checkpoints/vq_shapes", "clip_path": "checkpoints/clip_shapes",
                      "cond_drop": 0.15},
     data_kwargs={"holdout": "default"},
-    train={"steps": 1500, "batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-4, "warmup": 30, "weight_decay": 0.01,
-           "val_split": "val", "eval_every": 0, "eval_batches": 4, "sample_every": 0, "num_samples": 16,
-           "log_every": 20, "save_every": 100, "progress": False},
+    train={**_TRAIN, "steps": 1500},
     description="DALL-E (4 x 128, pruned BPE text, 12 + 64 positions) on shapes captions with the default "
                 "held-out colour-shape pairs excluded; 1:7 text:image loss, 15% condition dropout",
     expected="see checkpoints/dalle_shapes/README.md for the measured held-out checker accuracy",
@@ -25,9 +28,7 @@ register_recipe(Recipe(
     name="dalle_emoji", model="dalle_emoji_32", data="emoji",
     model_overrides={"vq_path": "checkpoints/vq_emoji", "clip_path": "checkpoints/clip_emoji", "cond_drop": 0.15},
     data_kwargs={"image_size": 32},
-    train={"steps": 600, "batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-4, "warmup": 30, "weight_decay": 0.01,
-           "val_split": "val", "eval_every": 0, "eval_batches": 4, "sample_every": 0, "num_samples": 16,
-           "log_every": 20, "save_every": 100, "progress": False},
+    train={**_TRAIN, "steps": 600},
     description="DALL-E (4 x 128, pruned BPE text, 24 + 64 positions) on the 2,923 train emoji at 32 px with "
                 "their CLDR names; test emoji (other base emoji) measure generalisation by CLIP score",
     expected="see checkpoints/dalle_emoji/README.md",
