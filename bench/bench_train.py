@@ -42,9 +42,9 @@ class Tokens(torch.utils.data.Dataset):
 
 
 def main(steps: int = 10) -> None:
-    from train import TrainConfig
-    from train.data import batch_stream
-    from train.loop import Trainer
+    from mmgen.train import TrainConfig
+    from mmgen.train.data import batch_stream
+    from mmgen.train.loop import Trainer
 
     ds = Tokens()
     rows = []

@@ -10,7 +10,7 @@ import torch
 
 import mmgen
 from tests.train_toy import launch  # also registers train_toy_tiny for load_pretrained
-from train.loop import KILL_ENV
+from mmgen.train.loop import KILL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["train_toy_tiny", "--data", "tests.train_toy:toy_data", "--data-set", "n=32", "--set", "model.dropout=0",

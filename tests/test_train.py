@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 from torch.utils.data import default_collate
 
 import mmgen
-import train
+from mmgen import train
 from tests.train_toy import ToyStream, launch, toy_data
 from tests.train_toy import byte_text as make_byte_text
-from train.data import ResumableBatchSampler, batch_stream
-from train.loop import KILL_ENV, lr_factor, param_groups
+from mmgen.train.data import ResumableBatchSampler, batch_stream
+from mmgen.train.loop import KILL_ENV, lr_factor, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["train_toy_tiny", "--data", "tests.train_toy:toy_data"]

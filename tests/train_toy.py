@@ -141,8 +141,8 @@ def _child(rank: int, world: int, port: int, args: list[str], env: dict) -> None
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **env})
     torch.set_num_threads(1)
     try:
-        import train
-        code = train.main(args)
+        import mmgen.train
+        code = mmgen.train.main(args)
     except BaseException:  # noqa: BLE001 - report, then leave without running pytest's atexit
         import traceback
         traceback.print_exc()

@@ -1,9 +1,7 @@
-"""The one training engine of mmgen: `python -m train ...` or `train.main(argv)` /
-`train.fit(model, dataset, cfg, out=...)` from Python. See docs/training.md."""
-from .cli import main
-from .config import TrainConfig
-from .loop import NonFiniteLossError, Trainer, fit, param_groups
-from .recipes import Recipe, get_recipe, list_recipes, register_recipe
+"""`python -m train ...` from the repository root. The engine ships inside the package as
+`mmgen.train` (so an installed mmgen runs it as `mmgen train ...`, and a user's own
+`train.py` can never shadow it); this folder only points the old name at it."""
+import mmgen.train as _engine
+from mmgen.train import *  # noqa: F401,F403  (main, fit, Trainer, TrainConfig, recipes)
 
-__all__ = ["main", "fit", "Trainer", "TrainConfig", "NonFiniteLossError", "param_groups", "Recipe",
-           "register_recipe", "get_recipe", "list_recipes"]
+__path__ = _engine.__path__  # `python -m train`, `train.loop`, ... resolve to mmgen/train
