@@ -126,3 +126,46 @@ def load_pretrained(path: str | os.PathLike, **kwargs):
     """Load any mmgen checkpoint directory, whatever its model family."""
     from .registry import get_family
     return get_family(read_config(path)["model_type"]).from_pretrained(path, **kwargs)
+
+
+# ------------------------------------------------------------------ companion checkpoints
+def shipped_root() -> Path:
+    """The folder of the checkpoints that ship with mmgen (the repository's checkpoints/)."""
+    return Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def resolve_companion(value: str | os.PathLike, ckpt_dir: str | os.PathLike | None, what: str) -> Path:
+    """The checkpoint directory that a companion path in a config names (e.g. DALL-E's vq_path).
+
+    Tried in order: an absolute path; relative to the naming checkpoint's own directory (what
+    `save_pretrained` writes); a shipped checkpoint name (also an old "checkpoints/<name>" or
+    "../<name>" value, so moved or installed copies keep working); relative to the working
+    directory (what a training recipe gives before anything is saved)."""
+    p = Path(value).expanduser()
+    tried: list[Path] = []
+    if p.is_absolute():
+        tried.append(p)
+    else:
+        if ckpt_dir is not None:
+            tried.append(Path(ckpt_dir) / p)
+        parts = p.parts
+        if len(parts) == 1 or parts[-2] in ("checkpoints", ".."):
+            tried.append(shipped_root() / parts[-1])
+        tried.append(Path.cwd() / p)
+    for cand in tried:
+        if (cand / CONFIG_NAME).is_file():
+            return cand.resolve()
+    raise FileNotFoundError(f"the {what} checkpoint {str(value)!r} named in the config was not found (looked in "
+                            f"{', '.join(str(c) for c in dict.fromkeys(tried))})")
+
+
+def relative_companion(value: str, old_dir: str | os.PathLike | None, new_dir: str | os.PathLike, what: str) -> str:
+    """The companion path to store when a checkpoint is written to new_dir: relative to new_dir
+    (the directories then move together), or the value unchanged if it cannot be found now."""
+    if not value:
+        return value
+    try:
+        target = resolve_companion(value, old_dir, what)
+    except FileNotFoundError:
+        return value
+    return os.path.relpath(target, Path(new_dir).resolve())
