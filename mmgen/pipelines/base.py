@@ -38,6 +38,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
 
 
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] (any leading dims) -> float32 in [-1, 1] (what metrics take)."""
+    return images.float() / 127.5 - 1.0
+
+
 def draw_seed() -> int:
     """A fresh random seed (not from torch's global RNG, so a seeded program still varies it)."""
     return random.SystemRandom().randrange(2**31)

@@ -108,6 +108,13 @@ def check_prompts(readers: Sequence[PromptReader], prompts, truncate: bool = Fal
             raise ValueError(f"prompt {short!r} has no word, only punctuation")
         missing: dict[str, list[str]] = {}  # word -> the parts that cannot read it
         for r in readers:
+            unknown = r.unknown_words(p)
+            if words and len(unknown) == len(dict.fromkeys(words)):
+                if r.required:
+                    raise ValueError(f"prompt {short!r} has no word {r.name} can read, so it would be ignored"
+                                     f"{vocab_hint}")
+                notes.append(f"prompt {short!r}: {r.name} can read none of its words, so its scores say nothing")
+                unknown = []
             if r.max_tokens is not None:
                 n = r.num_tokens(p)
                 if n > r.max_tokens:
@@ -116,13 +123,6 @@ def check_prompts(readers: Sequence[PromptReader], prompts, truncate: bool = Fal
                                          f"{r.max_tokens}: shorten it, or pass truncate=True (--truncate) to cut it")
                     notes.append(f"prompt {short!r} is {n} tokens; cut to the {r.max_tokens} that {r.name} reads, "
                                  f"so its end is ignored")
-            unknown = r.unknown_words(p)
-            if words and len(unknown) == len(dict.fromkeys(words)):
-                if r.required:
-                    raise ValueError(f"prompt {short!r} has no word {r.name} can read, so it would be ignored"
-                                     f"{vocab_hint}")
-                notes.append(f"prompt {short!r}: {r.name} can read none of its words, so its scores say nothing")
-                continue
             for w in unknown:
                 missing.setdefault(w, []).append(r.name)
         by_parts: dict[tuple, list[str]] = {}
