@@ -351,3 +351,10 @@ def test_collate_tokenises_captions_and_vq_encodes_images_once():
     m.train()
     loss, logs = m.loss(batch)
     assert torch.isfinite(loss) and bool(m.seen_words.any())
+
+
+def test_training_sample_grid_hook_draws_through_the_pipeline():
+    m = tiny().attach(vq=FakeVQ()).train()
+    images = m.sample_images(6, seed=0)
+    assert images.shape == (6, 3, 16, 16) and m.training  # the model's mode is left as it was
+    assert torch.equal(images, m.sample_images(6, seed=0))

@@ -398,3 +398,10 @@ def test_prompt_the_pruned_text_encoder_cannot_read_is_refused():
         pipe(["a red circle", "圆"], steps=1, num_images=1)
     notes = pipe.check_prompts(["a red 圆", "a blue square."])  # known words: accepted; a full stop is no word
     assert len(notes) == 1 and "'圆' is not in the vocabulary of the CLIP text encoder" in notes[0]
+
+
+def test_training_sample_grid_hook_draws_through_the_pipeline():
+    model = mmgen.create_model("ddpm_unet_text_tiny").train()
+    images = model.sample_images(3, seed=0)
+    assert images.shape == (3, 3, 16, 16) and model.training
+    torch.testing.assert_close(images, model.sample_images(3, seed=0))
