@@ -160,12 +160,18 @@ def resolve_companion(value: str | os.PathLike, ckpt_dir: str | os.PathLike | No
 
 
 def relative_companion(value: str, old_dir: str | os.PathLike | None, new_dir: str | os.PathLike, what: str) -> str:
-    """The companion path to store when a checkpoint is written to new_dir: relative to new_dir
-    (the directories then move together), or the value unchanged if it cannot be found now."""
+    """The companion path to store when a checkpoint is written to new_dir: the shipped name
+    for a shipped companion (e.g. "vq_shapes"; "../vq_shapes" beside another shipped
+    checkpoint), else the path relative to new_dir (the directories then move together), or
+    the value unchanged if it cannot be found now."""
     if not value:
         return value
     try:
         target = resolve_companion(value, old_dir, what)
     except FileNotFoundError:
         return value
-    return os.path.relpath(target, Path(new_dir).resolve())
+    new = Path(new_dir).resolve()
+    root = shipped_root().resolve()
+    if target.parent == root and new.parent != root:
+        return target.name
+    return os.path.relpath(target, new)

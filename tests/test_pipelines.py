@@ -50,8 +50,12 @@ def test_companion_paths_are_saved_relative_and_old_values_still_load(tmp_path, 
     pipe = DALLEPipeline.from_pretrained(CKPT / "dalle_shapes")
     pipe.save_pretrained(tmp_path / "mine" / "dalle")
     cfg = json.loads((tmp_path / "mine" / "dalle" / "config.json").read_text())["config"]
-    assert cfg["vq_path"] == os.path.relpath(CKPT / "vq_shapes", tmp_path / "mine" / "dalle")
-    assert cfg["clip_path"] == os.path.relpath(CKPT / "clip_shapes", tmp_path / "mine" / "dalle")
+    assert (cfg["vq_path"], cfg["clip_path"]) == ("vq_shapes", "clip_shapes")  # shipped companions: by name
+    pipe.model.config.vq_path = str(tmp_path / "myvq")  # others: relative to the checkpoint directory
+    shutil.copytree(CKPT / "vq_shapes", tmp_path / "myvq")
+    pipe.save_pretrained(tmp_path / "mine" / "dalle2")
+    cfg = json.loads((tmp_path / "mine" / "dalle2" / "config.json").read_text())["config"]
+    assert cfg["vq_path"] == os.path.join("..", "..", "myvq")
     os.chdir(ROOT)  # the saved checkpoint works from any working directory
     assert DALLEPipeline.from_pretrained(tmp_path / "mine" / "dalle").vq is not None
     os.chdir(tmp_path)

@@ -261,7 +261,7 @@ class Pipeline:
             raise TypeError(f"{type(self).__name__} takes no option {', '.join(bad)}")
 
     def clip_reader(self) -> PromptReader:
-        from ..models.clip import CLIP  # noqa: F401 - (type only)
+        """The CLIP reranker as a prompt reader (its pruned vocabulary; it cuts long prompts)."""
         tok = getattr(getattr(self.clip, "tokenizer", None), "tokenizer", None)
         ctx = getattr(getattr(self.clip, "tokenizer", None), "context_length", None)
         corpus = getattr(getattr(self.clip, "config", None), "tokenizer_prune_from", "") or ""

@@ -77,9 +77,7 @@ class DDPMPipeline(Pipeline):
 
     def check_options(self, steps=None, scheduler=None, eta: float = 0.0, **kwargs) -> None:
         if kwargs:
-            raise TypeError(f"DDPMPipeline takes no option {', '.join(sorted(kwargs))} (that is an option of "
-                            f"autoregressive pipelines)" if set(kwargs) <= {"temperature", "top_k", "top_p"} else
-                            f"DDPMPipeline takes no option {', '.join(sorted(kwargs))}")
+            raise TypeError(f"DDPMPipeline takes no option {', '.join(sorted(kwargs))}")
         T = self.model.config.num_train_timesteps
         if steps is not None and steps > T:
             raise ValueError(f"steps={steps} is more than the {T} timesteps this model was trained with")
