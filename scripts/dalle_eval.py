@@ -194,7 +194,7 @@ python scripts/dalle_eval.py ship {rc['argv'][rc['argv'].index('--out') + 1]} ch
 ```
 
 * **Sampling defaults** (config): guidance scale {c.guidance_scale}, temperature {c.temperature}, top-k {c.top_k},
-  top-p {c.top_p}; `mmgen generate` samples 8 candidates per image and keeps the best by CLIP score.
+  top-p {c.top_p}; `mmgen generate` draws 8 samples per prompt (at least 2 per image) and keeps the best by CLIP score.
 
 ## Results
 

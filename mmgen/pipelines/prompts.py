@@ -57,7 +57,7 @@ class PromptReader:
     def clean(self, prompt: str) -> str:
         """The prompt as this part gets it: punctuation it cannot read (e.g. a full stop for a
         vocabulary pruned to captions without one) is dropped, not turned into <unk>."""
-        if self.unk is None:
+        if self._reads(prompt):  # covers "woman's": the BPE reads "'s" though not a lone "'"
             return prompt
         out = PUNCT_RE.sub(lambda m: m.group(0) if self._reads(m.group(0)) else " ", prompt)
         return " ".join(out.split())
