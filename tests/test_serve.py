@@ -6,11 +6,17 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
+import queue
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -18,6 +24,8 @@ from PIL import Image
 from mmgen.cli import build_parser, main
 from mmgen.web import SHIPPED_MODELS, find_checkpoints, make_server
 from tests.serve_fakes import FakePipeline, fake_make_grid
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -304,6 +312,35 @@ def test_cli_serve_flags_and_errors(capsys, tmp_path):
     assert main(["serve", "--runs", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["serve", "--port", "70000"]) == 2
+
+
+def test_cli_serve_starts_answers_and_stops_on_ctrl_c(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text(json.dumps({"model_type": "dalle"}))
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "mmgen.cli", "serve", "--port", "0", "--runs", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
+    try:
+        first = lines.get(timeout=120)  # importing torch on a loaded machine can take a while
+        assert first.startswith("mmgen serve: http://127.0.0.1:"), first
+        base = first.split()[2].rstrip("/")
+        status, data = jcall(base, "/api/models")
+        assert status == 200 and [m["id"] for m in data["models"]][-1] == "runs/mine"
+        assert call(base, "/")[0] == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    assert any("stopped" in line for line in rest), rest
 
 
 # ---- the real pipeline --------------------------------------------------------------------

@@ -246,7 +246,7 @@ class WebServer(ThreadingHTTPServer):
             if pipe is None:
                 try:
                     pipe = self.pipeline_factory(choice.spec)
-                except (ValueError, TypeError, FileNotFoundError, KeyError, OSError) as e:
+                except (ValueError, TypeError, FileNotFoundError, KeyError, OSError, ImportError) as e:
                     raise RequestError(f"could not load model {choice.id!r}: {e}",
                                        HTTPStatus.UNPROCESSABLE_ENTITY) from e
                 self._pipes[choice.id] = pipe
