@@ -202,7 +202,7 @@ function showResult(job) {
       const cap = document.createElement("figcaption");
       const score = document.createElement("span");
       score.className = "score";
-      score.textContent = job.scores ? `CLIP ${job.scores[p][n].toFixed(3)}` : "no CLIP score";
+      score.textContent = job.scores ? `CLIP ${job.scores[p][n].toFixed(2)}` : "no CLIP score";
       const link = document.createElement("a");
       link.href = `${src}?download=1`; link.download = ""; link.textContent = "PNG";
       cap.append(score, link);
