@@ -12,6 +12,7 @@ from PIL import Image
 VOCAB = ["a", "above", "below", "blue", "circle", "cross", "green", "left", "of", "red", "right", "square",
          "the", "triangle", "yellow"]
 MAX_WORDS = 12
+UNSET = "unset"  # a steps value nobody passes: tells whether the server passed one
 
 
 @dataclass
@@ -53,7 +54,7 @@ class FakePipeline:
                 warnings.append(f"unknown words in {p!r}: {', '.join(unknown)} (the model ignores them)")
         return warnings
 
-    def __call__(self, prompts, num_images=4, seed=None, guidance=3.0, candidates=1, rerank=True, steps=25,
+    def __call__(self, prompts, num_images=4, seed=None, guidance=3.0, candidates=1, rerank=True, steps=UNSET,
                  temperature=1.0, top_k=None, top_p=None, progress=None):
         with self._lock:
             self.running += 1

@@ -166,7 +166,7 @@ def test_a_model_that_fails_to_load_is_a_message():
 
 # ---- generating ---------------------------------------------------------------------------
 def test_generate_returns_upscaled_pngs_scores_grid_and_the_seed():
-    pipe = FakePipeline()
+    pipe = FakePipeline(kind="ddpm")
     with running(pipe) as (_, base):
         status, started = generate(base, prompt="a red circle\n\n  a blue square  ", num_images=3, seed=7,
                                    guidance=2.5, candidates=4, rerank=True, steps=10)
@@ -195,6 +195,16 @@ def test_generate_returns_upscaled_pngs_scores_grid_and_the_seed():
                                         guidance=2.5, candidates=4, steps=10)[1]["job"])
         assert call(base, again["images"][1][2])[2] == call(base, info["images"][1][2])[2]
         assert call(base, f"/api/jobs/{info['job']}/images/5/0.png")[0] == 404
+
+
+def test_sampling_steps_go_to_diffusion_models_only():
+    pipe = FakePipeline(kind="dalle")
+    with running(pipe) as (_, base):
+        assert wait_job(base, generate(base, steps=10)[1]["job"])["status"] == "done"
+        assert pipe.calls[-1]["steps"] == "unset"
+        pipe.kind = "ddpm"
+        assert wait_job(base, generate(base, steps=10)[1]["job"])["status"] == "done"
+        assert pipe.calls[-1]["steps"] == 10
 
 
 def test_seed_is_random_by_default_and_shown():

@@ -345,8 +345,9 @@ class WebServer(ThreadingHTTPServer):
 
         pipe = self.pipeline(job.model)
         p = job.params
+        kw = {"steps": p["steps"]} if pipe.kind == "ddpm" else {}  # only diffusion takes sampling steps
         out = pipe(job.prompts, num_images=p["num_images"], seed=p["seed"], guidance=p["guidance"],
-                   candidates=p["candidates"], rerank=p["rerank"], steps=p["steps"], progress=job.progress)
+                   candidates=p["candidates"], rerank=p["rerank"], progress=job.progress, **kw)
         images = out.images.detach().cpu().numpy() if hasattr(out.images, "detach") else np.asarray(out.images)
         if images.ndim != 5 or images.shape[2] != 3 or images.dtype != np.uint8:
             raise TypeError(f"the pipeline returned images of shape {images.shape} and dtype {images.dtype}; "

@@ -161,7 +161,7 @@ async function follow(jobId) {
   for (;;) {
     const job = await api(`/api/jobs/${jobId}`);
     if (job.status === "queued") {
-      setProgress(`queued: ${job.position} ahead of you in line`, 0, 0);
+      setProgress(`waiting: number ${job.position} in line`, 0, 0);
     } else if (job.status === "running") {
       setProgress(job.total ? `generating ${job.done} / ${job.total}` : "generating…", job.done, job.total);
     } else if (job.status === "error") {
