@@ -353,6 +353,24 @@ def test_cli_serve_starts_answers_and_stops_on_ctrl_c(tmp_path):
     assert any("stopped" in line for line in rest), rest
 
 
+def test_the_server_uses_only_the_pipelines_public_api():
+    """mmgen/web and the serve command import no model internals: only mmgen.pipelines'
+    load_pipeline / make_grid (and mmgen.web itself)."""
+    import ast
+
+    files = sorted((REPO / "mmgen" / "web").glob("*.py")) + [REPO / "mmgen" / "commands" / "serve.py"]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mmgen"):
+                names = {a.name for a in node.names}
+                assert node.module.startswith("mmgen.web") or (
+                    node.module == "mmgen.pipelines" and names <= {"load_pipeline", "make_grid", "PipelineOutput"}), \
+                    f"{path.name} imports {names} from {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("mmgen") and not a.name.startswith("mmgen.web") for a in node.names), \
+                    f"{path.name} imports {[a.name for a in node.names]}"
+
+
 # ---- the real pipeline --------------------------------------------------------------------
 HAS_PIPELINES = importlib.util.find_spec("mmgen.pipelines") is not None
 
