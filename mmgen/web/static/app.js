@@ -27,6 +27,7 @@ function showMessage(text) {
   const el = $("message");
   el.textContent = text || "";
   el.hidden = !text;
+  if (text && $("hint").textContent === text) $("hint").textContent = "";  // said once is enough
 }
 
 function showWarnings(list) {
