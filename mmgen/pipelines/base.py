@@ -180,8 +180,10 @@ class Pipeline:
     def vocabulary(self) -> list[str]:
         """The words every prompt-reading part of this pipeline can read, sorted (an empty list
         when no part limits the words: byte-level tokenizers read any text)."""
-        sets = [v for v in (r.vocabulary() for r in self.readers()) if v is not None]
-        return sorted(set.intersection(*sets)) if sets else []
+        if getattr(self, "_vocabulary", None) is None:
+            sets = [v for v in (r.vocabulary() for r in self.readers()) if v is not None]
+            self._vocabulary = sorted(set.intersection(*sets)) if sets else []
+        return list(self._vocabulary)
 
     def check_prompts(self, prompts: Sequence[str], truncate: bool = False) -> list[str]:
         """Warnings (one line each) about words a part cannot read; ValueError for an empty
