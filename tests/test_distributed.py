@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 
 import mmgen
-from tests.train_toy import launch  # also registers train_toy_tiny for load_pretrained
-from mmgen.train.loop import KILL_ENV
+from tests.train_toy import SIGKILL_ENV, launch  # also registers train_toy_tiny for load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["train_toy_tiny", "--data", "tests.train_toy:toy_data", "--data-set", "n=32", "--set", "model.dropout=0",
@@ -39,7 +38,7 @@ def test_ddp_and_fsdp_follow_the_single_process_curve(tmp_path):
     assert json.loads((tmp_path / "ddp" / "run_config.json").read_text())["world_size"] == 2
 
     fsdp = ARGS + ["--set", "train.distributed=fsdp", "--out", str(tmp_path / "fsdp")]
-    assert launch(2, fsdp, **{KILL_ENV: "4"}) == [-9, -9]  # both ranks killed after step 4
+    assert launch(2, fsdp, **{SIGKILL_ENV: "9"}) == [-9, -9]  # both ranks killed after step 4 (grad_accum=2)
     assert torch.load(tmp_path / "fsdp" / "train_state.pt", weights_only=True)["step"] == 3
     assert launch(2, ["--resume", "--out", str(tmp_path / "fsdp")]) == [0, 0]
     loss, val = _records(tmp_path / "fsdp")

@@ -16,17 +16,17 @@ from torch.utils.data import default_collate
 
 import mmgen
 from mmgen import train
-from tests.train_toy import ToyStream, launch, toy_data
+from tests.train_toy import SIGKILL_ENV, ToyStream, launch, toy_data
 from tests.train_toy import byte_text as make_byte_text
 from mmgen.train.data import ResumableBatchSampler, batch_stream
-from mmgen.train.loop import KILL_ENV, lr_factor, param_groups
+from mmgen.train.loop import lr_factor, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["train_toy_tiny", "--data", "tests.train_toy:toy_data"]
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    env = {k: v for k, v in os.environ.items() if k != SIGKILL_ENV}
     return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "PYTHONPATH": str(ROOT), **extra}
 
@@ -90,8 +90,9 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
                     "--set", "train.eval_every=4", "--set", "train.eval_batches=1", "--data-set", "n=24"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert launch(1, common + ["--out", str(full)]) == [0]  # forked child running train.main
-    # the real `python -m train` in a fresh interpreter, SIGKILLed mid-run after step 5
-    r = _cli(common + ["--out", str(killed)], **{KILL_ENV: "5"})
+    # the real `python -m train` in a fresh interpreter, SIGKILLed mid-run after step 5 (in the
+    # first loss call of step 6: grad_accum=2)
+    r = _cli(common + ["--out", str(killed)], **{SIGKILL_ENV: "11"})
     assert r.returncode == -9, r.stderr
     assert torch.load(killed / "train_state.pt", weights_only=True)["step"] == 3
     assert launch(1, ["--resume", "--out", str(killed)]) == [0]  # the rest comes from run_config.json

@@ -17,6 +17,11 @@ from mmgen.models.base import Model
 from mmgen.registry import register_model, register_preset
 
 
+# the kill/resume tests: each process SIGKILLs itself at this loss call (an environment variable,
+# not a model field, so the resumed run, which reads the model fields back, does not inherit it)
+SIGKILL_ENV = "TRAIN_TOY_SIGKILL_AT_CALL"
+
+
 @dataclass
 class ToyConfig:
     dim: int = 16
@@ -51,6 +56,9 @@ class ToyModel(Model):
         if self.config.sigterm_at and self.calls == self.config.sigterm_at and os.environ.get("RANK", "0") == "0":
             import signal
             os.kill(os.getpid(), signal.SIGTERM)
+        if self.calls == int(os.environ.get(SIGKILL_ENV, "0")):  # every rank: as if the machine died
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.config.nan_after and self.calls > self.config.nan_after:
             loss = loss * float("nan")
         return loss, {"mae": (pred - batch["y"]).abs().mean().item()}

@@ -10,6 +10,8 @@ Run directory (`out`):
   metrics.jsonl                    one JSON record per log / eval
   samples/step_XXXXXX.png          sample grids of generative models
 Every file is written to a temporary name and renamed, so a kill never leaves a torn file.
+A directory holding a checkpoint that no run wrote (config.json / model.safetensors without
+train_state.pt), or a shipped checkpoint, is never written to.
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,16 +34,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmgen.checkpoint import atomic_save_file
+from mmgen.checkpoint import CONFIG_NAME, WEIGHTS_NAME, apply_umask, atomic_save_file, make_temp_dir
 
 from . import dist as D
 from .config import TrainConfig
 from .data import batch_stream, eval_batches
+from .progress import Progress
 
 STATE_NAME = "train_state.pt"
 RUN_CONFIG_NAME = "run_config.json"
 METRICS_NAME = "metrics.jsonl"
-KILL_ENV = "MMGEN_TRAIN_KILL_AT_STEP"  # test hook: SIGKILL right after this step (and its saves)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -266,19 +267,75 @@ def truncate_metrics(path: Path, step: int) -> None:
 def export_checkpoint(model: nn.Module, out: Path, extra: dict) -> None:
     """model.save_pretrained into a temporary folder, then rename each file into `out`
     (files of `out` it does not write are left alone)."""
-    tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=out))
+    tmp = make_temp_dir(out, ".export.")
     try:
         if hasattr(model, "save_pretrained"):
             model.save_pretrained(tmp / "ckpt", extra=extra)
         else:  # a plain nn.Module given to train.fit: weights only
             from safetensors.torch import save_model
             (tmp / "ckpt").mkdir()
-            save_model(model, str(tmp / "ckpt" / "model.safetensors"))
+            save_model(model, str(tmp / "ckpt" / WEIGHTS_NAME))
         # weights first, config last: a reader that sees the new config sees the new weights
-        for f in sorted((tmp / "ckpt").iterdir(), key=lambda p: p.name == "config.json"):
+        for f in sorted((tmp / "ckpt").iterdir(), key=lambda p: p.name == CONFIG_NAME):
+            apply_umask(f)  # the user's umask, not the temporary files' 0600
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Window:
+    """Sums over the optimizer steps between two metrics records; means() gives the record's
+    loss, model logs, examples/s and steps/s (time spent evaluating and saving paused out)."""
+
+    def __init__(self):
+        self.loss, self.n, self.examples, self.logs = 0.0, 0, 0, {}
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: float, logs: dict[str, float], examples: int) -> None:
+        self.loss += loss
+        self.n += 1
+        self.examples += examples
+        for k, v in logs.items():
+            self.logs[k] = self.logs.get(k, 0.0) + v
+
+    def pause(self, seconds: float) -> None:
+        self.t0 += seconds
+
+    def means(self, world_size: int = 1) -> dict[str, float]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        n = max(self.n, 1)
+        return {"loss": self.loss / n, "examples_per_s": self.examples * world_size / dt, "steps_per_s": self.n / dt,
+                **{k: v / n for k, v in self.logs.items()}}
+
+
+def shipped_checkpoint_roots() -> list[Path]:
+    """Where shipped checkpoints live: the repository's checkpoints/ folder and anything inside
+    the installed mmgen package. Training never writes there."""
+    import mmgen
+    pkg = Path(mmgen.__file__).resolve().parent
+    return [pkg.parent / "checkpoints", pkg]
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Refuse a run directory the run did not create: a shipped checkpoint, or a directory
+    holding a checkpoint (config.json / model.safetensors) without the train_state.pt every
+    save of this engine writes first. A directory with train_state.pt is a run: it needs
+    --resume to continue."""
+    real = out.resolve()
+    for root in shipped_checkpoint_roots():
+        if real == root or root in real.parents:
+            raise ValueError(f"{str(out)!r} is inside the shipped checkpoints ({root}), which training never "
+                             "writes to: choose another --out (e.g. runs/NAME)")
+    if (out / STATE_NAME).exists():
+        if not resume:
+            raise ValueError(f"{str(out)!r} already holds a run ({STATE_NAME}); pass --resume to continue it or "
+                             "choose another --out")
+        return
+    found = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if (out / n).exists()]
+    if found:
+        raise ValueError(f"{str(out)!r} holds a checkpoint ({', '.join(found)}) that no training run wrote there "
+                         f"(no {STATE_NAME}); refusing to overwrite it: choose another --out (or leave --out out "
+                         "for a fresh runs/ directory); --resume continues only a run directory")
 
 
 def save_image_grid(images: torch.Tensor, path: Path) -> None:
@@ -336,7 +393,10 @@ class Trainer:
             self.loss_fn = torch.compile(self.loss_fn)
         self.step, self.data_pos = 0, 0
         self.stop_signal = 0  # SIGTERM / SIGINT received: save after this step and return
+        self.stop_all = self.save_due = False  # agreed by all ranks in each step's all-reduce
         self.last_saved_step = None
+        self.last_save_time = time.perf_counter()
+        self.replicated = D.replicated_params(model)  # FSDP left these unsharded (0-d parameters)
 
     @staticmethod
     def _param_aliases(model: nn.Module) -> dict[str, list[str]]:
@@ -390,28 +450,39 @@ class Trainer:
         optim_state = self.full_optimizer_state()
         rngs = D.all_gather_object(get_rng_state(), self.info)
         self.last_saved_step = self.step  # on every rank: ranks must agree on whether to save
+        self.last_save_time = time.perf_counter()
         if not self.info.is_main:
             D.barrier(self.info)
             return
-        self.sync_eval_model(self.weights_for_eval(model_state, ema_state))
-        export_checkpoint(self.eval_model, self.out, {"train_step": self.step, "ema": self.ema is not None})
         state = {"version": 1, "step": self.step, "data_position": self.data_pos, "world_size": self.info.world_size,
                  "model": model_state, "ema": ema_state, "ema_updates": self.ema.updates if self.ema else 0,
                  "optimizer": optim_state, "scheduler": self.scheduler.state_dict(), "rng": rngs,
                  "train_config": dataclasses.asdict(self.cfg)}
+        # train_state.pt first: a directory with a checkpoint always holds the state that made it
+        # (check_out_dir refuses a checkpoint without one), and a kill in between resumes fine
         atomic_save_file(lambda tmp: torch.save(state, tmp), self.out / STATE_NAME)
+        self.sync_eval_model(self.weights_for_eval(model_state, ema_state))
+        export_checkpoint(self.eval_model, self.out, {"train_step": self.step, "ema": self.ema is not None})
         D.barrier(self.info)
 
     def load(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-            opts = self._sd_options()
-            set_model_state_dict(self.model, state["model"], options=opts)
-            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
-        else:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torn, foreign or pickled-object files
+            raise ValueError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        try:
+            if self.fsdp:
+                from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+                opts = self._sd_options()
+                set_model_state_dict(self.model, state["model"], options=opts)
+                set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
+            else:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = " ".join(str(e).split())[:300]
+            raise ValueError(f"{path} does not fit this model (a model field differs from the run that wrote it; "
+                             f"model fields cannot change on --resume): {first}") from None
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             if state.get("ema") is None:
@@ -442,11 +513,12 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean of model.evaluate(batch) (or loss + logs) over the first eval_batches of val_ds,
-        with the EMA weights, under a fixed seed (the training RNG stream is untouched)."""
+        """Mean of model.evaluate(batch) (or loss + logs) over eval_batches batches of val_ds (a
+        fixed random subset, or all of it: train.data.eval_batches), per example, with the EMA
+        weights, under a fixed seed (the training RNG stream is untouched)."""
         m = self.eval_model
         sums: dict[str, float] = {}
-        n = 0
+        n = 0  # examples: a smaller last batch weighs by its size
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.cfg.seed)
             # batches of the global micro-batch size: the same numbers whatever the world size
@@ -459,9 +531,10 @@ class Trainer:
                     else:
                         loss, logs = m.loss(batch)
                         logs = {"loss": loss, **logs}
+                b = batch_size_of(batch) or 1
                 for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + _float(v)
-                n += 1
+                    sums[k] = sums.get(k, 0.0) + _float(v) * b
+                n += b
         return {f"val/{k}": v / max(n, 1) for k, v in sums.items()}
 
     @torch.no_grad()
@@ -515,13 +588,11 @@ class Trainer:
     def _fit(self) -> dict:
         cfg, info = self.cfg, self.info
         state_path = self.out / STATE_NAME
+        check_out_dir(self.out, self.resume)
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         D.barrier(info)
         if state_path.exists():
-            if not self.resume:
-                raise ValueError(f"{str(self.out)!r} already holds a run ({STATE_NAME}); pass --resume to continue "
-                                 "it or choose another --out")
             self.load(state_path)
             if info.is_main:
                 truncate_metrics(self.out / METRICS_NAME, self.step)
@@ -537,81 +608,70 @@ class Trainer:
         if self.step >= cfg.steps:
             return {"step": self.step, "resumed_finished": True}
 
-        kill_at = int(os.environ.get(KILL_ENV, "0"))
         stream = batch_stream(self.train_ds, self.micro, seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                               start=self.data_pos, collate=self.collate, num_workers=cfg.num_workers)
         metrics = MetricsWriter(self.out, info.is_main)
-        bar = None
-        if info.is_main and cfg.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True, file=sys.stderr)
+        progress = Progress(cfg.steps, self.step, enabled=info.is_main and cfg.progress, every_s=cfg.progress_every_s)
         self.model.train()
-        window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
+        window = Window()
         summary: dict = {}
-        t_start = time.perf_counter()
+        t_start = self.last_save_time = time.perf_counter()
         try:
             while self.step < cfg.steps:
                 loss, logs, grad_norm, examples = self.train_step(stream)
                 self.step += 1
-                window["loss"] += loss
-                window["n"] += 1
-                window["examples"] += examples
-                for k, v in logs.items():
-                    window["logs"][k] = window["logs"].get(k, 0.0) + v
+                window.add(loss, logs, examples)
+                progress.update(self.step, loss, examples * info.world_size)
                 last = self.step == cfg.steps
-                if bar is not None:
-                    bar.update(1)
                 if cfg.log_every and (self.step % cfg.log_every == 0 or last):
-                    dt = time.perf_counter() - window["t0"]
-                    rec = {"step": self.step, "loss": window["loss"] / window["n"], "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": grad_norm, "examples_per_s": window["examples"] * info.world_size / max(dt, 1e-9),
-                           "steps_per_s": window["n"] / max(dt, 1e-9), "epoch": self._epoch(),
-                           **{k: v / window["n"] for k, v in window["logs"].items()}}
+                    rec = {"step": self.step, **window.means(info.world_size), "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": grad_norm, "epoch": self._epoch()}
                     summary.update(rec)
                     metrics.write(rec)
-                    if info.is_main:
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
-                    window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
-                do_eval = self.val_ds is not None and cfg.eval_batches > 0 and (
-                    last or (cfg.eval_every and self.step % cfg.eval_every == 0))
-                do_sample = hasattr(self.model, "sample_images") and cfg.num_samples > 0 and (
-                    last or (cfg.sample_every and self.step % cfg.sample_every == 0))
+                    progress.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}")
+                    window = Window()
                 t_side = time.perf_counter()  # evaluation / sampling / saving: not in the throughput
-                if do_eval or do_sample:
-                    self.sync_eval_model()
-                    if info.is_main:
-                        rec = {"step": self.step}
-                        if do_eval:
-                            rec.update(self.evaluate())
-                        if do_sample:
-                            rec["samples"] = str(self.sample().relative_to(self.out))
-                        summary.update(rec)
-                        metrics.write(rec)
-                        if bar is not None and do_eval:
-                            bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in rec.items()
-                                                                          if isinstance(v, float)))
-                    D.barrier(info)
-                if last or (cfg.save_every and self.step % cfg.save_every == 0):
+                summary.update(self._evaluate_and_sample(last, metrics, progress))
+                if last or (cfg.save_every and self.step % cfg.save_every == 0) or self.save_due:
                     self.save()
-                window["t0"] += time.perf_counter() - t_side
-                if kill_at and self.step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if self.stop_all and self.step < cfg.steps:
+                window.pause(time.perf_counter() - t_side)
+                if self.stop_all and not last:
                     if self.last_saved_step != self.step:
                         self.save()
                     if info.is_main:
-                        print(f"\ntrain: stopped by a signal at step {self.step}; saved {self.out}; continue with "
-                              f"--resume", file=sys.stderr)
+                        progress.write(f"train: stopped by a signal at step {self.step}; saved {self.out}; "
+                                       "continue with --resume")
                     summary["interrupted"] = int(self.stop_all_signal())
                     break
         finally:
-            if bar is not None:
-                bar.close()
+            progress.close()
             metrics.close()
         summary["wall_s"] = time.perf_counter() - t_start
         summary["step"] = self.step
         return summary
+
+    def _evaluate_and_sample(self, last: bool, metrics: "MetricsWriter", progress: Progress) -> dict:
+        """Evaluation and sample grid when due (collective: rank 0 works, the others wait)."""
+        cfg = self.cfg
+        do_eval = self.val_ds is not None and cfg.eval_batches > 0 and (
+            last or (cfg.eval_every and self.step % cfg.eval_every == 0))
+        do_sample = hasattr(self.model, "sample_images") and cfg.num_samples > 0 and (
+            last or (cfg.sample_every and self.step % cfg.sample_every == 0))
+        if not (do_eval or do_sample):
+            return {}
+        self.sync_eval_model()
+        rec = {"step": self.step}
+        if self.info.is_main:
+            if do_eval:
+                rec.update(self.evaluate())
+            if do_sample:
+                rec["samples"] = str(self.sample().relative_to(self.out))
+            metrics.write(rec)
+            if do_eval:
+                progress.write(f"train: step {self.step}: " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
+        D.barrier(self.info)
+        return rec if self.info.is_main else {}
 
     def _epoch(self) -> float:
         n = len(self.train_ds) if hasattr(self.train_ds, "__len__") else 0
@@ -634,19 +694,24 @@ class Trainer:
             for k, v in logs.items():
                 logs_sum[k] = logs_sum.get(k, 0.0) + _float(v)
         self.data_pos += cfg.grad_accum
+        if self.replicated:
+            D.all_reduce_replicated_grads(self.replicated, self.info)
         max_norm = cfg.clip if cfg.clip > 0 else float("inf")
-        gn = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        gn = D.full_tensor(gn)
-        # mean loss and logs over ranks (one small all-reduce); NaN on any rank reaches all
+        gn = D.clip_grad_norm(self.params, max_norm)
+        # mean loss and logs over ranks (one small all-reduce); NaN on any rank reaches all; so do
+        # a stop signal on any rank and rank 0's clock saying a timed save is due
         keys = sorted(logs_sum)
-        stop = torch.tensor(float(self.stop_signal), device=self.device)  # a signal on any rank stops all
-        stats = torch.stack([loss_sum, *[torch.tensor(logs_sum[k], device=self.device) for k in keys], stop]).float()
+        stop = float(self.stop_signal)
+        due = float(self.info.is_main and cfg.save_every_minutes > 0
+                    and time.perf_counter() - self.last_save_time >= 60 * cfg.save_every_minutes)
+        stats = torch.stack([loss_sum, *[torch.tensor(logs_sum[k], device=self.device) for k in keys],
+                             torch.tensor(stop, device=self.device), torch.tensor(due, device=self.device)]).float()
         if self.info.enabled:
             torch.distributed.all_reduce(stats)
-            stats[:-1] /= self.info.world_size
+            stats[:-2] /= self.info.world_size
         stats = stats.tolist()
-        self.stop_all = stats[-1] > 0
-        stats = [v / cfg.grad_accum for v in stats[:-1]]
+        self.stop_all, self.save_due = stats[-2] > 0, stats[-1] > 0
+        stats = [v / cfg.grad_accum for v in stats[:-2]]
         loss_val, logs_mean = stats[0], dict(zip(keys, stats[1:]))
         gn_val = float(gn)
         if not (math.isfinite(loss_val) and math.isfinite(gn_val)):
