@@ -112,6 +112,31 @@ class ToyStream(torch.utils.data.IterableDataset):
             i += 1
 
 
+class ToyCaptions(torch.utils.data.Dataset):
+    """{"image" (3, 32, 32), "label", "caption"}: a colour field with a caption naming it (a CLIP
+    stand-in that needs no rendering)."""
+    COLOURS = {"red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "yellow": (1, 1, -1)}
+
+    def __init__(self, split="train", n=32):
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        names = list(self.COLOURS)
+        self.labels = torch.randint(0, len(names), (n,), generator=g).tolist()
+        self.noise = 0.3 * torch.randn(n, 3, 32, 32, generator=g)
+        self.names = names
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        c = self.labels[i]
+        image = (torch.tensor(self.COLOURS[self.names[c]], dtype=torch.float)[:, None, None] + self.noise[i]).clamp(-1, 1)
+        return {"image": image, "label": c, "caption": self.names[c]}
+
+
+def captions(split="train", n=32):
+    return ToyCaptions(split, n)
+
+
 def toy_data(split="train", n=64, stream=False):
     if stream:
         return ToyStream(0 if split == "train" else 1)

@@ -11,7 +11,7 @@ from . import Recipe, register_recipe
 # the training schedule both datasets share; each recipe sets its own step count
 _TRAIN = {"batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-4, "warmup": 30, "weight_decay": 0.01,
           "val_split": "val", "eval_every": 0, "eval_batches": 4, "sample_every": 0, "num_samples": 16,
-          "log_every": 20, "save_every": 100, "progress": False}
+          "log_every": 20, "save_every": 100}
 
 register_recipe(Recipe(
     name="dalle_shapes", model="dalle_shapes_32", data="shapes",
