@@ -386,3 +386,11 @@ def test_usage_names_the_command_it_was_called_by(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"], prog="python -m train")
     assert capsys.readouterr().out.startswith("usage: python -m train")
+
+
+def test_docs_recipe_table_is_the_registry():
+    from mmgen.train.recipes import TABLE_BEGIN, TABLE_END, markdown_table
+    text = (ROOT / "docs" / "training.md").read_text()
+    table = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert table == markdown_table(), ("docs/training.md's recipe table is stale: replace it with the output of "
+                                       "`python -m train --list-recipes markdown`")

@@ -70,7 +70,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its train_state.pt "
                                                          "(starts fresh when there is none)")
     p.add_argument("--device", help="= --set train.device=DEVICE (auto, cpu, cuda, cuda:N, mps)")
-    p.add_argument("--list-recipes", action="store_true", help="print every recipe with its expected result")
+    p.add_argument("--list-recipes", nargs="?", const="text", choices=("text", "markdown"),
+                   help="print every recipe with its expected result (markdown: the table of docs/training.md)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -267,6 +268,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
+        if args.list_recipes == "markdown":
+            from .recipes import markdown_table
+            print(markdown_table())
+            return 0
         if args.list_recipes:
             for r in list_recipes():
                 print(f"{r.name}: {r.model} on {r.data}\n  {r.description}\n  expected: {r.expected}\n"

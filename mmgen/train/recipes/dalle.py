@@ -21,7 +21,8 @@ register_recipe(Recipe(
     train={**_TRAIN, "steps": 1500},
     description="DALL-E (4 x 128, pruned BPE text, 12 + 64 positions) on shapes captions with the default "
                 "held-out colour-shape pairs excluded; 1:7 text:image loss, 15% condition dropout",
-    expected="see checkpoints/dalle_shapes/README.md for the measured held-out checker accuracy",
+    expected="held-out colour-shape pairs, all attributes right: 10.5 % (1 sample), 13.5 % (best of 8 by CLIP; "
+             "VQ-reconstruction ceiling 69 %); ~25 min on 2 shared CPU cores (checkpoints/dalle_shapes/README.md)",
 ))
 
 register_recipe(Recipe(
@@ -31,5 +32,6 @@ register_recipe(Recipe(
     train={**_TRAIN, "steps": 600},
     description="DALL-E (4 x 128, pruned BPE text, 24 + 64 positions) on the 2,923 train emoji at 32 px with "
                 "their CLDR names; test emoji (other base emoji) measure generalisation by CLIP score",
-    expected="see checkpoints/dalle_emoji/README.md",
+    expected="CLIP score on unseen test emoji 45.6 (1 sample) / 76.4 (best of 8; real images 96.8); ~8 min on 2 "
+             "shared CPU cores (checkpoints/dalle_emoji/README.md)",
 ))

@@ -44,7 +44,7 @@ register_recipe(Recipe(
     train=dict(steps=300, batch_size=64, lr=2e-3, warmup=30, weight_decay=0.1, val_split="heldout_test",
                eval_batches=4, log_every=50, save_every=300),
     description="small CLIP on shapes with the byte tokenizer: the base of `python -m train.recipes.finetune clip`",
-    expected="see docs/llm.md (fine-tuning table)"))
+    expected="held-out text->image R@1 0.50 (in-batch), ~2 min; the fine-tuning table is in docs/llm.md"))
 
 
 # ---- a small loop for wrapped models -------------------------------------------------------
