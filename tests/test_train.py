@@ -19,7 +19,7 @@ from mmgen import train
 from tests.train_toy import SIGKILL_ENV, ToyStream, launch, toy_data
 from tests.train_toy import byte_text as make_byte_text
 from mmgen.train.data import ResumableBatchSampler, batch_stream
-from mmgen.train.loop import lr_factor, param_groups
+from mmgen.train.optim import lr_factor, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["train_toy_tiny", "--data", "tests.train_toy:toy_data"]

@@ -24,7 +24,8 @@ from typing import Any
 from mmgen.config import field_type, parse_value
 
 from .config import TrainConfig, train_fields
-from .loop import RUN_CONFIG_NAME, NonFiniteLossError, check_out_dir, fit, seed_everything
+from .loop import NonFiniteLossError, fit
+from .state import RUN_CONFIG_NAME, check_out_dir, seed_everything
 from .recipes import get_recipe, list_recipes
 
 PREFIXES = ("model.", "data.", "train.")

@@ -32,7 +32,7 @@ import torch
 
 from . import Recipe, register_recipe
 from ..config import TrainConfig
-from ..loop import lr_factor, param_groups
+from ..optim import lr_factor, param_groups
 
 # The CLIP base the CLIP fine-tuning recipe starts from: clip_tiny with small towers (as
 # train/recipes/clip.py) and the byte tokenizer, so captions of any dataset tokenize.
