@@ -78,3 +78,12 @@ def test_fsdp_trains_a_clip(tmp_path):
     model = mmgen.load_pretrained(tmp_path / "fsdp")
     assert model.logit_scale.shape == ()
     torch.testing.assert_close(model.logit_scale, mmgen.load_pretrained(tmp_path / "single").logit_scale)
+
+
+def test_ranks_agree_on_the_default_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the forked ranks start here
+    # no --out: rank 0 names runs/NAME-TIME and the other rank receives it (clocks may differ)
+    assert launch(2, ARGS + ["--set", "train.steps=1", "--set", "train.eval_batches=0"]) == [0, 0]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("train_toy_tiny-")
+    assert json.loads((runs[0] / "run_config.json").read_text())["world_size"] == 2

@@ -156,7 +156,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Mean of model.evaluate(batch) (or loss + logs) over eval_batches batches of val_ds (a
-        fixed random subset, or all of it: train.data.eval_batches), per example, with the EMA
+        fixed random subset, or all of it: mmgen.train.data.eval_batches), per example, with the EMA
         weights, under a fixed seed (the training RNG stream is untouched)."""
         m = self.eval_model
         sums: dict[str, float] = {}

@@ -113,6 +113,8 @@ def check_out_dir(out: Path, resume: bool) -> None:
     holding a checkpoint (config.json / model.safetensors) without the train_state.pt every
     save of this engine writes first. A directory with train_state.pt is a run: it needs
     --resume to continue."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a run directory: choose another --out")
     real = out.resolve()
     for root in shipped_checkpoint_roots():
         if real == root or root in real.parents:
