@@ -21,7 +21,7 @@ class TrainConfig:
     warmup: int = 100  # linear warm-up steps (lr / warmup, 2 lr / warmup, ..., lr)
     schedule: str = "cosine"  # cosine | constant (after warm-up)
     # optimizer (AdamW)
-    weight_decay: float = 0.01  # on >=2-D weights only; see train.loop.param_groups
+    weight_decay: float = 0.01  # on >=2-D weights only; see mmgen.train.optim.param_groups
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     clip: float = 1.0  # max global grad norm, 0 = no clipping

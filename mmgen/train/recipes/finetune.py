@@ -15,7 +15,7 @@ plain preset + dataset recipe cannot express, so these run as a module:
   python -m train.recipes.finetune dpo --base runs/base --out runs/dpo
 
 Each prints a table (trainable share, measured training memory, loss reached) and writes
-results.json in --out. The training loop reuses train.loop's AdamW groups and schedule.
+results.json in --out. The training loop reuses the engine's AdamW groups and schedule (mmgen.train.optim).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ register_recipe(Recipe(
 # ---- a small loop for wrapped models -------------------------------------------------------
 def train_steps(model, batches, steps: int, lr: float, *, weight_decay: float = 0.0, warmup: int = 10,
                 log_every: int = 25, eval_fn=None, eval_every: int = 0, clip: float = 1.0) -> list[dict]:
-    """AdamW (train.loop's parameter groups, trainable parameters only) with linear warm-up
+    """AdamW (the engine's parameter groups, trainable parameters only) with linear warm-up
     and cosine decay; `batches(step)` gives the batch of a step. Returns the logged history."""
     cfg = TrainConfig(steps=steps, lr=lr, warmup=warmup, min_lr=lr / 10, weight_decay=weight_decay)
     opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
