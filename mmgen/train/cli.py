@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         if not is_main:
             return code
         keys = [k for k in summary if k in ("step", "loss", "examples_per_s", "wall_s") or k.startswith("val/")]
-        print("train: done " + " ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
+        print(f"train: {'stopped' if code else 'done'} " + " ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
                                         f"{k}={summary[k]}" for k in keys) + f" -> {out}", file=sys.stderr)
         return code
     except NonFiniteLossError as e:

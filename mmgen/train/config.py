@@ -47,7 +47,7 @@ class TrainConfig:
     save_every_minutes: float = 3.0  # also save when this much time passed since the last save (0 = off):
     #                                  a SIGKILL loses at most this much work, whatever save_every is
     progress: bool = True  # rank 0: a tqdm bar on a terminal, else a plain line every progress_every_s
-    progress_every_s: float = 30.0  # seconds between progress lines when stderr is not a terminal (logs)
+    progress_every_s: float = 30.0  # seconds between progress lines off a terminal (0: first and last step only)
     # data loading
     num_workers: int = 0
     # distributed (under torchrun)
