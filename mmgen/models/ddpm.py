@@ -273,9 +273,10 @@ class DDPM(Model):
             setattr(cfg, meta_field, {"model_type": sub.model_type, "config": plain})
             return sub
         if meta is None:  # first build: read the other checkpoint and record its config in ours
-            from ..checkpoint import load_pretrained, read_config
+            from ..checkpoint import load_pretrained, read_config, resolve_companion
             if path is None:
                 raise ValueError(f"DDPMConfig.{path_field} must name a checkpoint directory")
+            path = resolve_companion(path, None, path_field[:-5])  # a path, or a shipped name
             sub = load_pretrained(path)
             full = read_config(path)
             setattr(cfg, meta_field, {"model_type": full["model_type"], "config": full["config"]})

@@ -1,6 +1,7 @@
 """DALL-E recipes: a small text-to-image transformer over [text; VQ tokens]. The VQ tokenizer
-(and the CLIP reranker used for sample grids) are read from the shipped checkpoints, so train
-after checkpoints/vq_shapes exists:
+(and the CLIP reranker of the pipeline) are the shipped checkpoints, named as such ("vq_shapes"
+resolves from any working directory, also in an installed package), so train after
+checkpoints/vq_shapes exists:
 
     python -m train --recipe dalle_shapes --out runs/dalle_shapes
 
@@ -15,7 +16,7 @@ _TRAIN = {"batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-4, "warmup": 30, "weight_
 
 register_recipe(Recipe(
     name="dalle_shapes", model="dalle_shapes_32", data="shapes",
-    model_overrides={"vq_path": "checkpoints/vq_shapes", "clip_path": "checkpoints/clip_shapes",
+    model_overrides={"vq_path": "vq_shapes", "clip_path": "clip_shapes",
                      "cond_drop": 0.15},
     data_kwargs={"holdout": "default"},
     train={**_TRAIN, "steps": 1500},
@@ -27,7 +28,7 @@ register_recipe(Recipe(
 
 register_recipe(Recipe(
     name="dalle_emoji", model="dalle_emoji_32", data="emoji",
-    model_overrides={"vq_path": "checkpoints/vq_emoji", "clip_path": "checkpoints/clip_emoji", "cond_drop": 0.15},
+    model_overrides={"vq_path": "vq_emoji", "clip_path": "clip_emoji", "cond_drop": 0.15},
     data_kwargs={"image_size": 32},
     train={**_TRAIN, "steps": 600},
     description="DALL-E (4 x 128, pruned BPE text, 24 + 64 positions) on the 2,923 train emoji at 32 px with "
