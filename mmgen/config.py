@@ -10,6 +10,28 @@ import typing
 from typing import Any
 
 
+# Renamed config fields: {config class name: {old name: new name}}. A config.json written
+# with an old name loads silently; an old name in create_model(...) or `--set model.X=`
+# still works, with a FutureWarning naming the new field. The field vocabulary itself is
+# the table in CONTRIBUTING.md.
+RENAMED: dict[str, dict[str, str]] = {
+    "CLIPConfig": {"tokenizer_prune_from": "tokenizer_captions", "tokenizer_prune_kwargs": "tokenizer_captions_kwargs",
+                   "tokenizer_prune_extra": "tokenizer_captions_extra"},
+}
+
+
+def renamed_field(cls, name: str, *, warn: bool = False) -> str:
+    """The current name of field `name` of dataclass `cls` (itself unless it was renamed)."""
+    new = RENAMED.get(cls.__name__, {}).get(name)
+    if new is None:
+        return name
+    if warn:
+        import warnings
+        warnings.warn(f"{cls.__name__}.{name} is now called {new!r}; the old name will stop working in a "
+                      f"future version", FutureWarning, stacklevel=3)
+    return new
+
+
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -51,6 +73,7 @@ def config_from_dict(cls, data: dict[str, Any]):
     types_ = _field_types(cls)
     kwargs = {}
     for key, value in data.items():
+        key = renamed_field(cls, key)
         if key not in types_:
             raise _unknown(cls, key)
         sub = _dataclass_in(types_[key])
@@ -75,7 +98,8 @@ def merge_overrides(cls, base: dict[str, Any], overrides: dict[str, Any]) -> dic
     for key, value in overrides.items():
         parts = key.split(".")
         target, tcls = out, cls
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
+            p = parts[i] = renamed_field(tcls, p, warn=True)
             types_ = _field_types(tcls)
             if p not in types_ or _dataclass_in(types_[p]) is None:
                 raise _unknown(tcls, p) if p not in types_ else ValueError(f"{tcls.__name__}.{p} is not a nested config")
@@ -84,7 +108,7 @@ def merge_overrides(cls, base: dict[str, Any], overrides: dict[str, Any]) -> dic
                 default = _field_default(parent, p)
                 target[p] = config_to_dict(default if dataclasses.is_dataclass(default) else tcls())
             target = target[p]
-        last = parts[-1]
+        last = renamed_field(tcls, parts[-1], warn=True)
         types_ = _field_types(tcls)
         if last not in types_:
             raise _unknown(tcls, last)
@@ -132,6 +156,7 @@ def field_type(cls, dotted: str):
     tcls = cls
     parts = dotted.split(".")
     for p in parts[:-1]:
+        p = renamed_field(tcls, p)
         types_ = _field_types(tcls)
         if p not in types_:
             raise _unknown(tcls, p)
@@ -139,6 +164,7 @@ def field_type(cls, dotted: str):
         if tcls is None:
             raise ValueError(f"{p!r} is not a nested config")
     types_ = _field_types(tcls)
-    if parts[-1] not in types_:
-        raise _unknown(tcls, parts[-1])
-    return types_[parts[-1]]
+    last = renamed_field(tcls, parts[-1])
+    if last not in types_:
+        raise _unknown(tcls, last)
+    return types_[last]

@@ -97,6 +97,6 @@ def preset_config(name: str, **overrides: Any):
 def create_model(name: str, **overrides: Any):
     """Build a registered preset: `create_model("gpt_tiny", depth=4, **{"text.depth": 2})`."""
     p = get_preset(name)
-    model = p.model_cls(preset_config(name, **overrides))
+    model = p.model_cls.create(preset_config(name, **overrides))
     model.preset_name = name
     return model

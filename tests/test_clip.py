@@ -17,7 +17,8 @@ import mmgen
 from mmgen.config import config_from_dict
 from mmgen.metrics.clip_eval import linear_probe, retrieval_metrics, zero_shot_accuracy, zero_shot_classifier
 from mmgen.models.base import Model
-from mmgen.models.clip import CLIP, CLIPConfig, ClipLoss, SigLipLoss
+from mmgen.losses import ClipLoss, SigLipLoss
+from mmgen.models.clip import CLIP, CLIPConfig
 from mmgen.registry import _FAMILIES, register_model
 
 
@@ -52,7 +53,7 @@ def make_clip(tokenizer=None, **kw) -> CLIP:
     base = dict(vision_model="clip_test_tower", vision=dict(img_size=8, dim=32), embed_dim=16, tokenizer="byte",
                 text=dict(context_length=32, width=32, depth=2, heads=2))
     base.update(kw)
-    return CLIP(config_from_dict(CLIPConfig, base), tokenizer=tokenizer)
+    return CLIP.create(config_from_dict(CLIPConfig, base), tokenizer=tokenizer)
 
 
 def infonce(img, txt, scale):

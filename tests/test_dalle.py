@@ -13,7 +13,7 @@ from torch import nn
 
 import mmgen
 from mmgen.models.dalle import DALLE
-from mmgen.pipelines import DALLEPipeline
+from mmgen.pipelines import DALLEPipeline, training_samples
 from mmgen.pipelines.base import clip_scores, to_float
 from mmgen.pipelines.dalle import guided_logits, sample_image_tokens
 from mmgen.text.sampling import SamplingParams, make_generator
@@ -355,6 +355,6 @@ def test_collate_tokenises_captions_and_vq_encodes_images_once():
 
 def test_training_sample_grid_hook_draws_through_the_pipeline():
     m = tiny().attach(vq=FakeVQ()).train()
-    images = m.sample_images(6, seed=0)
+    images = training_samples(m, 6, seed=0)
     assert images.shape == (6, 3, 16, 16) and m.training  # the model's mode is left as it was
-    assert torch.equal(images, m.sample_images(6, seed=0))
+    assert torch.equal(images, training_samples(m, 6, seed=0))

@@ -4,7 +4,7 @@ import torch
 
 import mmgen
 from mmgen.models.ddpm import DDPM, make_scheduler
-from mmgen.pipelines import DDPMPipeline
+from mmgen.pipelines import DDPMPipeline, training_samples
 from mmgen.models.dit import DiT, DiTConfig
 from mmgen.models.unet import UNet, UNetConfig
 
@@ -402,6 +402,6 @@ def test_prompt_the_pruned_text_encoder_cannot_read_is_refused():
 
 def test_training_sample_grid_hook_draws_through_the_pipeline():
     model = mmgen.create_model("ddpm_unet_text_tiny", sample_steps=3).train()
-    images = model.sample_images(3, seed=0)
+    images = training_samples(model, 3, seed=0)
     assert images.shape == (3, 3, 16, 16) and model.training
-    torch.testing.assert_close(images, model.sample_images(3, seed=0))
+    torch.testing.assert_close(images, training_samples(model, 3, seed=0))

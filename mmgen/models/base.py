@@ -40,6 +40,28 @@ class Model(nn.Module, PretrainedMixin):
                             f"got {type(config).__name__}")
         self.config = config
 
+    @classmethod
+    def create(cls, config, **kwargs):
+        """A freshly initialised model: `resolve_config(config, **kwargs)`, then the
+        constructor, then `load_sources()`. `mmgen.create_model` builds presets this way;
+        `from_pretrained` needs neither step (a saved config is resolved, its weights are
+        its own)."""
+        model = cls(cls.resolve_config(config, **kwargs))
+        model.load_sources()
+        return model
+
+    @classmethod
+    def resolve_config(cls, config):
+        """A copy of `config` with every derived value filled in (a vocabulary pruned to a
+        dataset's captions, a companion checkpoint's config, sizes taken from a tokenizer),
+        read once and visibly before the model is built; the config given is left as it was.
+        Constructors never read datasets or other checkpoints."""
+        return config
+
+    def load_sources(self) -> None:
+        """Copy weights named by the config from other checkpoints (a pretrained image tower,
+        a frozen text encoder) into a freshly built model. Not run by from_pretrained."""
+
     def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 

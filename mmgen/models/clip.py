@@ -13,12 +13,14 @@ The checkpoint is self-contained: the image tower's family and full config, the 
 tower's config and the tokenizer (a pruned BPE vocabulary included) are all in config.json,
 so `mmgen.load_pretrained(dir).tokenize([...])` works on its own.
 
-Order of this file (timm's): losses, text tower, model, presets.
+The contrastive losses live in mmgen.losses, the text tower in mmgen.models.text_encoders,
+the caption tokenizer and vocabulary pruning in mmgen.text.captions; this file holds the
+config, the model and its presets.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -27,359 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import config_from_dict, config_to_dict, merge_overrides
-from ..layers import LearnedPositions, Transformer, TransformerConfig
-from ..layers.mlp import MLPS
-from ..layers.norm import NORMS
+from ..losses import ClipLoss, SigLipLoss
 from ..registry import get_family, get_preset, register_model, register_preset
+from ..text.captions import CaptionTokenizer, build_tokenizer, check_vocabulary_resolved, resolve_vocabulary
 from .base import Model, eval_mode
+from .text_encoders import CLIPTextConfig, TextTower
 
 LOSSES = ("clip", "siglip")
-POOLS = ("eos", "argmax", "last")
 LOCKS = ("none", "tower", "tower_proj")
-TEXT_POS = ("learned", "rope")
-
-
-# --------------------------------------------------------------------------- losses
-
-def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world_size): the given values, else torch.distributed's when initialised, else (0, 1)."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    """Concatenate a (B, ...) tensor from every rank along dim 0 (equal B everywhere). The
-    backward sums every rank's gradient of the gathered tensor and hands each rank its own
-    slice (what torch.distributed.nn.all_gather does; that one is deprecated)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        import torch.distributed as dist
-        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
-        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(out, x.contiguous())
-        return torch.cat(out, dim=0)  # (W*B, ...)
-
-    @staticmethod
-    def backward(ctx, grad):
-        import torch.distributed as dist
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)  # sum over ranks of d(loss_r)/d(gathered)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
-
-
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    return _AllGatherWithGrad.apply(x)
-
-
-def gather_features(image_features: torch.Tensor, text_features: torch.Tensor, *, local_loss: bool,
-                    gather_with_grad: bool, rank: int, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-gather both feature sets across ranks, as open_clip does. With gather_with_grad the
-    gather is differentiable (its backward sums the gradients of every rank into the local
-    slice); otherwise the gathered copies carry no gradient and, unless local_loss, the local
-    slice is swapped back in so that this rank's own features still get one."""
-    import torch.distributed as dist
-    if gather_with_grad:
-        return all_gather_with_grad(image_features), all_gather_with_grad(text_features)
-    imgs = [torch.zeros_like(image_features) for _ in range(world_size)]
-    txts = [torch.zeros_like(text_features) for _ in range(world_size)]
-    dist.all_gather(imgs, image_features.detach())
-    dist.all_gather(txts, text_features.detach())
-    if not local_loss:
-        imgs[rank], txts[rank] = image_features, text_features
-    return torch.cat(imgs, dim=0), torch.cat(txts, dim=0)
-
-
-def gather_labels(labels: torch.Tensor, world_size: int) -> torch.Tensor:
-    import torch.distributed as dist
-    out = [torch.zeros_like(labels) for _ in range(world_size)]
-    dist.all_gather(out, labels)
-    return torch.cat(out, dim=0)
-
-
-def _check_features(image_features, text_features, labels):
-    if image_features.ndim != 2 or image_features.shape != text_features.shape:
-        raise ValueError(f"contrastive loss wants image and text features of the same shape (batch, dim), "
-                         f"got {tuple(image_features.shape)} and {tuple(text_features.shape)}")
-    if labels is not None and labels.shape != image_features.shape[:1]:
-        raise ValueError(f"labels must be ({image_features.shape[0]},), got {tuple(labels.shape)}")
-
-
-def _same_label_mask(row_labels: torch.Tensor, col_labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(R, C) True where column j has the row's label but is not its own pair: a caption of
-    the same class, which label-aware losses do not count as a negative."""
-    same = row_labels[:, None] == col_labels[None, :]
-    same[torch.arange(len(targets), device=targets.device), targets] = False
-    return same
-
-
-class ClipLoss(nn.Module):
-    """Symmetric InfoNCE over the (global) batch: cross-entropy of image->text and
-    text->image logits against the diagonal, averaged (open_clip's ClipLoss).
-
-    Under torch.distributed (rank/world_size taken from the process group at call time):
-    local_loss=True computes only this rank's rows against all columns (memory O(B_local x
-    B_global)); gather_with_grad=True back-propagates through the all-gather. With both on,
-    DDP's gradient average equals the single-process gradient on the global batch.
-    label_aware=True takes `labels` (B,) and drops captions of the same class from each
-    row's negatives (for class-template captions, where "a photo of a cat" pairs with
-    every cat image)."""
-
-    def __init__(self, *, local_loss: bool = False, gather_with_grad: bool = False, label_aware: bool = False,
-                 rank: int | None = None, world_size: int | None = None):
-        super().__init__()
-        self.local_loss, self.gather_with_grad, self.label_aware = local_loss, gather_with_grad, label_aware
-        self.rank, self.world_size = rank, world_size
-
-    def get_logits(self, image_features, text_features, logit_scale, logit_bias=None, labels=None,
-                   distributed: bool = True):
-        """(logits_per_image, logits_per_text, targets), label-aware masking applied."""
-        rank, world = dist_info(self.rank, self.world_size) if distributed else (0, 1)
-        B = image_features.shape[0]
-        all_labels = labels
-        if world > 1:
-            all_img, all_txt = gather_features(image_features, text_features, local_loss=self.local_loss,
-                                               gather_with_grad=self.gather_with_grad, rank=rank,
-                                               world_size=world)
-            if labels is not None:
-                all_labels = gather_labels(labels, world)
-            if self.local_loss:
-                logits_per_image = logit_scale * image_features @ all_txt.T  # (B, W*B)
-                logits_per_text = logit_scale * text_features @ all_img.T  # (B, W*B)
-                targets = torch.arange(B, device=image_features.device) + B * rank
-                row_labels = labels
-            else:
-                logits_per_image = logit_scale * all_img @ all_txt.T  # (W*B, W*B)
-                logits_per_text = logits_per_image.T
-                targets = torch.arange(all_img.shape[0], device=image_features.device)
-                row_labels = all_labels
-        else:
-            logits_per_image = logit_scale * image_features @ text_features.T  # (B, B)
-            logits_per_text = logit_scale * text_features @ image_features.T
-            targets = torch.arange(B, device=image_features.device)
-            row_labels = labels
-        if logit_bias is not None:
-            logits_per_image = logits_per_image + logit_bias
-            logits_per_text = logits_per_text + logit_bias
-        if self.label_aware:
-            if labels is None:
-                raise ValueError("label_aware ClipLoss needs labels (batch,)")
-            drop = _same_label_mask(row_labels, all_labels, targets)
-            logits_per_image = logits_per_image.masked_fill(drop, float("-inf"))
-            logits_per_text = logits_per_text.masked_fill(drop, float("-inf"))
-        return logits_per_image, logits_per_text, targets
-
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None, *,
-                distributed: bool = True) -> torch.Tensor:
-        """distributed=False: this process's batch alone, even inside a process group (for
-        evaluation on one rank, where a collective would wait forever for the others)."""
-        _check_features(image_features, text_features, labels)
-        li, lt, targets = self.get_logits(image_features, text_features, logit_scale, logit_bias, labels, distributed)
-        return (F.cross_entropy(li, targets) + F.cross_entropy(lt, targets)) / 2
-
-
-class SigLipLoss(nn.Module):
-    """Sigmoid loss (Zhai et al., 2023): every image-text pair is a binary problem, +1 on the
-    diagonal and -1 elsewhere, summed and divided by the local batch (open_clip's SigLipLoss).
-
-    Under torch.distributed the text features of every rank are gathered with gradient
-    (open_clip's "gather" exchange) and this rank's images see them as negatives. Each rank
-    divides its rows by the local batch, so the mean of the rank losses (and DDP's averaged
-    gradient) equals the single-process loss on the global batch.
-    label_aware=True leaves out same-class pairs (neither positive nor negative)."""
-
-    def __init__(self, *, label_aware: bool = False, rank: int | None = None, world_size: int | None = None):
-        super().__init__()
-        self.label_aware, self.rank, self.world_size = label_aware, rank, world_size
-
-    def _block(self, image_features, text_features, logit_scale, logit_bias, positive: bool, drop=None):
-        logits = logit_scale * image_features @ text_features.T  # (B, B')
-        if logit_bias is not None:
-            logits = logits + logit_bias
-        sign = -torch.ones_like(logits)
-        if positive:
-            sign = sign + 2 * torch.eye(*logits.shape, device=logits.device, dtype=logits.dtype)
-        terms = F.logsigmoid(sign * logits)
-        if drop is not None:
-            terms = terms.masked_fill(drop, 0.0)
-        return -terms.sum() / image_features.shape[0]
-
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None, *,
-                distributed: bool = True) -> torch.Tensor:
-        _check_features(image_features, text_features, labels)
-        if self.label_aware and labels is None:
-            raise ValueError("label_aware SigLipLoss needs labels (batch,)")
-        rank, world = dist_info(self.rank, self.world_size) if distributed else (0, 1)
-        B = image_features.shape[0]
-        diag = torch.arange(B, device=image_features.device)
-        drop = _same_label_mask(labels, labels, diag) if self.label_aware else None
-        loss = self._block(image_features, text_features, logit_scale, logit_bias, True, drop)
-        if world > 1:
-            all_txt = all_gather_with_grad(text_features).chunk(world)  # W x (B, D)
-            all_lab = gather_labels(labels, world) if self.label_aware else None
-            for r in range(world):
-                if r == rank:
-                    continue
-                d = (labels[:, None] == all_lab[r * B:(r + 1) * B][None, :]) if self.label_aware else None
-                loss = loss + self._block(image_features, all_txt[r], logit_scale, logit_bias, False, d)
-        return loss
-
-
-# --------------------------------------------------------------------------- tokenizer adapter
-
-class CLIPTokenize:
-    """Callable turning captions into a (N, context_length) LongTensor: BOS, the tokens, EOS,
-    then padding (mmgen.data's `tokenize_captions`). The shape open_clip's
-    `build_zero_shot_classifier` expects of a tokenizer.
-
-    Text that does not fit raises a ValueError naming the caption and both lengths; with
-    truncate=True it is cut (keeping EOS last) with a warning instead. Never a silent cut."""
-
-    def __init__(self, tokenizer, context_length: int, *, truncate: bool = False):
-        self.tokenizer, self.context_length, self.truncate = tokenizer, context_length, truncate
-        self._warned_unk = False  # say it once: a training loop would repeat it every batch
-
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None, *,
-                 truncate: bool | None = None) -> torch.Tensor:
-        from ..data.collate import tokenize_captions
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            raise TypeError(f"tokenize takes str or a list of str, got {[type(t).__name__ for t in texts][:4]}")
-        cut = self.truncate if truncate is None else truncate
-        try:
-            ids = tokenize_captions(texts, self.tokenizer, context_length or self.context_length,
-                                    on_overflow="truncate" if cut else "error")["input_ids"]
-        except ValueError as e:
-            raise ValueError(f"{e} (for CLIP: model.tokenize(texts, truncate=True), or truncate=True in the "
-                             f"config, cuts with a warning)") from None
-        unk = getattr(self.tokenizer, "unk_id", None)
-        if unk is not None and unk != self.tokenizer.pad_id:
-            rows = (ids == unk).any(-1).nonzero().flatten().tolist()
-            if rows and not self._warned_unk:  # a pruned vocabulary reads unseen words as <unk>: say so
-                self._warned_unk = True
-                warnings.warn(f"{len(rows)} of {len(texts)} texts hold words outside this model's pruned "
-                              f"vocabulary, read as <unk>: e.g. {texts[rows[0]]!r} (said once per model)",
-                              stacklevel=2)
-        return ids
-
-    def unreadable(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B,) True for rows of `ids` (from this tokenizer) with no token but <unk> and the
-        special ones: text the model cannot read at all (e.g. only unseen words)."""
-        unk = getattr(self.tokenizer, "unk_id", None)
-        known = torch.ones_like(ids, dtype=torch.bool)
-        for i in {self.tokenizer.bos_id, self.tokenizer.eos_id, self.tokenizer.pad_id, unk} - {None}:
-            known &= ids != i
-        return ~known.any(-1)
-
-
-def dataset_captions(ds) -> list[str]:
-    """Every caption of a dataset: its `captions` (attribute or method) if it has one, else
-    each item's "caption"."""
-    caps = getattr(ds, "captions", None)
-    if caps is not None:
-        return list(caps() if callable(caps) else caps)
-    return [ds[i]["caption"] for i in range(len(ds))]
-
-
-def pruned_tokenizer(source: str, extra: Sequence[str] = (), **data_kwargs):
-    """open_clip's BPE pruned to the captions of dataset `source` ("name" or "name:split")
-    plus `extra` texts."""
-    from ..data import build_dataset
-    from ..text import get_tokenizer
-    name, _, split = source.partition(":")
-    captions = dataset_captions(build_dataset(name, split=split or "train", **data_kwargs)) + list(extra)
-    return get_tokenizer("clip_bpe").pruned(captions)
-
-
-def build_tokenizer(name: str, state: dict | None = None):
-    """`mmgen.text.get_tokenizer(name)`, or the saved (e.g. pruned) one rebuilt from `state`
-    (its `to_dict()`)."""
-    from ..text import get_tokenizer
-    from ..text.tokenizers import tokenizer_from_dict
-    return tokenizer_from_dict(state) if state else get_tokenizer(name)
-
-
-# --------------------------------------------------------------------------- text tower
-
-@dataclass
-class CLIPTextConfig:
-    vocab_size: int = 0  # 0: the tokenizer's vocabulary size, filled in when the model is built
-    context_length: int = 32  # tokens, BOS and EOS included
-    width: int = 128
-    depth: int = 3
-    heads: int = 4
-    mlp: str = "gelu"
-    mlp_ratio: float = 4.0
-    norm: str = "layernorm"
-    pos: str = "learned"  # learned | rope
-    causal: bool = True  # CLIP's text tower is causal; False = bidirectional with a padding mask
-    pool: str = "eos"  # eos (first EOS token) | argmax (open_clip: highest id) | last
-    dropout: float = 0.0
-    pad_id: int = -1  # -1: from the tokenizer
-    eos_id: int = -1
-
-    def __post_init__(self):
-        for name, value, allowed in (("pool", self.pool, POOLS), ("mlp", self.mlp, MLPS),
-                                     ("norm", self.norm, NORMS), ("pos", self.pos, TEXT_POS)):
-            if value not in allowed:
-                raise ValueError(f"text.{name} must be one of {allowed}, got {value!r}")
-        if self.context_length < 3:
-            raise ValueError(f"text.context_length must hold BOS, a token and EOS (>= 3), got {self.context_length}")
-        if not self.causal and self.pool == "last":
-            raise ValueError("text.pool='last' reads padding in a bidirectional tower: use pool='eos'")
-
-
-class TextTower(nn.Module):
-    """Token embedding + positions -> causal Transformer (shared blocks, final norm) -> the
-    hidden state at the EOS token (CLIP's EOT pooling). Output (B, width)."""
-
-    def __init__(self, cfg: CLIPTextConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.pos = LearnedPositions(cfg.context_length, cfg.width, std=0.01) if cfg.pos == "learned" else None
-        self.transformer = Transformer(TransformerConfig(
-            dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio,
-            norm=cfg.norm, causal=cfg.causal, rope="1d" if cfg.pos == "rope" else "none",
-            dropout=cfg.dropout, final_norm=True))
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        self.transformer.init_weights(std=0.02)
-
-    def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B,) position of the token whose hidden state represents the text."""
-        cfg = self.cfg
-        if cfg.pool == "argmax":
-            return tokens.argmax(dim=-1)
-        if cfg.pool == "last":
-            return torch.full(tokens.shape[:1], tokens.shape[1] - 1, device=tokens.device, dtype=torch.long)
-        is_eos = tokens == cfg.eos_id
-        if not bool(is_eos.any(-1).all()):
-            bad = (~is_eos.any(-1)).nonzero().flatten().tolist()
-            raise ValueError(f"text rows {bad[:8]} have no EOS token (id {cfg.eos_id}); tokenize with "
-                             f"model.tokenize(), which adds BOS/EOS")
-        return is_eos.int().argmax(dim=-1)  # first EOS
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        if tokens.ndim != 2 or tokens.dtype != torch.long:
-            raise ValueError(f"text tokens must be a (batch, seq) LongTensor, got {tuple(tokens.shape)} {tokens.dtype}")
-        if tokens.shape[1] > cfg.context_length:
-            raise ValueError(f"text of {tokens.shape[1]} tokens exceeds the context of {cfg.context_length}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= cfg.vocab_size):
-            raise ValueError(f"token ids must be in [0, {cfg.vocab_size}), got [{int(tokens.min())}, "
-                             f"{int(tokens.max())}]: was this text tokenized with this model's tokenizer?")
-        x = self.token_embedding(tokens)  # (B, T, width)
-        if self.pos is not None:
-            x = self.pos(x)
-        key_padding = None if cfg.causal else tokens != cfg.pad_id  # causal: padding sits after EOS
-        x = self.transformer(x, key_padding=key_padding)
-        return x[torch.arange(x.shape[0], device=x.device), self.pool_index(tokens)]  # (B, width)
 
 
 # --------------------------------------------------------------------------- the model
@@ -395,12 +52,13 @@ class CLIPConfig:
     embed_dim: int = 128
     tokenizer: str = "byte"  # mmgen.text.get_tokenizer name: byte | clip_bpe
     tokenizer_state: dict | None = None  # the tokenizer's to_dict() (a pruned vocabulary), set from `tokenizer=`
-    # Prune the clip_bpe vocabulary to the captions of a dataset when the model is first built
-    # ("shapes", "emoji:train"; kwargs in tokenizer_prune_kwargs); the result lands in
-    # tokenizer_state, so checkpoints never rebuild the dataset.
-    tokenizer_prune_from: str = ""
-    tokenizer_prune_kwargs: dict = field(default_factory=dict)
-    tokenizer_prune_extra: tuple[str, ...] = ()  # extra texts to keep tokens of (zero-shot templates)
+    # Prune the clip_bpe vocabulary to the captions of a dataset (mmgen.text.caption_corpus:
+    # "shapes", "emoji:train"; dataset kwargs in tokenizer_captions_kwargs) once, before the
+    # model is built (create_model / CLIP.create); the result lands in tokenizer_state, so
+    # checkpoints never rebuild the dataset.
+    tokenizer_captions: str = ""
+    tokenizer_captions_kwargs: dict = field(default_factory=dict)
+    tokenizer_captions_extra: tuple[str, ...] = ()  # extra texts to keep tokens of (zero-shot templates)
     truncate: bool = False  # cut over-long captions with a warning instead of raising
     loss: str = "clip"  # clip (softmax InfoNCE) | siglip (sigmoid)
     label_aware: bool = False  # same-class captions are not negatives (class-template captions)
@@ -411,8 +69,8 @@ class CLIPConfig:
     logit_bias_init: float = -10.0  # siglip only
     lock_image: str = "none"  # LiT: none | tower (freeze the image tower) | tower_proj (and its projection)
     # LiT: start the image tower from a checkpoint directory, a CLIP's (its image tower and
-    # projection) or an image model's (e.g. a ViT classifier; the head is dropped). Read once
-    # when the model is first built; loading a saved CLIP takes its own weights instead.
+    # projection) or an image model's (e.g. a ViT classifier; the head is dropped). Read once,
+    # by create_model / CLIP.create (load_sources); loading a saved CLIP takes its own weights.
     init_image_from: str = ""
 
     def __post_init__(self):
@@ -453,32 +111,32 @@ class CLIP(Model):
 
     config_class = CLIPConfig
 
-    def __init__(self, config: CLIPConfig, *, tokenizer=None):
-        super().__init__(config)
-        import copy
-        cfg = self.config = copy.deepcopy(config)
-        # Tokenizer first: it fixes the text vocabulary and the special ids.
-        if tokenizer is None and cfg.tokenizer_prune_from and not cfg.tokenizer_state:
-            if cfg.tokenizer != "clip_bpe":
-                raise ValueError(f"tokenizer_prune_from prunes the clip_bpe vocabulary; tokenizer is {cfg.tokenizer!r}")
-            tokenizer = pruned_tokenizer(cfg.tokenizer_prune_from, cfg.tokenizer_prune_extra,
-                                         **cfg.tokenizer_prune_kwargs)
-        tok = tokenizer if tokenizer is not None else build_tokenizer(cfg.tokenizer, cfg.tokenizer_state)
-        if tokenizer is not None:
-            cfg.tokenizer, cfg.tokenizer_state = getattr(tokenizer, "name", cfg.tokenizer), tokenizer.to_dict()
+    @classmethod
+    def resolve_config(cls, config: CLIPConfig, tokenizer=None) -> CLIPConfig:
+        """The config with its tokenizer fixed (the given one, or clip_bpe pruned to
+        `tokenizer_captions`: the dataset is read here, once), the text vocabulary and special
+        ids taken from it, and the image tower's preset expanded to family + full config (so
+        the checkpoint is self-contained). `config` is left as it was."""
+        cfg = resolve_vocabulary(config, tokenizer)
+        tok = build_tokenizer(cfg.tokenizer, cfg.tokenizer_state)
         t = cfg.text
-        if t.vocab_size == 0:
-            t.vocab_size = tok.vocab_size
-        elif t.vocab_size < tok.vocab_size:
+        if t.vocab_size and t.vocab_size < tok.vocab_size:
             raise ValueError(f"text.vocab_size={t.vocab_size} is smaller than the tokenizer's {tok.vocab_size} "
                              f"({cfg.tokenizer}); set text.vocab_size=0 to take the tokenizer's")
-        t.pad_id = tok.pad_id if t.pad_id < 0 else t.pad_id
-        t.eos_id = tok.eos_id if t.eos_id < 0 else t.eos_id
-        self.tokenizer = CLIPTokenize(tok, t.context_length, truncate=cfg.truncate)
-
+        text = dataclasses.replace(t, vocab_size=t.vocab_size or tok.vocab_size,
+                                   pad_id=tok.pad_id if t.pad_id < 0 else t.pad_id,
+                                   eos_id=tok.eos_id if t.eos_id < 0 else t.eos_id)
         vcls, vcfg = resolve_vision(cfg.vision_model, cfg.vision)
-        cfg.vision_model, cfg.vision = vcls.model_type, config_to_dict(vcfg)  # self-contained checkpoint
-        self.visual = vcls(vcfg)
+        return dataclasses.replace(cfg, text=text, vision_model=vcls.model_type, vision=config_to_dict(vcfg))
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__(config)
+        check_vocabulary_resolved(config, "CLIP")
+        cfg = self.config = self.resolve_config(config)  # a copy: derived values filled, no dataset read
+        t = cfg.text
+        self.tokenizer = self._caption_tokenizer(build_tokenizer(cfg.tokenizer, cfg.tokenizer_state))
+        vcls = get_family(cfg.vision_model)
+        self.visual = vcls(config_from_dict(vcls.config_class, cfg.vision))
         if not hasattr(self.visual, "forward_head") or not hasattr(self.visual, "num_features"):
             raise TypeError(f"image tower {vcls.__name__} needs forward_features / forward_head(x, pre_logits=True) "
                             f"/ num_features (the timm encoder API)")
@@ -497,19 +155,17 @@ class CLIP(Model):
                                     label_aware=cfg.label_aware)
         else:
             self.loss_fn = SigLipLoss(label_aware=cfg.label_aware)
-        if cfg.init_image_from and not CLIP._loading_checkpoint:
-            self.load_image_tower(cfg.init_image_from)
         self.lock_image_tower(cfg.lock_image)
 
-    _loading_checkpoint = False  # set by from_pretrained: the checkpoint's weights replace init_image_from's
+    def _caption_tokenizer(self, tok) -> CaptionTokenizer:
+        return CaptionTokenizer(tok, self.config.text.context_length, truncate=self.config.truncate,
+                                hint="for CLIP: model.tokenize(texts, truncate=True), or truncate=True in the "
+                                     "config, cuts with a warning")
 
-    @classmethod
-    def from_pretrained(cls, path, **kwargs):
-        prev, CLIP._loading_checkpoint = CLIP._loading_checkpoint, True
-        try:
-            return super().from_pretrained(path, **kwargs)
-        finally:
-            CLIP._loading_checkpoint = prev
+    def load_sources(self) -> None:
+        """LiT: the image tower from `init_image_from` (a freshly built model only)."""
+        if self.config.init_image_from:
+            self.load_image_tower(self.config.init_image_from)
 
     def load_image_tower(self, path: str) -> None:
         """Copy image-tower weights from a checkpoint directory: a CLIP (visual.* and
@@ -548,11 +204,11 @@ class CLIP(Model):
         if tokenizer.vocab_size > self.config.text.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the text embedding "
                              f"{self.config.text.vocab_size}: build the model with this tokenizer instead "
-                             f"(CLIP(config, tokenizer=tok))")
+                             f"(CLIP.create(config, tokenizer=tok))")
         self.config.tokenizer, self.config.tokenizer_state = getattr(tokenizer, "name", self.config.tokenizer), tokenizer.to_dict()
         self.config.text.pad_id, self.config.text.eos_id = tokenizer.pad_id, tokenizer.eos_id
         self.text.cfg.pad_id, self.text.cfg.eos_id = tokenizer.pad_id, tokenizer.eos_id
-        self.tokenizer = CLIPTokenize(tokenizer, self.config.text.context_length, truncate=self.config.truncate)
+        self.tokenizer = self._caption_tokenizer(tokenizer)
 
     def tokenize(self, texts: str | Sequence[str], *, truncate: bool | None = None) -> torch.Tensor:
         """Captions -> (N, context_length) LongTensor on the model's device."""

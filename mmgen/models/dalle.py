@@ -36,9 +36,9 @@ so every checkpoint knows its own vocabulary (the pipeline warns about other wor
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,7 @@ from torch import nn
 
 from ..layers import KVCache, LearnedPositions, Transformer, TransformerConfig
 from ..registry import register_model, register_preset
+from ..text.captions import CaptionTokenizer, build_tokenizer, check_vocabulary_resolved, resolve_vocabulary
 from .base import Model, eval_mode
 
 WORD_BUCKETS = 1 << 16  # hashed bitmap of the words seen in training captions
@@ -68,8 +69,12 @@ def word_bucket(word: str) -> int:
 @dataclass
 class DALLEConfig:
     tokenizer: str = "byte"  # mmgen.text.get_tokenizer name: byte | clip_bpe
-    tokenizer_captions: str = ""  # prune clip_bpe to the words of these captions: a dataset name or module:function
-    tokenizer_state: dict | None = None  # the tokenizer's to_dict() (a pruned vocabulary), filled at construction
+    tokenizer_state: dict | None = None  # the tokenizer's to_dict() (a pruned vocabulary), filled by create_model
+    # prune clip_bpe to the words of these captions (mmgen.text.caption_corpus: a dataset name,
+    # "name:split" or "module:function"), once, before the model is built
+    tokenizer_captions: str = ""
+    tokenizer_captions_kwargs: dict = field(default_factory=dict)  # dataset options
+    tokenizer_captions_extra: tuple[str, ...] = ()  # extra texts to keep tokens of
     text_vocab: int = 0  # 0: the tokenizer's vocabulary size
     text_len: int = 48  # text positions, BOS / EOS / padding included
     image_vocab: int = 512  # codebook size of the VQ tokenizer
@@ -122,58 +127,30 @@ class DALLEConfig:
         return self.text_len + self.image_tokens
 
 
-def caption_corpus(source: str) -> list[str]:
-    """The captions a tokenizer is pruned to: "module:function" (called with no arguments), or a
-    dataset name whose module has `all_captions()` (shapes), else the captions of its train split."""
-    import importlib
-    if ":" in source:
-        mod, fn = source.split(":", 1)
-        return list(getattr(importlib.import_module(mod), fn)())
-    try:
-        mod = importlib.import_module(f"mmgen.data.{source}")
-    except ImportError:
-        mod = None
-    if mod is not None and hasattr(mod, "all_captions"):
-        return list(mod.all_captions())
-    from ..data import build_dataset
-    ds = build_dataset(source, split="train")
-    if hasattr(ds, "captions"):
-        return list(ds.captions())
-    return [ds[i]["caption"] for i in range(len(ds))]
-
-
-def build_tokenizer(c: DALLEConfig):
-    """The text tokenizer: rebuilt from tokenizer_state (checkpoints), or pruned from
-    tokenizer_captions (then its state is stored in the config), or a plain named one."""
-    from ..text import get_tokenizer
-    from ..text.tokenizers import tokenizer_from_dict
-    if c.tokenizer_state:
-        return tokenizer_from_dict(c.tokenizer_state)
-    if c.tokenizer_captions:
-        if c.tokenizer != "clip_bpe":
-            raise ValueError(f"tokenizer_captions prunes a clip_bpe vocabulary; tokenizer={c.tokenizer!r} has "
-                             f"nothing to prune (set tokenizer='clip_bpe' or drop tokenizer_captions)")
-        tok = get_tokenizer("clip_bpe", captions=caption_corpus(c.tokenizer_captions))
-        c.tokenizer_state = tok.to_dict()
-        return tok
-    return get_tokenizer(c.tokenizer)
-
-
 @register_model("dalle")
 class DALLE(Model):
     """Text-to-image transformer over [text; image tokens]. See the module docstring."""
 
     config_class = DALLEConfig
 
+    @classmethod
+    def resolve_config(cls, config: DALLEConfig) -> DALLEConfig:
+        """The config with its tokenizer fixed (clip_bpe pruned to `tokenizer_captions`: the
+        captions are read here, once) and text_vocab taken from it. `config` is left as it was."""
+        c = resolve_vocabulary(config)
+        tok = build_tokenizer(c.tokenizer, c.tokenizer_state)
+        if c.text_vocab and c.text_vocab < tok.vocab_size:
+            raise ValueError(f"text_vocab={c.text_vocab} is smaller than the {c.tokenizer!r} tokenizer's "
+                             f"{tok.vocab_size}; set text_vocab=0 to take the tokenizer's")
+        return dataclasses.replace(c, text_vocab=c.text_vocab or tok.vocab_size)
+
     def __init__(self, config: DALLEConfig):
         super().__init__(config)
-        c = config
-        self.tokenizer = build_tokenizer(c)
-        if c.text_vocab == 0:
-            c.text_vocab = self.tokenizer.vocab_size
-        elif c.text_vocab < self.tokenizer.vocab_size:
-            raise ValueError(f"text_vocab={c.text_vocab} is smaller than the {c.tokenizer!r} tokenizer's "
-                             f"{self.tokenizer.vocab_size}; set text_vocab=0 to take the tokenizer's")
+        check_vocabulary_resolved(config, "DALLE")
+        c = self.config = self.resolve_config(config)  # a copy: text_vocab filled, no dataset read
+        self.tokenizer = build_tokenizer(c.tokenizer, c.tokenizer_state)
+        self._tokenize = CaptionTokenizer(self.tokenizer, c.text_len, warn_unknown=False,
+                                          hint="text_len; pass truncate=True (--truncate) to cut it with a warning")
         d = c.block.dim
         h, w = c.image_grid
         self.text_embed = nn.Embedding(c.text_vocab, d)
@@ -231,7 +208,6 @@ class DALLE(Model):
     def save_pretrained(self, path, **kwargs):
         """As every model, with vq_path / clip_path rewritten relative to `path`, so the
         checkpoint finds its companions from any working directory."""
-        import dataclasses
         from ..checkpoint import relative_companion
         kept = self.config
         self.config = dataclasses.replace(  # what config.json holds; the model's own config is left as it was
@@ -245,35 +221,12 @@ class DALLE(Model):
     # ------------------------------------------------------------------ text
     def null_text(self, batch: int = 1) -> torch.Tensor:
         """The null condition: the empty caption [BOS EOS PAD ..], (batch, text_len)."""
-        return self._pad([[self.tokenizer.bos_id, self.tokenizer.eos_id]] * batch)
-
-    def _pad(self, rows: list[list[int]]) -> torch.Tensor:
-        out = torch.full((len(rows), self.config.text_len), self.tokenizer.pad_id, dtype=torch.long)
-        for i, r in enumerate(rows):
-            out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        return out.to(self.text_embed.weight.device)
+        return self.tokenize([""] * batch)
 
     def tokenize(self, texts: str | Sequence[str], *, truncate: bool = False) -> torch.Tensor:
         """Captions -> (N, text_len) ids [BOS text EOS PAD ..]. Over-long text raises a
         ValueError naming both lengths; truncate=True cuts it (EOS kept last) with a warning."""
-        if isinstance(texts, str):
-            texts = [texts]
-        L, tok = self.config.text_len, self.tokenizer
-        rows = []
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"captions must be str, got {type(t).__name__}")
-            ids = tok.encode(t, add_bos=True, add_eos=True)
-            if len(ids) > L:
-                if not truncate:
-                    raise ValueError(f"prompt {t[:50]!r}{'...' if len(t) > 50 else ''} is {len(ids)} tokens with "
-                                     f"BOS/EOS; this model reads at most {L} (text_len). Shorten it, or pass "
-                                     f"truncate=True (--truncate) to cut it with a warning")
-                warnings.warn(f"prompt {t[:40]!r}... is {len(ids)} tokens; cut to the model's {L} "
-                              f"(text_len), so its end is ignored", UserWarning, stacklevel=3)
-                ids = ids[:L - 1] + [tok.eos_id]
-            rows.append(ids)
-        return self._pad(rows)
+        return self._tokenize(texts, truncate=truncate).to(self.text_embed.weight.device)
 
     @torch.no_grad()
     def record_captions(self, captions: Sequence[str], text: torch.Tensor | None = None) -> None:
@@ -416,11 +369,6 @@ class DALLE(Model):
             _, logs = self.loss(batch)
         return logs  # the loop files them under val/
 
-    @torch.no_grad()
-    def sample_images(self, n: int = 16, seed: int = 0) -> torch.Tensor:
-        """The training loop's sample grid (n images for a few fixed captions), drawn by the pipeline."""
-        from ..pipelines.dalle import training_samples  # generation lives in mmgen.pipelines
-        return training_samples(self, n, seed)
 
 
 # ------------------------------------------------------------------------------ presets

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import config_to_dict
-from ..layers import LearnedPositions, Transformer, TransformerConfig
 from ..registry import register_model, register_preset
 from .base import Model, eval_mode
 from .dit import DiT, DiTConfig
+from .text_encoders import ByteTextEncoder, FrozenTextEncoder, TextEncoderConfig
 from .unet import UNet, UNetConfig
 
 SCHEDULERS = ("ddpm", "ddim", "dpm++", "euler")
@@ -64,104 +64,6 @@ def make_scheduler(name: str, *, num_train_timesteps: int = 1000, beta_schedule:
         return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
                                            thresholding=clip_sample, sample_max_value=1.0, **common)
     return EulerDiscreteScheduler(**common)
-
-
-# ----------------------------------------------------------------------------- text encoders
-@dataclass
-class TextEncoderConfig:
-    """The built-in text encoder (used when text_encoder='builtin')."""
-    dim: int = 128
-    depth: int = 2
-    num_heads: int = 4
-    max_len: int = 64
-
-
-class ByteTextEncoder(nn.Module):
-    """Bidirectional transformer over bytes -> token states (B, S, dim), mask, pooled (B, dim)."""
-
-    def __init__(self, cfg: TextEncoderConfig):
-        super().__init__()
-        self.cfg = cfg
-        from ..text import get_tokenizer
-        self.tokenizer = get_tokenizer("byte")  # ids 0..255 bytes, then bos/eos/pad
-        self.tok = nn.Embedding(self.tokenizer.vocab_size, cfg.dim)
-        self.pos = LearnedPositions(cfg.max_len, cfg.dim)
-        self.transformer = Transformer(TransformerConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads))
-        nn.init.normal_(self.tok.weight, std=0.02)
-        self.transformer.init_weights()
-
-    @property
-    def width(self) -> int:
-        return self.cfg.dim
-
-    def forward(self, texts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ..data.collate import tokenize_captions
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"prompts must be strings, got {type(t).__name__}")
-        tok = tokenize_captions(list(texts), self.tokenizer, self.cfg.max_len, on_overflow="truncate",
-                                pad_to="longest")  # warns when a prompt is cut
-        ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)  # (B, S)
-        h = self.transformer(self.pos(self.tok(ids)), key_padding=mask)  # (B, S, dim)
-        pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        return h, mask, pooled
-
-
-class FrozenTextEncoder(nn.Module):
-    """A trained mmgen CLIP text tower or GPT decoder, frozen, as a text encoder.
-
-    clip: the text tower's token states (B, T, width) before its pooling, real up to the EOS
-          token; pooled = the state it pools (the EOS token), before CLIP's projection.
-    gpt:  the decoder's final hidden states (B, T, dim) over BOS + prompt + EOS (causal, so
-          right padding does not change them); pooled = the state at EOS, which has read the
-          whole prompt."""
-
-    def __init__(self, kind: str, model: nn.Module):
-        super().__init__()
-        expected = {"clip": "clip", "gpt": "gpt"}[kind]
-        if getattr(model, "model_type", None) != expected:
-            raise TypeError(f"text_encoder={kind!r} needs a {expected!r} checkpoint, got a "
-                            f"{getattr(model, 'model_type', type(model).__name__)!r} model")
-        self.kind = kind
-        self.model = model.eval().requires_grad_(False)
-        if kind == "gpt":
-            from ..text import get_tokenizer
-            self.tokenizer = get_tokenizer("byte")
-            if self.tokenizer.vocab_size > model.config.vocab_size:
-                raise ValueError(f"the GPT text encoder must be byte-level (vocab >= {self.tokenizer.vocab_size}), "
-                                 f"got vocab_size={model.config.vocab_size}")
-
-    @property
-    def width(self) -> int:
-        return self.model.text.cfg.width if self.kind == "clip" else self.model.config.block.dim
-
-    def train(self, mode: bool = True):  # always frozen in eval mode
-        super().train(mode)
-        self.model.eval()
-        return self
-
-    @torch.no_grad()
-    def forward(self, texts, device):
-        texts = list(texts)
-        if self.kind == "clip":
-            tokens = self.model.tokenize(texts).to(device)  # (B, T) with BOS ... EOS pad
-            tower = self.model.text
-            x = tower.token_embedding(tokens)  # (B, T, width)
-            if tower.pos is not None:
-                x = tower.pos(x)
-            key_padding = None if tower.cfg.causal else tokens != tower.cfg.pad_id
-            states = tower.transformer(x, key_padding=key_padding)  # (B, T, width)
-            eos = tower.pool_index(tokens)  # (B,)
-        else:
-            from ..data.collate import tokenize_captions
-            tok = tokenize_captions(texts, self.tokenizer, self.model.config.context, on_overflow="truncate",
-                                    pad_to="longest")
-            ids, real = tok["input_ids"].to(device), tok["attention_mask"].to(device)
-            _, states = self.model(ids, key_padding=real, return_hidden=True)  # (B, T, dim)
-            eos = tok["eot_index"].to(device)
-        mask = torch.arange(states.shape[1], device=device)[None] <= eos[:, None]  # (B, T) real tokens
-        pooled = states[torch.arange(states.shape[0], device=device), eos]  # (B, width)
-        return states.float(), mask, pooled.float()
 
 
 # ----------------------------------------------------------------------------- config
@@ -214,13 +116,28 @@ class DDPMConfig:
 
 
 # ----------------------------------------------------------------------------- model
+_COMPANIONS = (("vae_path", "vae_meta"), ("text_encoder_path", "text_encoder_meta"))
+
+
+def _companion_meta(path: str | None, meta: dict | None, path_field: str) -> dict | None:
+    """{"model_type", "config"} of a frozen sub-model: read from its checkpoint at `path` (a
+    directory or a shipped name), or from a registered preset ({"preset": name}, tests)."""
+    from ..checkpoint import read_config, resolve_companion
+    from ..registry import get_preset, preset_config
+    if meta is not None and "preset" in meta:
+        cls = get_preset(meta["preset"]).model_cls
+        cfg = cls.resolve_config(preset_config(meta["preset"]))
+        return {"model_type": cls.model_type, "config": json.loads(json.dumps(config_to_dict(cfg)))}
+    if meta is None and path is not None:
+        full = read_config(resolve_companion(path, None, path_field[:-5]))
+        return {"model_type": full["model_type"], "config": full["config"]}
+    return meta
+
+
 def _build_from_meta(meta: dict):
-    """A sub-model from {"model_type", "config"} (what checkpoints record) or {"preset": name}
-    (a randomly initialised registered preset, for tests)."""
+    """A sub-model (random weights) from {"model_type", "config"}, what checkpoints record."""
     from ..config import config_from_dict
-    from ..registry import create_model, get_family
-    if "preset" in meta:
-        return create_model(meta["preset"])
+    from ..registry import get_family
     cls = get_family(meta["model_type"])
     return cls(config_from_dict(cls.config_class, meta["config"]))
 
@@ -229,14 +146,31 @@ def _build_from_meta(meta: dict):
 class DDPM(Model):
     config_class = DDPMConfig
 
+    @classmethod
+    def resolve_config(cls, config: DDPMConfig) -> DDPMConfig:
+        """The config with the frozen sub-models' configs recorded (read from vae_path /
+        text_encoder_path, or expanded from a preset), so that the checkpoint is
+        self-contained. `config` is left as it was."""
+        import dataclasses
+        return dataclasses.replace(config, **{m: _companion_meta(getattr(config, p), getattr(config, m), p)
+                                              for p, m in _COMPANIONS})
+
     def __init__(self, config: DDPMConfig):
         super().__init__(config)
+        for p, m in _COMPANIONS:
+            meta = getattr(config, m)
+            if (getattr(config, p) is not None and meta is None) or (meta is not None and "preset" in meta):
+                raise ValueError(f"DDPMConfig.{m} is not resolved yet: build the model with mmgen.create_model(...) "
+                                 f"or DDPM.create(config), which read {p} once before the model is built")
+        if config.conditioning == "text" and config.text_encoder != "builtin" and config.text_encoder_meta is None:
+            raise ValueError(f"DDPMConfig.text_encoder_path must name a checkpoint directory "
+                             f"(text_encoder={config.text_encoder!r})")
         cfg = config
         # latent diffusion: a frozen VAE, its weights stored with ours
         self.vae = None
         chans, size = cfg.in_chans, cfg.image_size
         if cfg.vae_path is not None or cfg.vae_meta is not None:
-            self.vae = self._frozen_submodel("vae_path", "vae_meta").requires_grad_(False).eval()
+            self.vae = _build_from_meta(cfg.vae_meta).requires_grad_(False).eval()
             chans, size = self._latent_shape()
         self.latent_chans, self.latent_size = chans, size
         # conditioning
@@ -249,8 +183,7 @@ class DDPM(Model):
             if cfg.text_encoder == "builtin":
                 self.text_encoder = ByteTextEncoder(cfg.text)
             else:
-                self.text_encoder = FrozenTextEncoder(cfg.text_encoder,
-                                                      self._frozen_submodel("text_encoder_path", "text_encoder_meta"))
+                self.text_encoder = FrozenTextEncoder(cfg.text_encoder, _build_from_meta(cfg.text_encoder_meta))
             context_dim = self.text_encoder.width
             self.text_proj = nn.Linear(context_dim, cfg.cond_dim)
         cond_dim = cfg.cond_dim if cfg.conditioning != "none" else None
@@ -264,24 +197,18 @@ class DDPM(Model):
         self.register_buffer("alphas_cumprod", self.noise_scheduler.alphas_cumprod.float().clone(), persistent=False)
 
     # -- frozen sub-models (VAE, CLIP/GPT text encoder), copied into our own checkpoint
-    def _frozen_submodel(self, path_field: str, meta_field: str):
+    def load_sources(self) -> None:
+        """A freshly built model takes the frozen VAE's / text encoder's weights from
+        vae_path / text_encoder_path; afterwards they live in this model's own weights."""
+        from ..checkpoint import load_pretrained, resolve_companion
         cfg = self.config
-        path, meta = getattr(cfg, path_field), getattr(cfg, meta_field)
-        if meta is not None and "preset" in meta:  # test presets: a fresh model, recorded in full
-            sub = _build_from_meta(meta)
-            plain = json.loads(json.dumps(config_to_dict(sub.config)))  # as config.json will hold it
-            setattr(cfg, meta_field, {"model_type": sub.model_type, "config": plain})
-            return sub
-        if meta is None:  # first build: read the other checkpoint and record its config in ours
-            from ..checkpoint import load_pretrained, read_config, resolve_companion
-            if path is None:
-                raise ValueError(f"DDPMConfig.{path_field} must name a checkpoint directory")
-            path = resolve_companion(path, None, path_field[:-5])  # a path, or a shipped name
-            sub = load_pretrained(path)
-            full = read_config(path)
-            setattr(cfg, meta_field, {"model_type": full["model_type"], "config": full["config"]})
-            return sub
-        return _build_from_meta(meta)  # weights come from our safetensors
+        subs = (("vae_path", self.vae),
+                ("text_encoder_path", getattr(self.text_encoder, "model", None) if cfg.conditioning == "text" else None))
+        for field_name, sub in subs:
+            path = getattr(cfg, field_name)
+            if path is not None and sub is not None:
+                src = load_pretrained(resolve_companion(path, None, field_name[:-5]))
+                sub.load_state_dict(src.state_dict())
 
     def _latent_shape(self) -> tuple[int, int]:
         with torch.no_grad():
@@ -415,11 +342,6 @@ class DDPM(Model):
         """The sampler's result (pixels or VAE latents) -> images in [-1, 1]."""
         return x.clamp(-1, 1) if self.vae is None else self._vae_decode(x)
 
-    def sample_images(self, n: int = 16, seed: int = 0) -> torch.Tensor:
-        """The training loop's sample grid (fixed prompts / classes), drawn by the pipeline."""
-        from ..pipelines.ddpm import training_samples  # generation lives in mmgen.pipelines
-        with eval_mode(self):
-            return training_samples(self, n, seed)
 
 
 def _cat_conditions(a: dict, b: dict) -> dict:

@@ -23,7 +23,7 @@ from torch import nn
 from ..layers import KVCache, LearnedPositions, Transformer, TransformerConfig
 from ..registry import register_model, register_preset
 from ..text.sampling import SamplingParams, StopChecker, make_generator, sample_next
-from .base import Model
+from .base import Model, eval_mode
 
 POSITIONS = ("learned", "rope")
 OVERFLOW = ("error", "slide")
@@ -243,9 +243,7 @@ class GPT(Model):
                     + (" or pass overflow='slide'" if P <= ctx else ""))
         gen = generator if generator is not None else make_generator(seed, dev)
         stopper = StopChecker(B, stop, eos_id=eos_id, tokenizer=tokenizer)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):  # the caller's train/eval mode comes back when the stream ends or is closed
             # left-pad: (B, P) ids and a True-for-real mask
             ids = torch.full((B, P), pad_id, dtype=torch.long, device=dev)
             mask = torch.zeros(B, P, dtype=torch.bool, device=dev)
@@ -299,8 +297,6 @@ class GPT(Model):
                 kp = None if bool(mask.all()) else mask
                 logits = self(nxt[:, None], positions=last_pos[:, None], key_padding=kp, cache=cache,
                               start=T - 1)[:, -1]
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens: int = 64, **kwargs) -> list[list[int]]:

@@ -24,9 +24,9 @@ from torch import nn
 
 from ..layers import PatchEmbed, TransformerBlock, TransformerConfig, init_linears, make_norm
 from ..layers.attention import ATTN_IMPLS
+from ..layers.features import take_indices
 from ..registry import register_model, register_preset
 from ._classify import AUGMENTS, ImageClassifier
-from .vit import _take_indices
 
 # Added to masked (query, key) pairs. Finite, so a row with every key masked (a padding query)
 # stays a plain softmax, not NaN. timm and torchvision add -100, but exp(-100) = 4e-44 is a
@@ -339,7 +339,7 @@ class Swin(ImageClassifier):
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         S = self.config.num_stages
-        take = _take_indices(S, indices)
+        take = take_indices(S, indices)
         stages = self.stages[:max(take) + 1] if stop_early and take else self.stages
         x = self._embed(x)
         feats = []

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..layers import PatchEmbed, Transformer, TransformerConfig, grid_positions, init_linears, make_norm, sincos_2d
 from ..layers.attention import ATTN_IMPLS
+from ..layers.features import take_indices
 from ..layers.mlp import MLPS
 from ..registry import register_model, register_preset
 from ._classify import AUGMENTS, ImageClassifier
@@ -114,23 +115,6 @@ def resample_pos_embed(posemb: torch.Tensor, new_grid: tuple[int, int], old_grid
     grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True)
     grid = rearrange(grid, "1 d h w -> 1 (h w) d").to(posemb.dtype)
     return torch.cat([prefix, grid], dim=1)
-
-
-def _take_indices(n: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
-    """timm's rule: None = all, int k = the last k, a sequence = those (negative from the end)."""
-    if indices is None:
-        return list(range(n))
-    if isinstance(indices, int):
-        if not 0 < indices <= n:
-            raise ValueError(f"indices={indices} (last n) must be in 1..{n}")
-        return list(range(n - indices, n))
-    out = []
-    for i in indices:
-        j = n + i if i < 0 else i
-        if not 0 <= j < n:
-            raise ValueError(f"feature index {i} is out of range for {n} layers")
-        out.append(j)
-    return out
 
 
 @register_model("vit")
@@ -236,7 +220,7 @@ class ViT(ImageClassifier):
         norm applies the final norm to each. Returns (final tokens, list) or the list alone."""
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take = _take_indices(self.config.depth, indices)
+        take = take_indices(self.config.depth, indices)
         B = x.shape[0]
         x, grid = self._embed(x)
         rope = None

@@ -13,6 +13,8 @@ The whole sampling loop is one short function: `dalle.sample_image_tokens` (toke
 the KV cache) and `DDPMPipeline.denoise` (a model + scheduler loop)."""
 from __future__ import annotations
 
+import torch
+
 from .base import Pipeline, PipelineOutput
 from .dalle import DALLEPipeline
 from .ddpm import DDPMPipeline
@@ -38,10 +40,34 @@ def load_pipeline(name_or_path, *, device=None, **kwargs) -> Pipeline:
     return cls.from_pretrained(name_or_path, device=device, **kwargs)
 
 
+def has_samples(model) -> bool:
+    """Whether `training_samples` can draw a grid for this model."""
+    return getattr(model, "model_type", None) in PIPELINES or hasattr(model, "sample_images")
+
+
+@torch.no_grad()
+def training_samples(model, n: int = 16, seed: int = 0) -> torch.Tensor | None:
+    """The training loop's sample grid, n images (n, C, H, W) in [-1, 1] for fixed prompts /
+    classes: drawn by the model's pipeline (DALL-E, DDPM), else by the model's own
+    `sample_images(n, seed)` (reconstructions / prior samples: VQ, VAE), else None."""
+    from ..models.base import eval_mode
+    kind = getattr(model, "model_type", None)
+    if kind == "dalle":
+        from .dalle import training_samples as draw
+    elif kind == "ddpm":
+        from .ddpm import training_samples as draw
+    elif hasattr(model, "sample_images"):
+        return model.sample_images(n, seed=seed)
+    else:
+        return None
+    with eval_mode(model):
+        return draw(model, n, seed)
+
+
 def from_model(model, **kwargs) -> Pipeline:
     """The pipeline around a model already in memory (e.g. one being trained)."""
     return pipeline_class(getattr(model, "model_type", type(model).__name__))(model, **kwargs)
 
 
-__all__ = ["DALLEPipeline", "DDPMPipeline", "Pipeline", "PipelineOutput", "find_checkpoint", "from_model",
-           "load_pipeline", "make_grid", "raw_grid"]
+__all__ = ["DALLEPipeline", "DDPMPipeline", "Pipeline", "PipelineOutput", "find_checkpoint", "from_model", "has_samples",
+           "load_pipeline", "make_grid", "raw_grid", "training_samples"]

@@ -266,7 +266,7 @@ class Pipeline:
         """The CLIP reranker as a prompt reader (its pruned vocabulary; it cuts long prompts)."""
         tok = getattr(getattr(self.clip, "tokenizer", None), "tokenizer", None)
         ctx = getattr(getattr(self.clip, "tokenizer", None), "context_length", None)
-        corpus = getattr(getattr(self.clip, "config", None), "tokenizer_prune_from", "") or ""
+        corpus = getattr(getattr(self.clip, "config", None), "tokenizer_captions", "") or ""
         return PromptReader("the CLIP reranker", tok if tok is not None else _AnyText(), corpus=corpus.split(":")[0],
                             required=False, max_tokens=ctx, truncates=True)
 

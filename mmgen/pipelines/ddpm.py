@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from ..models.base import eval_mode
-from ..models.ddpm import SCHEDULERS, FrozenTextEncoder, make_scheduler
+from ..models.ddpm import SCHEDULERS, make_scheduler
+from ..models.text_encoders import FrozenTextEncoder
 from .base import Pipeline, ProgressReporter, _finite, timed
 from .prompts import PromptReader, quiet
 
@@ -49,9 +50,8 @@ class DDPMPipeline(Pipeline):
         out = []
         if cfg.conditioning == "text":
             if isinstance(enc, FrozenTextEncoder) and enc.kind == "clip":
-                meta = (cfg.text_encoder_meta or {}).get("config", {})
                 out.append(PromptReader("the CLIP text encoder", enc.model.tokenizer.tokenizer,
-                                        corpus=str(meta.get("tokenizer_prune_from") or "").split(":")[0],
+                                        corpus=enc.model.config.tokenizer_captions.split(":")[0],
                                         max_tokens=enc.model.tokenizer.context_length))
             else:  # byte-level: reads any text, cuts what is longer than its context with a warning
                 ctx = cfg.text.max_len if cfg.text_encoder == "builtin" else enc.model.config.context

@@ -21,7 +21,7 @@ def prompt_words(text: str) -> list[str]:
 def corpus_words(source: str) -> frozenset[str]:
     """The words of the captions a tokenizer was pruned to (a dataset name or module:function);
     empty when they cannot be read here."""
-    from ..models.dalle import caption_corpus
+    from ..text.captions import caption_corpus
     try:
         if source == "emoji":  # the names alone: no need to decode the images
             from ..data.emoji import load_meta

@@ -1,6 +1,7 @@
 """The one training loop. It knows nothing model-specific: it calls `model.loss(batch) ->
 (loss, logs)` and, when present, the hooks `model.collate(items)`, `model.evaluate(batch) ->
-logs` and `model.sample_images(n, seed)`. Its parts live beside it: optimiser and schedule in
+logs`; sample grids come from `mmgen.pipelines.training_samples(model, n, seed)` (the
+model's generation pipeline, or its own `sample_images(n, seed)`). Its parts live beside it: optimiser and schedule in
 optim.py, EMA / RNG / save and load in state.py, metrics in metrics.py, the progress display in
 progress.py, data order in data.py, process groups and sharding in dist.py.
 
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from mmgen.checkpoint import atomic_save_file
+from mmgen.pipelines import has_samples, training_samples
 
 from . import dist as D
 from .config import TrainConfig
@@ -181,11 +183,11 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self) -> Path | None:
-        if not hasattr(self.eval_model, "sample_images") or self.cfg.num_samples == 0:
+        if not has_samples(self.eval_model) or self.cfg.num_samples == 0:
             return None
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             with self.autocast():
-                images = self.eval_model.sample_images(self.cfg.num_samples, seed=self.cfg.seed)
+                images = training_samples(self.eval_model, self.cfg.num_samples, seed=self.cfg.seed)
         path = self.out / "samples" / f"step_{self.step:06d}.png"
         save_image_grid(images, path)
         return path
@@ -297,7 +299,7 @@ class Trainer:
         cfg = self.cfg
         do_eval = self.val_ds is not None and cfg.eval_batches > 0 and (
             last or (cfg.eval_every and self.step % cfg.eval_every == 0))
-        do_sample = hasattr(self.model, "sample_images") and cfg.num_samples > 0 and (
+        do_sample = has_samples(self.model) and cfg.num_samples > 0 and (
             last or (cfg.sample_every and self.step % cfg.sample_every == 0))
         if not (do_eval or do_sample):
             return {}

@@ -13,8 +13,8 @@ SMALL = dict(vision_model="vit_tiny_patch4_32", vision={"dim": 64, "depth": 2, "
 
 register_recipe(Recipe(
     name="clip_shapes", model="clip_tiny", data="shapes",
-    model_overrides={**SMALL, "tokenizer_prune_from": "shapes:val",
-                     "tokenizer_prune_kwargs": {"holdout": "default"}},
+    model_overrides={**SMALL, "tokenizer_captions": "shapes:val",
+                     "tokenizer_captions_kwargs": {"holdout": "default"}},
     data_kwargs={"holdout": "default"},
     train=dict(steps=600, batch_size=64, lr=2e-3, warmup=50, weight_decay=0.1, val_split="heldout_test",
                eval_batches=4, log_every=50, save_every=400),
@@ -25,7 +25,7 @@ register_recipe(Recipe(
 # fresh text tower learns to read them. Run clip_shapes first (its --out is the path below).
 register_recipe(Recipe(
     name="clip_shapes_lit", model="clip_tiny", data="shapes",
-    model_overrides={**SMALL, "tokenizer_prune_from": "shapes:val", "tokenizer_prune_kwargs": {"holdout": "default"},
+    model_overrides={**SMALL, "tokenizer_captions": "shapes:val", "tokenizer_captions_kwargs": {"holdout": "default"},
                      "init_image_from": "runs/clip_shapes", "lock_image": "tower_proj"},
     data_kwargs={"holdout": "default"},
     train=dict(steps=600, batch_size=64, lr=2e-3, warmup=50, weight_decay=0.1, val_split="heldout_test",
@@ -38,7 +38,7 @@ register_recipe(Recipe(
 # other. Zero-shot accuracy on the test split: `mmgen zero-shot --dataset animal_mnist`.
 register_recipe(Recipe(
     name="clip_animal_mnist", model="clip_tiny", data="animal_mnist",
-    model_overrides={**SMALL, "tokenizer_prune_from": "animal_mnist", "label_aware": True},
+    model_overrides={**SMALL, "tokenizer_captions": "animal_mnist", "label_aware": True},
     train=dict(steps=600, batch_size=64, lr=2e-3, warmup=50, weight_decay=0.1, val_split="test",
                eval_batches=4, log_every=50, save_every=400),
     description="CLIP on animal-mnist silhouettes with class-template captions (label-aware loss)",
@@ -47,7 +47,7 @@ register_recipe(Recipe(
 # Emoji: 2,933 training emoji (32 px) with their CLDR names; test emoji are other base emoji.
 register_recipe(Recipe(
     name="clip_emoji", model="clip_tiny", data="emoji",
-    model_overrides={**SMALL, "tokenizer_prune_from": "emoji", "tokenizer_prune_kwargs": {"image_size": 32},
+    model_overrides={**SMALL, "tokenizer_captions": "emoji", "tokenizer_captions_kwargs": {"image_size": 32},
                      "text": {**SMALL["text"], "context_length": 24}},
     data_kwargs={"image_size": 32},
     train=dict(steps=600, batch_size=64, lr=2e-3, warmup=50, weight_decay=0.1, val_split="test",
