@@ -1,0 +1,94 @@
+"""Every checkpoint in checkpoints/ loads and gives the outputs it gave before config fields
+were renamed (old names in its config.json are mapped when it is read). The reference
+numbers were computed by `outputs()` below on the code before the rename."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import mmgen
+
+ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
+PROMPTS = ["a red circle", "a blue square above a green triangle"]
+
+
+def _summary(t: torch.Tensor) -> list[float]:
+    t = t.detach().double().flatten()
+    return [float(t.sum()), float(t.abs().sum()), *[float(v) for v in t[:4]]]
+
+
+@torch.no_grad()
+def outputs(name: str) -> dict[str, list[float]]:
+    """A few fixed forward passes of a shipped checkpoint, summarised (sum, |sum|, 4 values)."""
+    torch.manual_seed(0)
+    m = mmgen.load_pretrained(ROOT / name).eval()
+    g = torch.Generator().manual_seed(0)
+    kind = m.model_type
+    if kind == "clip":
+        vc = m.visual.config
+        img = torch.rand(2, vc.in_chans, vc.img_size, vc.img_size, generator=g) * 2 - 1
+        return {"image": _summary(m.encode_image(img)), "text": _summary(m.encode_text(PROMPTS))}
+    if kind == "dalle":
+        text = m.tokenize(PROMPTS, truncate=True)
+        image = torch.randint(0, m.config.image_vocab, (2, 8), generator=g)
+        t_logits, i_logits = m(torch.cat([text, image], 1))
+        return {"text_logits": _summary(t_logits), "image_logits": _summary(i_logits)}
+    if kind == "ddpm":
+        chans, size = m.latent_chans, m.latent_size
+        x = torch.randn(2, chans, size, size, generator=g)
+        t = torch.tensor([10.0, 500.0])
+        return {"eps": _summary(m.net(x, t, **m.encode_condition(PROMPTS)))}
+    if kind == "vq":
+        c = m.config
+        size, chans = c.img_size, getattr(c, "in_chans", None) or getattr(c, "in_channels")
+        img = torch.rand(2, chans, size, size, generator=g) * 2 - 1
+        tokens = m.encode_tokens(img)
+        return {"tokens": _summary(tokens.float()), "decoded": _summary(m.decode_tokens(tokens))}
+    raise AssertionError(f"no reference forward for a {kind!r} checkpoint")
+
+
+REFERENCE: dict[str, dict[str, list[float]]] = {  # outputs() on the code before the rename
+    'clip_emoji': {
+        'image': [2.53403597, 12.6967287, 0.00609285943, -0.106902316, -0.0389322452, 0.193196908],
+        'text': [1.2745523, 13.003159, -0.136494771, -0.14144361, -0.142697215, 0.0522736683],
+    },
+    'clip_shapes': {
+        'image': [1.42043274, 12.5658252, 0.00830124039, 0.0128581496, -0.114353836, -0.182776704],
+        'text': [-0.521184971, 12.7987298, -0.151129425, -0.00853928365, 0.00296327611, 0.0155848898],
+    },
+    'dalle_emoji': {
+        'text_logits': [-159969.229, 176053.171, -2.03647566, -1.97580099, -2.05279422, -3.58217454],
+        'image_logits': [-1752.80546, 14709.6604, -3.87414885, 2.12155724, 0.176687092, 1.77305043],
+    },
+    'dalle_shapes': {
+        'text_logits': [-175.343629, 994.963963, -1.44007289, -1.51433682, -1.47610545, -2.03720236],
+        'image_logits': [-985.919716, 19681.0276, -3.38920188, -0.428853124, 1.81801546, 3.27961564],
+    },
+    'ddpm_shapes': {
+        'eps': [914.532474, 6245.47065, -0.670864105, -1.09969509, 0.308516413, -0.179856867],
+    },
+    'vq_emoji': {
+        'tokens': [37775, 37775, 54, 418, 338, 283],
+        'decoded': [73.9339655, 1176.91114, 0.54767108, 0.118849367, 0.0311276931, 0.0216236934],
+    },
+    'vq_shapes': {
+        'tokens': [26325, 26325, 239, 193, 59, 75],
+        'decoded': [-4010.2433, 4673.03131, -0.83555007, -1, -0.658474565, -0.86330986],
+    },
+}
+
+
+def test_every_shipped_checkpoint_has_a_reference():
+    shipped = sorted(p.name for p in ROOT.iterdir() if (p / "config.json").is_file())
+    assert shipped and shipped == sorted(REFERENCE)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_shipped_checkpoint_outputs_unchanged(name):
+    got, ref = outputs(name), REFERENCE[name]
+    assert sorted(got) == sorted(ref)
+    for key in ref:
+        torch.testing.assert_close(torch.tensor(got[key], dtype=torch.float64), torch.tensor(ref[key], dtype=torch.float64),
+                                   rtol=1e-4, atol=1e-4, msg=f"{name} {key}")
