@@ -30,7 +30,7 @@ def main(dim: int = 384, heads: int = 6, tokens: int = 65, batch: int = 32) -> N
 
     torch.manual_seed(0)
     theirs = Block(dim, heads, mlp_ratio=4.0, qkv_bias=True)
-    ours = TransformerBlock(TransformerConfig(dim=dim, num_heads=heads, norm_eps=1e-6))
+    ours = TransformerBlock(TransformerConfig(embed_dim=dim, num_heads=heads, norm_eps=1e-6))
     _copy_timm_to_ours(theirs, ours)
     x = torch.randn(batch, tokens, dim)
     with torch.no_grad():

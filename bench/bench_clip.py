@@ -23,10 +23,10 @@ def open_clip_config(model) -> dict:
     model's tower sizes."""
     v, t = model.visual.config, model.config.text
     return {"embed_dim": model.config.embed_dim,
-            "vision_cfg": {"image_size": v.img_size, "patch_size": v.patch_size, "layers": v.depth, "width": v.dim,
-                           "head_width": v.dim // v.num_heads, "mlp_ratio": v.mlp_ratio},
-            "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width,
-                         "heads": t.heads, "layers": t.depth, "mlp_ratio": t.mlp_ratio}}
+            "vision_cfg": {"image_size": v.img_size, "patch_size": v.patch_size, "layers": v.depth, "width": v.embed_dim,
+                           "head_width": v.embed_dim // v.num_heads, "mlp_ratio": v.mlp_ratio},
+            "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.embed_dim,
+                         "heads": t.num_heads, "layers": t.depth, "mlp_ratio": t.mlp_ratio}}
 
 
 def open_clip_twin(model, name: str = "mmgen-clip-twin"):
@@ -47,8 +47,8 @@ def train_flops_per_image(model, batch) -> float:
     """~6 x params-in-matmuls x tokens for both towers (forward 2, backward 4), plus attention."""
     v, t = model.visual.config, model.config.text
     n_img = (v.img_size // v.patch_size) ** 2 + 1
-    vis = 12 * v.depth * v.dim ** 2 * n_img + 2 * v.depth * 2 * n_img ** 2 * v.dim
-    txt = 12 * t.depth * t.width ** 2 * t.context_length + 2 * t.depth * 2 * t.context_length ** 2 * t.width
+    vis = 12 * v.depth * v.embed_dim ** 2 * n_img + 2 * v.depth * 2 * n_img ** 2 * v.embed_dim
+    txt = 12 * t.depth * t.embed_dim ** 2 * t.context_length + 2 * t.depth * 2 * t.context_length ** 2 * t.embed_dim
     return 3 * (vis + txt)  # fwd (2 FLOPs/MAC already in the 12) + bwd (2x fwd)
 
 

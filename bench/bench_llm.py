@@ -69,13 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args([] if argv is None else argv)
 
     target = _load(args.target, args.preset)
-    draft = _load(args.draft, args.preset, depth=1, dim=64)
-    prompt = list(b"ROMEO:\nWhat light through yonder window breaks?\n")[: target.config.context // 4]
+    draft = _load(args.draft, args.preset, depth=1, embed_dim=64)
+    prompt = list(b"ROMEO:\nWhat light through yonder window breaks?\n")[: target.config.context_length // 4]
     N = args.tokens
     qtarget = copy.deepcopy(target)
     quantize_model(qtarget, 8)
     c = target.transformer.cfg
-    kv_bytes = 2 * c.depth * (len(prompt) + N) * c.kv_heads * c.dim_head * 4
+    kv_bytes = 2 * c.depth * (len(prompt) + N) * c.resolved_kv_heads * c.resolved_head_dim * 4
 
     ref = target.generate(prompt, N, temperature=0)[0]
     static_eager = StaticDecoder(target, 1, len(prompt) + N, compile=False)

@@ -19,7 +19,7 @@ class TinyLM(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.zeros(seq, dim))
-        self.body = Transformer(TransformerConfig(dim=dim, depth=depth, num_heads=4, causal=True))
+        self.body = Transformer(TransformerConfig(embed_dim=dim, depth=depth, num_heads=4, causal=True))
         self.head = nn.Linear(dim, vocab)
 
     def loss(self, batch):

@@ -15,6 +15,15 @@ from typing import Any
 # still works, with a FutureWarning naming the new field. The field vocabulary itself is
 # the table in CONTRIBUTING.md.
 RENAMED: dict[str, dict[str, str]] = {
+    "TransformerConfig": {"dim": "embed_dim"},
+    "GPTConfig": {"dim": "embed_dim", "context": "context_length"},
+    "ViTConfig": {"dim": "embed_dim"},
+    "DiTConfig": {"dim": "embed_dim"},
+    "ConvAEConfig": {"in_channels": "in_chans"},  # and VAEConfig, VQConfig (subclasses)
+    "CLIPTextConfig": {"width": "embed_dim", "heads": "num_heads"},
+    "TextEncoderConfig": {"dim": "embed_dim", "max_len": "context_length"},
+    "DDPMConfig": {"image_size": "img_size"},
+    "DALLEConfig": {"text_len": "context_length"},
     "CLIPConfig": {"tokenizer_prune_from": "tokenizer_captions", "tokenizer_prune_kwargs": "tokenizer_captions_kwargs",
                    "tokenizer_prune_extra": "tokenizer_captions_extra"},
 }
@@ -22,14 +31,21 @@ RENAMED: dict[str, dict[str, str]] = {
 
 def renamed_field(cls, name: str, *, warn: bool = False) -> str:
     """The current name of field `name` of dataclass `cls` (itself unless it was renamed)."""
-    new = RENAMED.get(cls.__name__, {}).get(name)
-    if new is None:
+    new = next((RENAMED[k.__name__][name] for k in getattr(cls, "__mro__", (cls,))
+                if name in RENAMED.get(k.__name__, {})), None)
+    if new is None or new == name:
         return name
     if warn:
         import warnings
         warnings.warn(f"{cls.__name__}.{name} is now called {new!r}; the old name will stop working in a "
                       f"future version", FutureWarning, stacklevel=3)
     return new
+
+
+def rename_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a config dict, e.g. a config.json section) with old field names of dataclass
+    `cls` replaced by the current ones; nested configs are renamed when they are built."""
+    return {renamed_field(cls, k): v for k, v in data.items()}
 
 
 def _field_types(cls) -> dict[str, Any]:

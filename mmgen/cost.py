@@ -85,7 +85,7 @@ def count_params(model: nn.Module) -> dict[str, int]:
 def gpt_param_formula(config) -> int:
     """Parameters of a GPT from its config alone (checked against the built model in tests)."""
     c, b = config, config.block_config()
-    d, H, Hkv, D, F = b.dim, b.num_heads, b.kv_heads, b.dim_head, b.hidden_dim
+    d, H, Hkv, D, F = b.embed_dim, b.num_heads, b.resolved_kv_heads, b.resolved_head_dim, b.hidden_dim
     norm = d * (2 if b.norm == "layernorm" and b.norm_bias else 1)
     qkv = d * (H + 2 * Hkv) * D + ((H + 2 * Hkv) * D if b.qkv_bias else 0)
     proj = H * D * d + (d if b.proj_bias else 0)
@@ -93,7 +93,7 @@ def gpt_param_formula(config) -> int:
     mlp = (3 if gated else 2) * d * F + ((2 * F if gated else F) + d if b.mlp_bias else 0)
     qk = 2 * D * (2 if b.norm == "layernorm" and b.norm_bias else 1) if b.qk_norm else 0
     per_block = 2 * norm + qkv + proj + mlp + qk
-    total = c.vocab_size * d + (c.context * d if c.pos == "learned" else 0) + b.depth * per_block
+    total = c.vocab_size * d + (c.context_length * d if c.pos == "learned" else 0) + b.depth * per_block
     total += norm if b.final_norm and b.norm_place != "post" else 0
     total += 0 if c.tie_weights else c.vocab_size * d
     return total
@@ -101,8 +101,8 @@ def gpt_param_formula(config) -> int:
 
 # ---- analytic FLOPs for transformer families ----------------------------------------------------
 def _stack_shape(block_cfg) -> dict[str, int]:
-    return {"dim": block_cfg.dim, "depth": block_cfg.depth, "heads": block_cfg.num_heads,
-            "kv_heads": block_cfg.kv_heads, "head_dim": block_cfg.dim_head, "hidden": block_cfg.hidden_dim,
+    return {"dim": block_cfg.embed_dim, "depth": block_cfg.depth, "heads": block_cfg.num_heads,
+            "kv_heads": block_cfg.resolved_kv_heads, "head_dim": block_cfg.resolved_head_dim, "hidden": block_cfg.hidden_dim,
             "gated": int(block_cfg.mlp in ("swiglu", "geglu"))}
 
 
@@ -119,9 +119,9 @@ def transformer_spec(model: nn.Module, seq_len: int | None = None) -> dict[str, 
     from .models.vit import ViT
     if isinstance(model, GPT):
         c = model.config
-        T = seq_len or c.context
-        if T > c.context:
-            raise ValueError(f"seq_len {T} exceeds the context of {c.context} tokens")
+        T = seq_len or c.context_length
+        if T > c.context_length:
+            raise ValueError(f"seq_len {T} exceeds the context of {c.context_length} tokens")
         return {"family": "gpt", "tokens": T, "kv_len": T, "shape": _stack_shape(model.transformer.cfg),
                 "per_token_linear": _linear_flops_per_token(model.transformer) + 2.0 * model.lm_head.in_features
                 * model.lm_head.out_features, "per_example_linear": 0.0, "vocab": c.vocab_size,
@@ -131,7 +131,7 @@ def transformer_spec(model: nn.Module, seq_len: int | None = None) -> dict[str, 
         grid = model.patch_embed.grid_size
         n_patch = grid[0] * grid[1]
         T = n_patch + c.num_prefix_tokens
-        patch = 2.0 * c.in_chans * c.patch_size ** 2 * c.dim  # the patch conv as a per-patch matmul
+        patch = 2.0 * c.in_chans * c.patch_size ** 2 * c.embed_dim  # the patch conv as a per-patch matmul
         head = _linear_flops_per_token(model.head) if isinstance(model.head, nn.Linear) else 0.0
         per_ex = head * (T if c.global_pool == "none" else 1) + patch * n_patch
         return {"family": "vit", "tokens": T, "kv_len": T, "shape": _stack_shape(model.encoder.cfg),

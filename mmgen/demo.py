@@ -16,10 +16,10 @@ PROMPTS = ["a red circle above a blue square", "a green triangle", "a yellow squ
 
 def _blocks_demo() -> int:
     from mmgen.layers import Transformer, TransformerConfig
-    cfg = TransformerConfig(dim=256, depth=4, num_heads=8, num_kv_heads=2, norm="rmsnorm", mlp="swiglu",
+    cfg = TransformerConfig(embed_dim=256, depth=4, num_heads=8, num_kv_heads=2, norm="rmsnorm", mlp="swiglu",
                             rope="1d", causal=True)
     stack = Transformer(cfg).eval()
-    x = torch.randn(1, 128, cfg.dim)
+    x = torch.randn(1, 128, cfg.embed_dim)
     with torch.no_grad():
         t0 = time.perf_counter()
         full = stack(x)

@@ -2,7 +2,7 @@
 
 A family is a model class with a `config_class` dataclass, registered with
 `@register_model("gpt")`; a preset is a name bound to config values, registered with
-`register_preset("gpt_tiny", GPT, dim=64, ...)`. Preset names encode their shape
+`register_preset("gpt_tiny", GPT, embed_dim=64, ...)`. Preset names encode their shape
 (timm style: `vit_small_patch4_32`), and every family has a `*_tiny` preset."""
 from __future__ import annotations
 

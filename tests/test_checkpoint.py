@@ -16,7 +16,7 @@ from mmgen.models.base import Model
 class TiedConfig:
     vocab: int = 11
     dim: int = 8
-    block: TransformerConfig = field(default_factory=lambda: TransformerConfig(dim=8, depth=1, num_heads=2))
+    block: TransformerConfig = field(default_factory=lambda: TransformerConfig(embed_dim=8, depth=1, num_heads=2))
 
 
 @mmgen.register_model("test_tied")
@@ -38,7 +38,7 @@ def test_save_load_keeps_tied_weights_and_outputs(tmp_path):
     x = torch.arange(5)[None]
     m.save_pretrained(tmp_path / "ck")
     meta = json.loads((tmp_path / "ck" / "config.json").read_text())
-    assert meta["model_type"] == "test_tied" and meta["config"]["block"]["dim"] == 8
+    assert meta["model_type"] == "test_tied" and meta["config"]["block"]["embed_dim"] == 8
     for loaded in (TiedLM.from_pretrained(tmp_path / "ck"), mmgen.load_pretrained(tmp_path / "ck")):
         assert loaded.head.weight is loaded.emb.weight
         torch.testing.assert_close(loaded(x), m(x))
@@ -100,7 +100,7 @@ def test_save_is_atomic_and_keeps_other_files(tmp_path):
 def test_config_overrides_and_parsing():
     d = merge_overrides(TiedConfig, {"dim": 8}, {"block.depth": 3, "vocab": 5})
     cfg = config_from_dict(TiedConfig, d)
-    assert cfg.block.depth == 3 and cfg.vocab == 5 and cfg.block.dim == 8
+    assert cfg.block.depth == 3 and cfg.vocab == 5 and cfg.block.embed_dim == 8
     with pytest.raises(ValueError, match="did you mean 'depth'"):
         merge_overrides(TiedConfig, {}, {"block.dept": 3})
     assert parse_value("none", int | None) is None and parse_value("3", int | None) == 3

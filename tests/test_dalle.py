@@ -78,18 +78,18 @@ def test_joint_sequence_layout_and_positions():
         m.text_embed.weight.zero_()
         m.image_embed.weight.zero_()
     seq = torch.cat([m.tokenize(["a red circle"]), torch.zeros(1, c.image_tokens, dtype=torch.long)], 1)
-    assert seq.shape == (1, c.text_len + h * w)
+    assert seq.shape == (1, c.context_length + h * w)
     x = m.embed(seq)  # with zero token embeddings only the positions remain
-    torch.testing.assert_close(x[0, :c.text_len], m.text_pos.weight)
+    torch.testing.assert_close(x[0, :c.context_length], m.text_pos.weight)
     for i in range(h * w):
-        torch.testing.assert_close(x[0, c.text_len + i], m.row_embed[i // w] + m.col_embed[i % w])
+        torch.testing.assert_close(x[0, c.context_length + i], m.row_embed[i // w] + m.col_embed[i % w])
     # any slice embeds as in the full sequence (what the cache relies on)
-    torch.testing.assert_close(m.embed(seq[:, c.text_len - 3:c.text_len + 5], start=c.text_len - 3),
-                               x[:, c.text_len - 3:c.text_len + 5])
-    # heads: positions 0..text_len-2 predict text, text_len-1.. predict the image tokens
+    torch.testing.assert_close(m.embed(seq[:, c.context_length - 3:c.context_length + 5], start=c.context_length - 3),
+                               x[:, c.context_length - 3:c.context_length + 5])
+    # heads: positions 0..context_length-2 predict text, text_len-1.. predict the image tokens
     tl, il = m(seq[:, :-1])
-    assert tl.shape == (1, c.text_len - 1, c.text_vocab) and il.shape == (1, h * w, c.image_vocab)
-    tl2, il2 = m(seq[:, c.text_len - 1:-1], start=c.text_len - 1)
+    assert tl.shape == (1, c.context_length - 1, c.text_vocab) and il.shape == (1, h * w, c.image_vocab)
+    tl2, il2 = m(seq[:, c.context_length - 1:-1], start=c.context_length - 1)
     assert tl2 is None and il2.shape == (1, h * w, c.image_vocab)
 
 
@@ -98,7 +98,7 @@ def test_text_tokens_and_null_condition():
     tok = m.tokenizer
     t = m.tokenize(["ab"])[0].tolist()
     assert t[:4] == [tok.bos_id, ord("a"), ord("b"), tok.eos_id] and set(t[4:]) == {tok.pad_id}
-    assert m.null_text(2).tolist() == [[tok.bos_id, tok.eos_id] + [tok.pad_id] * (m.config.text_len - 2)] * 2
+    assert m.null_text(2).tolist() == [[tok.bos_id, tok.eos_id] + [tok.pad_id] * (m.config.context_length - 2)] * 2
 
 
 def test_causal_image_does_not_change_text_logits():
@@ -120,7 +120,7 @@ def test_loss_weights_text_and_image_1_to_7():
     b = m.example_batch(4)
     seq = torch.cat([b["text"], b["image_tokens"].flatten(1)], 1)
     tl, _ = m(seq[:, :-1])
-    tgt = seq[:, 1:m.config.text_len]
+    tgt = seq[:, 1:m.config.context_length]
     real = tgt != m.tokenizer.pad_id
     ref = F.cross_entropy(tl[real], tgt[real])
     assert logs["loss_text"] == pytest.approx(ref.item(), rel=1e-5)
@@ -167,8 +167,8 @@ def test_cached_sampling_equals_uncached(guidance):
     _, full = m(seq[:, :-1])
     cache = m.make_cache(3)
     _, first = m(text, cache=cache)
-    steps = [first[:, -1:]] + [m(seq[:, m.config.text_len + i:m.config.text_len + i + 1], cache=cache,
-                                 start=m.config.text_len + i)[1] for i in range(15)]
+    steps = [first[:, -1:]] + [m(seq[:, m.config.context_length + i:m.config.context_length + i + 1], cache=cache,
+                                 start=m.config.context_length + i)[1] for i in range(15)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -322,7 +322,7 @@ def test_cli_bad_input_gives_messages_not_tracebacks(tmp_path, capsys):
 
 
 def test_pruned_bpe_vocabulary_travels_with_the_checkpoint(tmp_path):
-    m = tiny(tokenizer="clip_bpe", tokenizer_captions="shapes", text_len=12)
+    m = tiny(tokenizer="clip_bpe", tokenizer_captions="shapes", context_length=12)
     assert m.config.tokenizer_state["type"] == "clip_bpe" and m.config.text_vocab < 40
     caption = "a magenta triangle right of a cyan cross"  # the longest kind of shapes caption
     ids = m.tokenize([caption])

@@ -90,7 +90,7 @@ def test_guidance_scale_one_is_the_conditional_prediction(name):
 
 def test_unet_shapes_and_gradients():
     net = UNet(UNetConfig(base_ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_res=(8,), num_heads=2, groups=4),
-               image_size=16, in_chans=3, cond_dim=8, context_dim=12)
+               img_size=16, in_chans=3, cond_dim=8, context_dim=12)
     x = torch.randn(2, 3, 16, 16, requires_grad=True)
     ctx = torch.randn(2, 5, 12, requires_grad=True)
     cond = torch.randn(2, 8, requires_grad=True)
@@ -106,11 +106,11 @@ def test_unet_shapes_and_gradients():
     with pytest.raises(ValueError, match="16x16"):
         net(torch.randn(1, 3, 8, 8), torch.tensor([1.0]), cond=cond[:1], context=ctx[:1])
     with pytest.raises(ValueError, match="divisible"):
-        UNet(UNetConfig(ch_mult=(1, 2, 2)), image_size=18, in_chans=3)
+        UNet(UNetConfig(ch_mult=(1, 2, 2)), img_size=18, in_chans=3)
 
 
 def test_dit_shapes_and_gradients():
-    net = DiT(DiTConfig(patch_size=4, dim=32, depth=2, num_heads=2), image_size=16, in_chans=4, cond_dim=8,
+    net = DiT(DiTConfig(patch_size=4, embed_dim=32, depth=2, num_heads=2), img_size=16, in_chans=4, cond_dim=8,
               context_dim=12)
     _wake(net)  # open the adaLN-Zero gates and the zero output layer
     x = torch.randn(2, 4, 16, 16, requires_grad=True)
@@ -121,11 +121,11 @@ def test_dit_shapes_and_gradients():
     assert x.grad.abs().sum() > 0 and ctx.grad.abs().sum() > 0
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
     with pytest.raises(ValueError, match="not divisible by patch_size"):
-        DiT(DiTConfig(patch_size=3), image_size=16, in_chans=3)
+        DiT(DiTConfig(patch_size=3), img_size=16, in_chans=3)
 
 
 def test_dit_zero_init_starts_at_zero_output():
-    net = DiT(DiTConfig(patch_size=2, dim=32, depth=2, num_heads=2), image_size=8, in_chans=3)
+    net = DiT(DiTConfig(patch_size=2, embed_dim=32, depth=2, num_heads=2), img_size=8, in_chans=3)
     assert net(torch.randn(2, 3, 8, 8), torch.tensor([1.0, 2.0])).abs().max() == 0
 
 

@@ -63,9 +63,9 @@ def test_fsdp_trains_a_clip(tmp_path):
     """FSDP on CLIP, whose logit_scale is a 0-d parameter fully_shard cannot shard: the engine
     leaves it replicated and averages its gradient, so two FSDP ranks follow the curve of one
     process (a small CLIP on toy captions)."""
-    args = ["clip_tiny", "--data", "tests.train_toy:captions", "--set", 'model.vision={"dim": 32, "depth": 1, '
+    args = ["clip_tiny", "--data", "tests.train_toy:captions", "--set", 'model.vision={"embed_dim": 32, "depth": 1, '
             '"num_heads": 2}', "--set", "model.text.depth=1",
-            "--set", "model.text.width=32", "--set", "model.text.heads=2", "--set", "model.embed_dim=32",
+            "--set", "model.text.embed_dim=32", "--set", "model.text.num_heads=2", "--set", "model.embed_dim=32",
             "--set", "model.text.context_length=16", "--set", "train.steps=3", "--set", "train.batch_size=8",
             "--set", "train.warmup=1", "--set", "train.eval_batches=1", "--set", "train.progress=false",
             "--set", "train.lr=1e-2", "--set", "train.log_every=1"]

@@ -79,7 +79,7 @@ def test_context_overflow_is_an_error_or_slides():
     model = tiny()  # context 64
     with pytest.raises(ValueError, match=r"prompt of 10 tokens \+ max_new_tokens=60 = 70 exceeds the context of 64"):
         model.generate(list(range(10)), 60)
-    with pytest.raises(ValueError, match="position 64 is outside the learned table of context=64"):
+    with pytest.raises(ValueError, match="position 64 is outside the learned table of context_length=64"):
         model(torch.zeros(1, 65, dtype=torch.long))
     out = model.generate(list(range(10)), 100, overflow="slide", temperature=0)[0]
     assert len(out) == 100
@@ -118,7 +118,7 @@ def test_config_checks_and_dotted_overrides():
 
 
 def test_gpt2_init_scales_residual_projections():
-    model = mmgen.create_model("gpt_tiny", **{"depth": 8, "dim": 256})
+    model = mmgen.create_model("gpt_tiny", **{"depth": 8, "embed_dim": 256})
     want = 0.02 / math.sqrt(2 * 8)
     for blk in model.transformer.blocks:
         assert abs(blk.attn.proj.weight.std().item() - want) < 0.1 * want
@@ -168,7 +168,7 @@ def test_hf_gpt2_parity_on_random_weights():
             if name.endswith("bias") or "ln_" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     ours = gpt_from_hf_gpt2(hf)
-    assert ours.config.mlp == "gelu_tanh" and ours.config.context == 32
+    assert ours.config.mlp == "gelu_tanh" and ours.config.context_length == 32
     ids = torch.randint(0, 101, (3, 20))
     with torch.no_grad():
         torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)

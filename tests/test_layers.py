@@ -36,7 +36,7 @@ def test_sdpa_equals_reference_with_mask_and_bias():
 
 
 def _stack(**kw):
-    base = dict(dim=32, depth=2, num_heads=4, causal=True)
+    base = dict(embed_dim=32, depth=2, num_heads=4, causal=True)
     base.update(kw)
     return L.Transformer(L.TransformerConfig(**base)).eval()
 
@@ -239,7 +239,7 @@ def test_inference_in_place_paths_equal_autograd_paths_and_leave_inputs_alone(dt
     from mmgen.layers.attention import attention_matmul
 
     torch.manual_seed(0)
-    blk = L.TransformerBlock(L.TransformerConfig(dim=32, num_heads=4, norm_place=place))
+    blk = L.TransformerBlock(L.TransformerConfig(embed_dim=32, num_heads=4, norm_place=place))
     x = torch.randn(2, 3, 5, 32, dtype=dtype)  # grouped: 3 windows of 5 tokens
     bias = torch.randn(3, 4, 5, 5)
     blk.to(dtype)
@@ -285,11 +285,11 @@ def test_norm_placements_differ_and_run():
 
 
 def test_adaln_zero_block_starts_as_identity_and_cross_attention_reads_context():
-    cfg = L.TransformerConfig(dim=32, depth=2, num_heads=4, adaln="adaln_zero", cond_dim=16, final_norm=False)
+    cfg = L.TransformerConfig(embed_dim=32, depth=2, num_heads=4, adaln="adaln_zero", cond_dim=16, final_norm=False)
     m = L.Transformer(cfg)
     x, c = torch.randn(2, 5, 32), torch.randn(2, 16)
     torch.testing.assert_close(m(x, cond=c), x)
-    cfg = L.TransformerConfig(dim=32, depth=1, num_heads=4, cross_attn=True, context_dim=24)
+    cfg = L.TransformerConfig(embed_dim=32, depth=1, num_heads=4, cross_attn=True, context_dim=24)
     m = L.Transformer(cfg)
     ctx = torch.randn(2, 7, 24)
     assert not torch.allclose(m(x, context=ctx), m(x, context=ctx + 1))
@@ -335,8 +335,8 @@ def test_gradcheck_custom_pieces():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(dim=30, num_heads=4), "divisible by num_heads"),
-    (dict(dim=32, num_heads=4, num_kv_heads=3), "multiple of num_kv_heads"),
+    (dict(embed_dim=30, num_heads=4), "divisible by num_heads"),
+    (dict(embed_dim=32, num_heads=4, num_kv_heads=3), "multiple of num_kv_heads"),
     (dict(norm="batchnorm"), "norm must be one of"),
     (dict(adaln="adaln_zero"), "cond_dim"),
     (dict(mlp="tanh"), "mlp must be one of"),
@@ -376,7 +376,7 @@ def test_blocks_trace_for_torch_compile_without_graph_breaks():
     """The inference fast paths (in-place adds, GELU, grouped attention) must not break a
     torch.compile graph: a data_ptr() check in the residual add once halved compiled decoding."""
     torch._dynamo.reset()
-    blk = L.TransformerBlock(L.TransformerConfig(dim=32, num_heads=4)).eval()
+    blk = L.TransformerBlock(L.TransformerConfig(embed_dim=32, num_heads=4)).eval()
     x, grouped, bias = torch.randn(2, 5, 32), torch.randn(2, 3, 5, 32), torch.randn(3, 4, 5, 5)
     with torch.no_grad():
         for args, kw in (((x,), {}), ((grouped,), {"bias": bias})):

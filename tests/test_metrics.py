@@ -116,7 +116,7 @@ def test_evaluate_cli_on_emoji_captions(tmp_path):
     import mmgen
     from mmgen.metrics.evaluate import main
 
-    mmgen.create_model("ddpm_dit_tiny", image_size=32).eval().save_pretrained(tmp_path / "ddpm")
+    mmgen.create_model("ddpm_dit_tiny", img_size=32).eval().save_pretrained(tmp_path / "ddpm")
     mmgen.create_model("clip_tiny").eval().save_pretrained(tmp_path / "clip")
     assert main(["--model", str(tmp_path / "ddpm"), "--clip", str(tmp_path / "clip"), "--dataset", "emoji",
                  "--data-set", "image_size=32", "--n", "4", "--guidance", "2", "--steps", "2",

@@ -42,7 +42,7 @@ def outputs(name: str) -> dict[str, list[float]]:
         return {"eps": _summary(m.net(x, t, **m.encode_condition(PROMPTS)))}
     if kind == "vq":
         c = m.config
-        size, chans = c.img_size, getattr(c, "in_chans", None) or getattr(c, "in_channels")
+        size, chans = c.img_size, c.in_chans
         img = torch.rand(2, chans, size, size, generator=g) * 2 - 1
         tokens = m.encode_tokens(img)
         return {"tokens": _summary(tokens.float()), "decoded": _summary(m.decode_tokens(tokens))}
@@ -92,3 +92,26 @@ def test_shipped_checkpoint_outputs_unchanged(name):
     for key in ref:
         torch.testing.assert_close(torch.tensor(got[key], dtype=torch.float64), torch.tensor(ref[key], dtype=torch.float64),
                                    rtol=1e-4, atol=1e-4, msg=f"{name} {key}")
+
+
+def test_shipped_checkpoints_load_without_rename_warnings():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        for p in sorted(ROOT.iterdir()):
+            if (p / "config.json").is_file():
+                mmgen.load_pretrained(p)
+
+
+def test_old_field_names_in_overrides_map_with_a_warning():
+    from mmgen.config import field_type
+    from mmgen.models.gpt import GPTConfig
+    with pytest.warns(FutureWarning, match=r"GPTConfig.dim is now called 'embed_dim'"):
+        m = mmgen.create_model("gpt_tiny", dim=32, context=16)
+    assert m.config.embed_dim == 32 and m.config.context_length == 16
+    with pytest.warns(FutureWarning, match=r"CLIPTextConfig.heads is now called 'num_heads'"):
+        c = mmgen.create_model("clip_tiny", **{"text.heads": 2, "text.width": 64})
+    assert c.config.text.num_heads == 2 and c.config.text.embed_dim == 64
+    assert field_type(GPTConfig, "context") is int  # `--set model.context=..` parses as the new field
+    with pytest.raises(ValueError, match="has no field 'dimm'"):
+        mmgen.create_model("gpt_tiny", dimm=32)

@@ -11,7 +11,7 @@ from mmgen.text.speculative import speculative_generate
 
 def _small(vocab, dim, depth, seed, **kw):
     torch.manual_seed(seed)
-    m = GPT(GPTConfig(vocab_size=vocab, context=64, tie_weights=False, dim=dim, depth=depth, num_heads=2, **kw))
+    m = GPT(GPTConfig(vocab_size=vocab, context_length=64, tie_weights=False, embed_dim=dim, depth=depth, num_heads=2, **kw))
     with torch.no_grad():  # logits of std ~1.5 instead of the near-uniform 0.02 init
         m.tok_embed.weight.normal_(0, 1.0)
         m.lm_head.weight.normal_(0, 0.4)

@@ -171,7 +171,7 @@ def test_sdpa_matches_math_and_drop_path_eval():
 
 def test_overfit_one_batch():
     torch.manual_seed(0)
-    m = create_model("vit_tiny", label_smoothing=0.1, dim=64, depth=2)
+    m = create_model("vit_tiny", label_smoothing=0.1, embed_dim=64, depth=2)
     batch = m.example_batch(6)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     first = m.loss(batch)[0].item()

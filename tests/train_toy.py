@@ -42,7 +42,7 @@ class ToyModel(Model):
         c = config
         self.inp = nn.Linear(c.in_dim, c.dim)
         self.pos = LearnedPositions(c.seq, c.dim)
-        self.body = Transformer(TransformerConfig(dim=c.dim, depth=c.depth, num_heads=2, dropout=c.dropout))
+        self.body = Transformer(TransformerConfig(embed_dim=c.dim, depth=c.depth, num_heads=2, dropout=c.dropout))
         self.head = nn.Linear(c.dim, 1)
         self.calls = 0
 

@@ -48,7 +48,7 @@ def run(args) -> int:
         raise ValueError(f"tokenizer {tok!r} has {tok.vocab_size} ids but the model only {model.config.vocab_size}; "
                          "pick the tokenizer the model was trained with (--tokenizer)")
     ids = tok.encode(args.prompt) or [tok.bos_id]
-    ctx = model.config.context
+    ctx = model.config.context_length
     if args.overflow == "error" and len(ids) + args.max_new_tokens > ctx:
         raise ValueError(f"prompt of {len(ids)} tokens + --max-new-tokens {args.max_new_tokens} exceeds the "
                          f"context of {ctx} tokens; lower --max-new-tokens or pass --overflow slide")

@@ -104,8 +104,8 @@ class PrefixGPT(nn.Module):
         if ids.ndim == 1:
             ids = ids[None]
         B, T = ids.shape
-        if T + max_new_tokens > self.config.context:
-            raise ValueError(f"prompt {T} + max_new_tokens {max_new_tokens} exceeds the context {self.config.context}")
+        if T + max_new_tokens > self.config.context_length:
+            raise ValueError(f"prompt {T} + max_new_tokens {max_new_tokens} exceeds the context {self.config.context_length}")
         params = SamplingParams(temperature, top_k, top_p, min_p)
         gen = make_generator(seed, ids.device)
         P = self.num_virtual

@@ -21,7 +21,7 @@ class RewardModel(nn.Module):
     def __init__(self, decoder: nn.Module):
         super().__init__()
         self.decoder = decoder
-        dim = decoder.transformer.cfg.dim
+        dim = decoder.transformer.cfg.embed_dim
         self.reward_head = nn.Linear(dim, 1)
         nn.init.zeros_(self.reward_head.weight)
         nn.init.zeros_(self.reward_head.bias)

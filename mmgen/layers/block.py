@@ -21,7 +21,7 @@ NORM_PLACES = ("pre", "post", "sandwich")
 
 @dataclass
 class TransformerConfig:
-    dim: int = 256
+    embed_dim: int = 256
     depth: int = 4
     num_heads: int = 4
     num_kv_heads: int | None = None  # None = num_heads (MHA); 1 = MQA; else GQA
@@ -59,9 +59,9 @@ class TransformerConfig:
                                      ("adaln", self.adaln, ADALN), ("attn_impl", self.attn_impl, ATTN_IMPLS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        if self.dim < 1 or self.depth < 0:
-            raise ValueError(f"dim must be >= 1 and depth >= 0, got dim={self.dim}, depth={self.depth}")
-        check_heads(self.dim, self.num_heads, self.num_kv_heads, self.head_dim)
+        if self.embed_dim < 1 or self.depth < 0:
+            raise ValueError(f"embed_dim must be >= 1 and depth >= 0, got embed_dim={self.embed_dim}, depth={self.depth}")
+        check_heads(self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim)
         if self.adaln != "none" and self.cond_dim is None:
             raise ValueError(f"adaln={self.adaln!r} needs cond_dim (the width of the condition vector)")
         if self.adaln != "none" and self.norm_place != "pre":
@@ -72,16 +72,16 @@ class TransformerConfig:
             raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path}")
 
     @property
-    def kv_heads(self) -> int:
+    def resolved_kv_heads(self) -> int:
         return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     @property
-    def dim_head(self) -> int:
-        return self.head_dim or self.dim // self.num_heads
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.embed_dim // self.num_heads
 
     @property
     def hidden_dim(self) -> int:
-        return self.mlp_hidden or mlp_hidden_dim(self.mlp, self.dim, self.mlp_ratio, self.mlp_multiple_of)
+        return self.mlp_hidden or mlp_hidden_dim(self.mlp, self.embed_dim, self.mlp_ratio, self.mlp_multiple_of)
 
 
 class TransformerBlock(nn.Module):
@@ -92,7 +92,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: TransformerConfig, drop_path: float = 0.0):
         super().__init__()
         self.cfg = cfg
-        d, place = cfg.dim, cfg.norm_place
+        d, place = cfg.embed_dim, cfg.norm_place
         affine = cfg.adaln == "none"  # adaLN supplies the scale and shift itself
 
         def norm(affine_=True):
@@ -175,8 +175,8 @@ class Transformer(nn.Module):
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(TransformerBlock(cfg, r) for r in rates)
         use_final = cfg.final_norm and cfg.norm_place != "post"
-        self.norm = make_norm(cfg.norm, cfg.dim, eps=cfg.norm_eps, bias=cfg.norm_bias) if use_final else nn.Identity()
-        self.rope = RotaryEmbedding(cfg.dim_head, dims=2 if cfg.rope == "2d" else 1,
+        self.norm = make_norm(cfg.norm, cfg.embed_dim, eps=cfg.norm_eps, bias=cfg.norm_bias) if use_final else nn.Identity()
+        self.rope = RotaryEmbedding(cfg.resolved_head_dim, dims=2 if cfg.rope == "2d" else 1,
                                     theta=cfg.rope_theta) if cfg.rope != "none" else None
 
     def init_weights(self, std: float = 0.02, residual_scale: bool = True) -> None:
@@ -195,8 +195,8 @@ class Transformer(nn.Module):
                 cache: list[KVCache] | None = None, start: int = 0, context=None, context_mask=None,
                 cond=None, return_hidden: bool = False):
         cfg = self.cfg
-        if x.ndim != 3 or x.shape[-1] != cfg.dim:
-            raise ValueError(f"Transformer expects (batch, seq, {cfg.dim}), got {tuple(x.shape)}")
+        if x.ndim != 3 or x.shape[-1] != cfg.embed_dim:
+            raise ValueError(f"Transformer expects (batch, seq, {cfg.embed_dim}), got {tuple(x.shape)}")
         T = x.shape[1]
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache has {len(cache)} layers, the stack has {len(self.blocks)}")

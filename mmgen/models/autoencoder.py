@@ -22,7 +22,7 @@ class ConvAEConfig:
     """Fields shared by VAEConfig and VQConfig. The encoder halves the resolution
     len(ch_mult) - 1 times: img_size 32 with ch_mult (1, 2, 2) gives an 8x8 latent grid."""
     img_size: int = 32
-    in_channels: int = 3
+    in_chans: int = 3
     patch: int = 1  # pixel-unshuffle factor before the first conv (and pixel-shuffle after the last):
     #                 patch=2 runs the first level at half resolution, ~4x cheaper on CPU
     ch: int = 32  # width of the first level
@@ -66,7 +66,7 @@ class Bottleneck(nn.Module):
         if self.kind == "attn":
             self.block = AttnBlock(width, num_heads=cfg.bottleneck_heads, groups=cfg.groups)
         elif self.kind == "transformer":
-            self.block = Transformer(TransformerConfig(dim=width, depth=cfg.bottleneck_depth,
+            self.block = Transformer(TransformerConfig(embed_dim=width, depth=cfg.bottleneck_depth,
                                                        num_heads=cfg.bottleneck_heads, dropout=cfg.dropout))
             s = cfg.latent_size
             self.register_buffer("pos", sincos_2d(s, s, width) if width % 4 == 0 else torch.zeros(s * s, width),
@@ -90,7 +90,7 @@ class ConvEncoder(nn.Module):
         super().__init__()
         widths = [cfg.ch * m for m in cfg.ch_mult]
         self.patch = cfg.patch
-        self.conv_in = nn.Conv2d(cfg.in_channels * cfg.patch ** 2, cfg.ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(cfg.in_chans * cfg.patch ** 2, cfg.ch, 3, padding=1)
         blocks: list[nn.Module] = []
         c = cfg.ch
         for i, w in enumerate(widths):
@@ -135,7 +135,7 @@ class ConvDecoder(nn.Module):
         self.up = nn.Sequential(*blocks)
         self.norm_out = group_norm(c, cfg.groups)
         self.patch = cfg.patch
-        self.conv_out = nn.Conv2d(c, (out_channels or cfg.in_channels) * cfg.patch ** 2, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, (out_channels or cfg.in_chans) * cfg.patch ** 2, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid2(self.bottleneck(self.mid1(self.conv_in(z))))  # (B, C_last, s, s)
@@ -159,8 +159,8 @@ def check_images(x: torch.Tensor, cfg: ConvAEConfig) -> None:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"expected images (B, C, H, W), got {shape}")
     B, C, H, W = x.shape
-    if C != cfg.in_channels:
-        raise ValueError(f"expected {cfg.in_channels} image channels, got {C} (shape {tuple(x.shape)}); "
+    if C != cfg.in_chans:
+        raise ValueError(f"expected {cfg.in_chans} image channels, got {C} (shape {tuple(x.shape)}); "
                          f"build the model with in_channels={C} for such data")
     if (H, W) != (cfg.img_size, cfg.img_size):
         raise ValueError(f"expected {cfg.img_size}x{cfg.img_size} images, got {H}x{W}; build the model with "
@@ -176,7 +176,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def example_images(cfg: ConvAEConfig, batch_size: int, device) -> torch.Tensor:
     """Smooth random images in [-1, 1] (a low-resolution noise field upsampled)."""
     g = torch.Generator().manual_seed(0)
-    low = torch.rand(batch_size, cfg.in_channels, 4, 4, generator=g) * 2 - 1
+    low = torch.rand(batch_size, cfg.in_chans, 4, 4, generator=g) * 2 - 1
     return F.interpolate(low, size=(cfg.img_size, cfg.img_size), mode="bilinear", align_corners=False).to(device)
 
 

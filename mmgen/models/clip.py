@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import config_from_dict, config_to_dict, merge_overrides
+from ..config import config_from_dict, config_to_dict, merge_overrides, rename_fields
 from ..losses import ClipLoss, SigLipLoss
 from ..registry import get_family, get_preset, register_model, register_preset
 from ..text.captions import CaptionTokenizer, build_tokenizer, check_vocabulary_resolved, resolve_vocabulary
@@ -97,7 +97,7 @@ def resolve_vision(vision_model: str, vision: dict) -> tuple[type, Any]:
             raise ValueError(f"vision_model {vision_model!r} is neither a model family ({', '.join(sorted(_FAMILIES))}) "
                              f"nor a registered preset") from None
         cls, base = preset.model_cls, preset.config
-    overrides = dict(vision)
+    overrides = rename_fields(cls.config_class, vision)  # a config.json written before a field was renamed
     field_names = {f for f in cls.config_class.__dataclass_fields__}
     if "num_classes" in field_names:
         overrides.setdefault("num_classes", 0)
@@ -142,9 +142,9 @@ class CLIP(Model):
                             f"/ num_features (the timm encoder API)")
         self.text = TextTower(t)
         self.image_proj = nn.Linear(self.visual.num_features, cfg.embed_dim, bias=False)
-        self.text_proj = nn.Linear(t.width, cfg.embed_dim, bias=False)
+        self.text_proj = nn.Linear(t.embed_dim, cfg.embed_dim, bias=False)
         nn.init.normal_(self.image_proj.weight, std=self.visual.num_features ** -0.5)
-        nn.init.normal_(self.text_proj.weight, std=t.width ** -0.5)
+        nn.init.normal_(self.text_proj.weight, std=t.embed_dim ** -0.5)
         scale_init = cfg.logit_scale_init
         if scale_init is None:
             scale_init = math.log(1 / 0.07) if cfg.loss == "clip" else math.log(10.0)
@@ -343,7 +343,7 @@ class CLIP(Model):
 
 register_preset("clip_tiny", CLIP, "ViT-tiny image tower, 3-layer 128-wide causal text tower, byte tokenizer",
                 vision_model="vit_tiny_patch4_32", embed_dim=128, tokenizer="byte",
-                text=dict(context_length=48, width=128, depth=3, heads=4))
+                text=dict(context_length=48, embed_dim=128, depth=3, num_heads=4))
 register_preset("clip_tiny_siglip", CLIP, "clip_tiny with the sigmoid loss",
                 vision_model="vit_tiny_patch4_32", embed_dim=128, tokenizer="byte", loss="siglip",
-                text=dict(context_length=48, width=128, depth=3, heads=4))
+                text=dict(context_length=48, embed_dim=128, depth=3, num_heads=4))

@@ -8,17 +8,17 @@ r"""DALL-E (Ramesh et al. 2021), small: one causal transformer over the sequence
 This file holds the model (config, modules, `loss`, presets); sampling, reranking, prompt
 checks and loading the companion models live in `mmgen.pipelines.dalle`.
 
-Sequence layout (positions 0 .. text_len + h*w - 1):
+Sequence layout (positions 0 .. context_length + h*w - 1):
 
     [BOS t_1 .. t_k EOS PAD .. PAD] [i_(0,0) i_(0,1) .. i_(h-1,w-1)]
-     \______ text_len positions __/  \___ h*w image tokens, raster order ___/
+     \______ context_length positions __/  \___ h*w image tokens, raster order ___/
 
 * The text half is the GPT decoder's: a byte-level (or any mmgen.text) tokenizer, learned
-  absolute positions, padded to a fixed `text_len` so every row has the same layout (the
-  image always starts at position text_len; padding is attended to, as in DALL-E, and its
+  absolute positions, padded to a fixed `context_length` so every row has the same layout (the
+  image always starts at position context_length; padding is attended to, as in DALL-E, and its
   learned position embedding makes each pad slot distinct).
 * Text and image have their own embeddings and output heads: the hidden state at position p
-  predicts token p+1 with the text head while p+1 < text_len, with the image head after.
+  predicts token p+1 with the text head while p+1 < context_length, with the image head after.
 * Image tokens get learned row + column embeddings (no 1-D position table).
 * The loss is the weighted mean (text_loss_weight * CE_text + image_loss_weight * CE_image)
   / (sum of the weights), 1:7 by default (DALL-E's weighting); padding targets are ignored.
@@ -76,7 +76,7 @@ class DALLEConfig:
     tokenizer_captions_kwargs: dict = field(default_factory=dict)  # dataset options
     tokenizer_captions_extra: tuple[str, ...] = ()  # extra texts to keep tokens of
     text_vocab: int = 0  # 0: the tokenizer's vocabulary size
-    text_len: int = 48  # text positions, BOS / EOS / padding included
+    context_length: int = 48  # text positions, BOS / EOS / padding included
     image_vocab: int = 512  # codebook size of the VQ tokenizer
     image_grid: tuple[int, int] = (8, 8)  # (h, w) image tokens
     block: TransformerConfig = field(default_factory=lambda: TransformerConfig(causal=True))
@@ -100,8 +100,8 @@ class DALLEConfig:
         self.image_grid = tuple(int(v) for v in self.image_grid)
         if len(self.image_grid) != 2 or min(self.image_grid) < 1:
             raise ValueError(f"image_grid must be (h, w) with h, w >= 1, got {self.image_grid}")
-        if self.text_len < 3:
-            raise ValueError(f"text_len must hold BOS, one token and EOS (>= 3), got {self.text_len}")
+        if self.context_length < 3:
+            raise ValueError(f"context_length must hold BOS, one token and EOS (>= 3), got {self.context_length}")
         if self.image_vocab < 2:
             raise ValueError(f"image_vocab must be >= 2, got {self.image_vocab}")
         if not 0.0 <= self.cond_drop < 1.0:
@@ -124,7 +124,7 @@ class DALLEConfig:
 
     @property
     def seq_len(self) -> int:
-        return self.text_len + self.image_tokens
+        return self.context_length + self.image_tokens
 
 
 @register_model("dalle")
@@ -149,12 +149,12 @@ class DALLE(Model):
         check_vocabulary_resolved(config, "DALLE")
         c = self.config = self.resolve_config(config)  # a copy: text_vocab filled, no dataset read
         self.tokenizer = build_tokenizer(c.tokenizer, c.tokenizer_state)
-        self._tokenize = CaptionTokenizer(self.tokenizer, c.text_len, warn_unknown=False,
-                                          hint="text_len; pass truncate=True (--truncate) to cut it with a warning")
-        d = c.block.dim
+        self._tokenize = CaptionTokenizer(self.tokenizer, c.context_length, warn_unknown=False,
+                                          hint="context_length; pass truncate=True (--truncate) to cut it with a warning")
+        d = c.block.embed_dim
         h, w = c.image_grid
         self.text_embed = nn.Embedding(c.text_vocab, d)
-        self.text_pos = LearnedPositions(c.text_len, d, std=c.init_std)
+        self.text_pos = LearnedPositions(c.context_length, d, std=c.init_std)
         self.image_embed = nn.Embedding(c.image_vocab, d)
         self.row_embed = nn.Parameter(torch.randn(h, d) * c.init_std)
         self.col_embed = nn.Parameter(torch.randn(w, d) * c.init_std)
@@ -220,11 +220,11 @@ class DALLE(Model):
 
     # ------------------------------------------------------------------ text
     def null_text(self, batch: int = 1) -> torch.Tensor:
-        """The null condition: the empty caption [BOS EOS PAD ..], (batch, text_len)."""
+        """The null condition: the empty caption [BOS EOS PAD ..], (batch, context_length)."""
         return self.tokenize([""] * batch)
 
     def tokenize(self, texts: str | Sequence[str], *, truncate: bool = False) -> torch.Tensor:
-        """Captions -> (N, text_len) ids [BOS text EOS PAD ..]. Over-long text raises a
+        """Captions -> (N, context_length) ids [BOS text EOS PAD ..]. Over-long text raises a
         ValueError naming both lengths; truncate=True cuts it (EOS kept last) with a warning."""
         return self._tokenize(texts, truncate=truncate).to(self.text_embed.weight.device)
 
@@ -240,13 +240,13 @@ class DALLE(Model):
     # ------------------------------------------------------------------ forward
     def embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Tokens of the joint sequence at positions [start, start + T) -> (B, T, dim). Text ids
-        at positions < text_len, image ids (codebook indices) after."""
+        at positions < context_length, image ids (codebook indices) after."""
         c = self.config
         B, T = tokens.shape
         if start + T > c.seq_len:
             raise ValueError(f"positions {start}..{start + T - 1} run past the sequence of {c.seq_len} "
-                             f"(text_len {c.text_len} + {c.image_tokens} image tokens)")
-        n_text = max(0, min(T, c.text_len - start))  # how many of these positions are text
+                             f"(context_length {c.context_length} + {c.image_tokens} image tokens)")
+        n_text = max(0, min(T, c.context_length - start))  # how many of these positions are text
         parts = []
         if n_text:
             t = tokens[:, :n_text]
@@ -257,7 +257,7 @@ class DALLE(Model):
             im = tokens[:, n_text:]
             if int(im.max()) >= c.image_vocab or int(im.min()) < 0:
                 raise ValueError(f"image ids must be in [0, {c.image_vocab}), got [{int(im.min())}, {int(im.max())}]")
-            i0 = start + n_text - c.text_len  # index of the first image token here
+            i0 = start + n_text - c.context_length  # index of the first image token here
             idx = torch.arange(i0, i0 + (T - n_text), device=tokens.device)
             w = c.image_grid[1]
             pos = self.row_embed[idx // w] + self.col_embed[idx % w]  # (Ti, dim)
@@ -268,7 +268,7 @@ class DALLE(Model):
                 return_hidden: bool = False):
         """tokens (B, T) of the joint sequence at positions [start, start + T) -> (text_logits
         (B, Tt, text_vocab) or None, image_logits (B, Ti, image_vocab) or None): the hidden
-        state at position p predicts token p + 1, with the text head while p + 1 < text_len
+        state at position p predicts token p + 1, with the text head while p + 1 < context_length
         (the first Tt positions) and the image head after (the last Ti)."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
@@ -276,7 +276,7 @@ class DALLE(Model):
             raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
         h = self.transformer(self.embed(tokens, start), cache=cache, start=start)  # (B, T, dim)
         T = tokens.shape[1]
-        n_text = max(0, min(T, self.config.text_len - 1 - start))  # positions predicting text
+        n_text = max(0, min(T, self.config.context_length - 1 - start))  # positions predicting text
         text_logits = self.text_head(h[:, :n_text]) if n_text else None
         image_logits = self.image_head(h[:, n_text:]) if n_text < T else None
         return (text_logits, image_logits, h) if return_hidden else (text_logits, image_logits)
@@ -287,7 +287,7 @@ class DALLE(Model):
 
     # ------------------------------------------------------------------ training contract
     def collate(self, items: list[dict]) -> dict[str, Any]:
-        """Dataset items {"image", "caption", ...} -> {"text" (B, text_len), "image_tokens"
+        """Dataset items {"image", "caption", ...} -> {"text" (B, context_length), "image_tokens"
         (B, h, w), "caption"}: captions tokenised (over-long ones cut with a warning), images
         encoded by the frozen VQ under no_grad."""
         if not items:
@@ -314,7 +314,7 @@ class DALLE(Model):
         return {"text": self.tokenize(captions, truncate=True).cpu(), "image_tokens": tokens, "caption": captions}
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """batch {"text" (B, text_len) ids, "image_tokens" (B, h, w) or (B, h*w) codebook ids}
+        """batch {"text" (B, context_length) ids, "image_tokens" (B, h, w) or (B, h*w) codebook ids}
         (or {"image", "caption"}: tokenised and VQ-encoded here). Returns the 1:7 weighted mean
         of the text and image cross-entropies (nats per token)."""
         c = self.config
@@ -329,8 +329,8 @@ class DALLE(Model):
         dev = self.text_embed.weight.device
         text = batch["text"].to(dev)
         image = batch["image_tokens"].to(dev).reshape(text.shape[0], -1)  # (B, h*w) raster order
-        if text.shape[1] != c.text_len or image.shape[1] != c.image_tokens:
-            raise ValueError(f"expected text (B, {c.text_len}) and image tokens (B, {c.image_tokens}), got "
+        if text.shape[1] != c.context_length or image.shape[1] != c.image_tokens:
+            raise ValueError(f"expected text (B, {c.context_length}) and image tokens (B, {c.image_tokens}), got "
                              f"{tuple(text.shape)} and {tuple(image.shape)}")
         B = text.shape[0]
         keep = torch.ones(B, dtype=torch.bool, device=dev)
@@ -340,10 +340,10 @@ class DALLE(Model):
             if c.cond_drop > 0:
                 keep = torch.rand(B, device=dev) >= c.cond_drop
                 text = torch.where(keep[:, None], text, self.null_text(B))
-        seq = torch.cat([text, image], 1)  # (B, text_len + h*w)
+        seq = torch.cat([text, image], 1)  # (B, context_length + h*w)
         text_logits, image_logits = self(seq[:, :-1])
-        # text targets: positions 1 .. text_len-1, padding and dropped captions ignored
-        t_tgt = seq[:, 1:c.text_len].masked_fill(seq[:, 1:c.text_len] == self.tokenizer.pad_id, -100)
+        # text targets: positions 1 .. context_length-1, padding and dropped captions ignored
+        t_tgt = seq[:, 1:c.context_length].masked_fill(seq[:, 1:c.context_length] == self.tokenizer.pad_id, -100)
         t_tgt = t_tgt.masked_fill(~keep[:, None], -100)
         loss_text = F.cross_entropy(text_logits.flatten(0, 1).float(), t_tgt.flatten(), ignore_index=-100)
         if not bool((t_tgt != -100).any()):
@@ -377,17 +377,17 @@ def _block(**kw) -> dict:
 
 
 register_preset("dalle_tiny", DALLE, "2-layer 64-wide DALL-E over 16 text + 4x4 image tokens from 32 codes; tests",
-                text_len=16, image_vocab=32, image_grid=(4, 4), block=_block(dim=64, depth=2, num_heads=4))
+                context_length=16, image_vocab=32, image_grid=(4, 4), block=_block(embed_dim=64, depth=2, num_heads=4))
 register_preset("dalle_small_32", DALLE,
                 "4-layer 256-wide DALL-E: 48 byte-level text positions + 8x8 tokens of a 512-code VQ (vq_32)",
-                text_len=48, image_vocab=512, image_grid=(8, 8), block=_block(dim=256, depth=4, num_heads=8))
+                context_length=48, image_vocab=512, image_grid=(8, 8), block=_block(embed_dim=256, depth=4, num_heads=8))
 register_preset("dalle_shapes_32", DALLE,
                 "4-layer 128-wide DALL-E for the shapes captions: a clip_bpe vocabulary pruned to the shapes "
                 "grammar (12 text positions) + 8x8 tokens of a 512-code VQ (vq_32)",
-                tokenizer="clip_bpe", tokenizer_captions="shapes", text_len=12, image_vocab=512, image_grid=(8, 8),
-                train_data="shapes", block=_block(dim=128, depth=4, num_heads=4))
+                tokenizer="clip_bpe", tokenizer_captions="shapes", context_length=12, image_vocab=512, image_grid=(8, 8),
+                train_data="shapes", block=_block(embed_dim=128, depth=4, num_heads=4))
 register_preset("dalle_emoji_32", DALLE,
                 "4-layer 128-wide DALL-E for emoji names: clip_bpe pruned to the emoji train captions "
                 "(24 text positions) + 8x8 tokens of a 512-code VQ (vq_32)",
-                tokenizer="clip_bpe", tokenizer_captions="emoji", text_len=24, image_vocab=512, image_grid=(8, 8),
-                train_data="emoji", block=_block(dim=128, depth=4, num_heads=4))
+                tokenizer="clip_bpe", tokenizer_captions="emoji", context_length=24, image_vocab=512, image_grid=(8, 8),
+                train_data="emoji", block=_block(embed_dim=128, depth=4, num_heads=4))

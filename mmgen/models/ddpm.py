@@ -69,7 +69,7 @@ def make_scheduler(name: str, *, num_train_timesteps: int = 1000, beta_schedule:
 # ----------------------------------------------------------------------------- config
 @dataclass
 class DDPMConfig:
-    image_size: int = 32
+    img_size: int = 32
     in_chans: int = 3
     denoiser: str = "unet"  # unet | dit
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -168,7 +168,7 @@ class DDPM(Model):
         cfg = config
         # latent diffusion: a frozen VAE, its weights stored with ours
         self.vae = None
-        chans, size = cfg.in_chans, cfg.image_size
+        chans, size = cfg.in_chans, cfg.img_size
         if cfg.vae_path is not None or cfg.vae_meta is not None:
             self.vae = _build_from_meta(cfg.vae_meta).requires_grad_(False).eval()
             chans, size = self._latent_shape()
@@ -188,9 +188,9 @@ class DDPM(Model):
             self.text_proj = nn.Linear(context_dim, cfg.cond_dim)
         cond_dim = cfg.cond_dim if cfg.conditioning != "none" else None
         if cfg.denoiser == "unet":
-            self.net = UNet(cfg.unet, image_size=size, in_chans=chans, cond_dim=cond_dim, context_dim=context_dim)
+            self.net = UNet(cfg.unet, img_size=size, in_chans=chans, cond_dim=cond_dim, context_dim=context_dim)
         else:
-            self.net = DiT(cfg.dit, image_size=size, in_chans=chans, cond_dim=cond_dim, context_dim=context_dim)
+            self.net = DiT(cfg.dit, img_size=size, in_chans=chans, cond_dim=cond_dim, context_dim=context_dim)
         self.noise_scheduler = make_scheduler("ddpm", num_train_timesteps=cfg.num_train_timesteps,
                                               beta_schedule=cfg.beta_schedule, prediction=cfg.prediction,
                                               clip_sample=cfg.clip_sample)
@@ -212,7 +212,7 @@ class DDPM(Model):
 
     def _latent_shape(self) -> tuple[int, int]:
         with torch.no_grad():
-            z = self._vae_encode(torch.zeros(1, self.config.in_chans, self.config.image_size, self.config.image_size),
+            z = self._vae_encode(torch.zeros(1, self.config.in_chans, self.config.img_size, self.config.img_size),
                                  sample=False)
         return z.shape[1], z.shape[2]
 
@@ -276,8 +276,8 @@ class DDPM(Model):
     def loss(self, batch):
         cfg = self.config
         x0 = batch["image"].to(self.device)
-        if x0.ndim != 4 or x0.shape[1] != cfg.in_chans or x0.shape[-1] != cfg.image_size:
-            raise ValueError(f"expected images (B, {cfg.in_chans}, {cfg.image_size}, {cfg.image_size}), "
+        if x0.ndim != 4 or x0.shape[1] != cfg.in_chans or x0.shape[-1] != cfg.img_size:
+            raise ValueError(f"expected images (B, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}), "
                              f"got {tuple(x0.shape)}")
         if self.vae is not None:
             with torch.no_grad():
@@ -306,7 +306,7 @@ class DDPM(Model):
     def example_batch(self, batch_size: int = 2, device="cpu"):
         cfg = self.config
         g = torch.Generator().manual_seed(0)
-        img = torch.rand(batch_size, cfg.in_chans, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
+        img = torch.rand(batch_size, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g) * 2 - 1
         colours, shapes = ["red", "green", "blue"], ["circle", "square", "triangle"]
         caps = [f"a {colours[i % 3]} {shapes[(i // 3) % 3]}" for i in range(batch_size)]
         labels = torch.arange(batch_size) % cfg.num_classes
@@ -363,36 +363,36 @@ _SHAPES_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yello
                    "a red circle above a blue square", "a cyan cross left of a magenta triangle")
 
 register_preset("ddpm_unet_tiny", DDPM, "tiny pixel UNet, unconditional (tests)",
-                image_size=16, unet={"base_ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_res": (8,),
+                img_size=16, unet={"base_ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_res": (8,),
                                      "num_heads": 2, "groups": 4})
 register_preset("ddpm_unet_class_tiny", DDPM, "tiny pixel UNet, class-conditional (tests)",
-                image_size=16, conditioning="class", num_classes=10, cond_dim=32,
+                img_size=16, conditioning="class", num_classes=10, cond_dim=32,
                 unet={"base_ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 2,
                       "groups": 4})
 register_preset("ddpm_unet_text_tiny", DDPM, "tiny pixel UNet, text-conditional with the built-in encoder (tests)",
-                image_size=16, conditioning="text", cond_dim=32, text={"dim": 32, "depth": 1, "num_heads": 2},
+                img_size=16, conditioning="text", cond_dim=32, text={"embed_dim": 32, "depth": 1, "num_heads": 2},
                 unet={"base_ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 2,
                       "groups": 4})
 register_preset("ddpm_dit_tiny", DDPM, "tiny pixel DiT, text-conditional (tests)",
-                image_size=16, denoiser="dit", conditioning="text", cond_dim=32, prediction="v",
-                loss_weighting="min_snr", text={"dim": 32, "depth": 1, "num_heads": 2},
-                dit={"patch_size": 4, "dim": 32, "depth": 2, "num_heads": 2})
+                img_size=16, denoiser="dit", conditioning="text", cond_dim=32, prediction="v",
+                loss_weighting="min_snr", text={"embed_dim": 32, "depth": 1, "num_heads": 2},
+                dit={"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2})
 # The shipped checkpoint: text-conditional shapes, 32x32 RGB, trained on a CPU in minutes.
 register_preset("ddpm_unet_shapes", DDPM, "text-conditional pixel UNet for the shapes dataset (32x32)",
-                image_size=32, conditioning="text", cond_dim=128, sample_prompts=_SHAPES_PROMPTS,
-                text={"dim": 128, "depth": 2, "num_heads": 4, "max_len": 64},
+                img_size=32, conditioning="text", cond_dim=128, sample_prompts=_SHAPES_PROMPTS,
+                text={"embed_dim": 128, "depth": 2, "num_heads": 4, "context_length": 64},
                 unet={"base_ch": 32, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4,
                       "groups": 8})
 register_preset("ddpm_unet_animal_mnist", DDPM,
                 "class-conditional pixel UNet for animal-mnist as the dataset serves it (3x32x32, the CIFAR stand-in)",
-                image_size=32, in_chans=3, conditioning="class", num_classes=10, cond_dim=128,
+                img_size=32, in_chans=3, conditioning="class", num_classes=10, cond_dim=128,
                 class_names=("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"),
                 unet={"base_ch": 32, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4,
                       "groups": 8})
 register_preset("ddpm_dit_emoji", DDPM, "text-conditional DiT for emoji (32x32 RGB), adaLN + cross-attention",
-                image_size=32, denoiser="dit", conditioning="text", cond_dim=192, prediction="v",
-                loss_weighting="min_snr", text={"dim": 128, "depth": 2, "num_heads": 4, "max_len": 64},
-                dit={"patch_size": 2, "dim": 192, "depth": 6, "num_heads": 3})
+                img_size=32, denoiser="dit", conditioning="text", cond_dim=192, prediction="v",
+                loss_weighting="min_snr", text={"embed_dim": 128, "depth": 2, "num_heads": 4, "context_length": 64},
+                dit={"patch_size": 2, "embed_dim": 192, "depth": 6, "num_heads": 3})
 register_preset("ddpm_dit_latent_tiny", DDPM, "tiny latent DiT on a (random) vae_tiny's latents, class-conditional (tests)",
-                image_size=16, denoiser="dit", conditioning="class", cond_dim=32, clip_sample=False,
-                vae_meta={"preset": "vae_tiny"}, dit={"patch_size": 2, "dim": 32, "depth": 2, "num_heads": 2})
+                img_size=16, denoiser="dit", conditioning="class", cond_dim=32, clip_sample=False,
+                vae_meta={"preset": "vae_tiny"}, dit={"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2})

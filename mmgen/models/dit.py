@@ -22,7 +22,7 @@ from ..layers import init_linears, make_norm, sincos_2d
 @dataclass
 class DiTConfig:
     patch_size: int = 2
-    dim: int = 192
+    embed_dim: int = 192
     depth: int = 6
     num_heads: int = 3
     mlp_ratio: float = 4.0
@@ -33,8 +33,8 @@ class DiTConfig:
     def __post_init__(self):
         if self.patch_size < 1:
             raise ValueError(f"DiTConfig.patch_size must be >= 1, got {self.patch_size}")
-        if self.dim % 4:
-            raise ValueError(f"DiTConfig.dim must be divisible by 4 (2D sincos positions), got {self.dim}")
+        if self.embed_dim % 4:
+            raise ValueError(f"DiTConfig.embed_dim must be divisible by 4 (2D sincos positions), got {self.embed_dim}")
         if self.learn_sigma:
             raise ValueError("DiTConfig.learn_sigma=True is not supported: the samplers use fixed variances")
 
@@ -43,18 +43,18 @@ class DiT(nn.Module):
     """forward(x (B, C, H, W), t (B,), cond (B, cond_dim) | None, context (B, S, context_dim)
     | None, context_mask (B, S) | None) -> (B, C, H, W)."""
 
-    def __init__(self, cfg: DiTConfig, *, image_size: int, in_chans: int, cond_dim: int | None = None,
+    def __init__(self, cfg: DiTConfig, *, img_size: int, in_chans: int, cond_dim: int | None = None,
                  context_dim: int | None = None):
         super().__init__()
-        self.cfg, self.in_chans, self.image_size = cfg, in_chans, image_size
-        d = cfg.dim
-        self.patch = PatchEmbed(image_size, cfg.patch_size, in_chans, d)
+        self.cfg, self.in_chans, self.img_size = cfg, in_chans, img_size
+        d = cfg.embed_dim
+        self.patch = PatchEmbed(img_size, cfg.patch_size, in_chans, d)
         gh, gw = self.patch.grid_size
         self.register_buffer("pos", sincos_2d(gh, gw, d)[None], persistent=False)  # (1, N, d)
         self.t_embed = TimestepEmbedding(d)
         self.cond_proj = nn.Linear(cond_dim, d) if cond_dim else None
         self.blocks = Transformer(TransformerConfig(
-            dim=d, depth=cfg.depth, num_heads=cfg.num_heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio,
+            embed_dim=d, depth=cfg.depth, num_heads=cfg.num_heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio,
             qk_norm=cfg.qk_norm, adaln="adaln_zero", cond_dim=d, final_norm=False,
             cross_attn=context_dim is not None, context_dim=context_dim))
         self.final_norm = make_norm("layernorm", d, eps=1e-6, affine=False)

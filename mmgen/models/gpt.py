@@ -32,8 +32,8 @@ OVERFLOW = ("error", "slide")
 @dataclass
 class GPTConfig:
     vocab_size: int = 259  # byte-level: 256 bytes + bos, eos, pad (mmgen.text ByteTokenizer)
-    context: int = 256  # block size: the most positions the model attends over
-    dim: int = 256
+    context_length: int = 256  # block size: the most positions the model attends over
+    embed_dim: int = 256
     depth: int = 4
     num_heads: int = 4
     num_kv_heads: int | None = None  # None = num_heads (MHA); 1 = MQA; in between = GQA
@@ -59,21 +59,21 @@ class GPTConfig:
     def __post_init__(self):
         if self.pos not in POSITIONS:
             raise ValueError(f"pos must be one of {POSITIONS}, got {self.pos!r}")
-        if self.vocab_size < 1 or self.context < 1:
-            raise ValueError(f"vocab_size and context must be >= 1, got {self.vocab_size}, {self.context}")
+        if self.vocab_size < 1 or self.context_length < 1:
+            raise ValueError(f"vocab_size and context_length must be >= 1, got {self.vocab_size}, {self.context_length}")
         block = self.block_config()  # validates the transformer fields
-        if self.pos == "rope" and block.dim_head % 2:
-            raise ValueError(f"pos='rope' needs an even head dim, got {block.dim_head}")
+        if self.pos == "rope" and block.resolved_head_dim % 2:
+            raise ValueError(f"pos='rope' needs an even head dim, got {block.resolved_head_dim}")
 
     @property
     def block(self) -> TransformerConfig:
-        """Read-only view of the block stack's config (`config.block.dim`); set the flat fields."""
+        """Read-only view of the block stack's config (`config.block.embed_dim`); set the flat fields."""
         return self.block_config()
 
     def block_config(self) -> TransformerConfig:
         """The causal TransformerConfig of the block stack."""
         return TransformerConfig(
-            dim=self.dim, depth=self.depth, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+            embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
             head_dim=self.head_dim, mlp=self.mlp, mlp_ratio=self.mlp_ratio, mlp_multiple_of=self.mlp_multiple_of,
             mlp_hidden=self.mlp_hidden, norm=self.norm, norm_eps=self.norm_eps, norm_bias=self.bias,
             norm_place=self.norm_place, final_norm=True, qkv_bias=self.bias, proj_bias=self.bias,
@@ -89,9 +89,9 @@ class GPT(Model):
     def __init__(self, config: GPTConfig):
         super().__init__(config)
         c = config
-        d = c.dim
+        d = c.embed_dim
         self.tok_embed = nn.Embedding(c.vocab_size, d)
-        self.pos_embed = LearnedPositions(c.context, d) if c.pos == "learned" else None
+        self.pos_embed = LearnedPositions(c.context_length, d) if c.pos == "learned" else None
         self.drop = nn.Dropout(c.dropout)
         self.transformer = Transformer(c.block_config())
         self.lm_head = nn.Linear(d, c.vocab_size, bias=False)
@@ -118,9 +118,9 @@ class GPT(Model):
         """Token (+ learned position) embeddings: ids (B, T), positions (B, T) -> (B, T, dim)."""
         x = self.tok_embed(input_ids)
         if self.pos_embed is not None:
-            if int(positions.max()) >= self.config.context:
+            if int(positions.max()) >= self.config.context_length:
                 raise ValueError(f"position {int(positions.max())} is outside the learned table of "
-                                 f"context={self.config.context} positions")
+                                 f"context_length={self.config.context_length} positions")
             x = x + self.pos_embed.weight[positions].to(x.dtype)
         return self.drop(x)
 
@@ -153,7 +153,7 @@ class GPT(Model):
 
     def make_cache(self, batch: int, max_len: int | None = None, *, dtype=None, device=None) -> list[KVCache]:
         """Preallocated per-layer KV caches of `max_len` positions (default: the context)."""
-        return self.transformer.make_cache(batch, max_len or self.config.context, dtype=dtype,
+        return self.transformer.make_cache(batch, max_len or self.config.context_length, dtype=dtype,
                                            device=device or self.tok_embed.weight.device)
 
     # ---- training contract -----------------------------------------------------------------
@@ -168,7 +168,7 @@ class GPT(Model):
         return loss, {"loss": loss.item()}
 
     def example_batch(self, batch_size: int = 2, device="cpu") -> dict:
-        T = min(self.config.context, 16)
+        T = min(self.config.context_length, 16)
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(0, self.config.vocab_size, (batch_size, T + 1), generator=g).to(device)
         return {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
@@ -176,9 +176,9 @@ class GPT(Model):
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B / nanoGPT:
         6 * (matmul params: blocks + head) + 12 * depth * seq_len * dim (attention scores)."""
-        c, T = self.transformer.cfg, seq_len or self.config.context
+        c, T = self.transformer.cfg, seq_len or self.config.context_length
         n = sum(p.numel() for p in self.transformer.parameters()) + self.lm_head.weight.numel()
-        return 6.0 * n + 12.0 * c.depth * T * c.num_heads * c.dim_head
+        return 6.0 * n + 12.0 * c.depth * T * c.num_heads * c.resolved_head_dim
 
     # ---- generation ------------------------------------------------------------------------
     def _rows(self, prompts, tokenizer=None) -> list[list[int]]:
@@ -233,7 +233,7 @@ class GPT(Model):
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
         rows = self._rows(prompts, tokenizer)
-        ctx, V, dev = self.config.context, self.config.vocab_size, self.tok_embed.weight.device
+        ctx, V, dev = self.config.context_length, self.config.vocab_size, self.tok_embed.weight.device
         B, P = len(rows), max(len(r) for r in rows)
         if P + max_new_tokens > ctx:
             if overflow == "error" or P > ctx:
@@ -326,7 +326,7 @@ class GPT(Model):
             missing, unexpected = self.load_state_dict(ours, strict=False)
         except (KeyError, RuntimeError) as e:
             raise ValueError(f"GPT-2 state dict does not fit this GPT ({self.config.depth} layers, "
-                             f"dim {self.config.dim}, vocab {self.config.vocab_size}): {e}"[:600]) from None
+                             f"embed_dim {self.config.embed_dim}, vocab {self.config.vocab_size}): {e}"[:600]) from None
         if missing or unexpected:
             raise ValueError(f"GPT-2 state dict does not fit this GPT: missing {missing[:8]}, "
                              f"unexpected {unexpected[:8]}")
@@ -339,7 +339,7 @@ def gpt2_config_from_hf(hf_config, **overrides) -> GPTConfig:
     mlp = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu2"}.get(act)
     if mlp is None or act == "relu":
         raise ValueError(f"GPT-2 activation {act!r} has no mmgen equivalent (supported: gelu_new, gelu)")
-    kw = dict(vocab_size=hf_config.vocab_size, context=hf_config.n_positions, dim=hf_config.n_embd,
+    kw = dict(vocab_size=hf_config.vocab_size, context_length=hf_config.n_positions, embed_dim=hf_config.n_embd,
               depth=hf_config.n_layer, num_heads=hf_config.n_head, mlp=mlp,
               mlp_hidden=getattr(hf_config, "n_inner", None) or 4 * hf_config.n_embd, norm="layernorm",
               norm_eps=hf_config.layer_norm_epsilon, norm_place="pre", bias=True, pos="learned",
@@ -385,19 +385,19 @@ def gpt_from_hf_gpt2(hf_model_or_state_dict, hf_config=None) -> GPT:
 LLAMA = dict(pos="rope", norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", bias=False, tie_weights=False)
 
 register_preset("gpt_tiny", GPT, "2-layer 64-wide byte-level GPT for tests",
-                vocab_size=259, context=64, dim=64, depth=2, num_heads=4)
+                vocab_size=259, context_length=64, embed_dim=64, depth=2, num_heads=4)
 register_preset("gpt_llama_tiny", GPT, "LLaMA-shaped tiny GPT (RoPE, RMSNorm, SwiGLU, GQA 4:2, no biases, untied)",
-                vocab_size=259, context=64, dim=64, depth=2, num_heads=4, num_kv_heads=2, **LLAMA)
+                vocab_size=259, context_length=64, embed_dim=64, depth=2, num_heads=4, num_kv_heads=2, **LLAMA)
 register_preset("gpt_char_shakespeare", GPT,
                 "nanoGPT's shakespeare_char shape (6 layers, 6 heads, 384 wide, context 256, dropout 0.2), "
-                "byte-level vocabulary", vocab_size=259, context=256, dim=384, depth=6, num_heads=6, dropout=0.2)
+                "byte-level vocabulary", vocab_size=259, context_length=256, embed_dim=384, depth=6, num_heads=6, dropout=0.2)
 register_preset("gpt_char_shakespeare_cpu", GPT,
                 "char-level Shakespeare model sized for minutes of CPU training (4 layers, 128 wide, context 128)",
-                vocab_size=259, context=128, dim=128, depth=4, num_heads=4)
+                vocab_size=259, context_length=128, embed_dim=128, depth=4, num_heads=4)
 register_preset("gpt2_small", GPT, "GPT-2 small shape (124M; loads HF GPT-2 weights)",
-                vocab_size=50257, context=1024, dim=768, depth=12, num_heads=12, mlp="gelu_tanh")
+                vocab_size=50257, context_length=1024, embed_dim=768, depth=12, num_heads=12, mlp="gelu_tanh")
 register_preset("gpt_llama_d768_l12_gqa4", GPT,
                 "LLaMA-shaped 12 x 768 decoder: RoPE, RMSNorm, SwiGLU, GQA (12 query / 4 kv heads), "
                 "no biases, untied, 32k vocabulary",
-                vocab_size=32000, context=2048, dim=768, depth=12, num_heads=12, num_kv_heads=4,
+                vocab_size=32000, context_length=2048, embed_dim=768, depth=12, num_heads=12, num_kv_heads=4,
                 mlp_multiple_of=256, **LLAMA)

@@ -229,7 +229,7 @@ class SwinStage(nn.Module):
         res = cfg.stage_resolution(i)
         window = min(cfg.window_size, res)  # timm: a window never exceeds the stage's grid...
         shift = 0 if res <= cfg.window_size else window // 2  # ...and is then not shifted
-        tcfg = TransformerConfig(dim=dim, depth=cfg.depths[i], num_heads=cfg.num_heads[i], mlp="gelu",
+        tcfg = TransformerConfig(embed_dim=dim, depth=cfg.depths[i], num_heads=cfg.num_heads[i], mlp="gelu",
                                  mlp_ratio=cfg.mlp_ratio, norm_eps=cfg.norm_eps, qkv_bias=cfg.qkv_bias,
                                  dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, attn_impl=cfg.attn_impl)
         self.blocks = nn.ModuleList(

@@ -28,9 +28,9 @@ TEXT_POS = ("learned", "rope")
 class CLIPTextConfig:
     vocab_size: int = 0  # 0: the tokenizer's vocabulary size, filled in when the model is built
     context_length: int = 32  # tokens, BOS and EOS included
-    width: int = 128
+    embed_dim: int = 128
     depth: int = 3
-    heads: int = 4
+    num_heads: int = 4
     mlp: str = "gelu"
     mlp_ratio: float = 4.0
     norm: str = "layernorm"
@@ -59,10 +59,10 @@ class TextTower(nn.Module):
     def __init__(self, cfg: CLIPTextConfig):
         super().__init__()
         self.cfg = cfg
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.pos = LearnedPositions(cfg.context_length, cfg.width, std=0.01) if cfg.pos == "learned" else None
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.pos = LearnedPositions(cfg.context_length, cfg.embed_dim, std=0.01) if cfg.pos == "learned" else None
         self.transformer = Transformer(TransformerConfig(
-            dim=cfg.width, depth=cfg.depth, num_heads=cfg.heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio,
+            embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp=cfg.mlp, mlp_ratio=cfg.mlp_ratio,
             norm=cfg.norm, causal=cfg.causal, rope="1d" if cfg.pos == "rope" else "none",
             dropout=cfg.dropout, final_norm=True))
         nn.init.normal_(self.token_embedding.weight, std=0.02)
@@ -107,10 +107,10 @@ class TextTower(nn.Module):
 @dataclass
 class TextEncoderConfig:
     """The built-in text encoder (used when text_encoder='builtin')."""
-    dim: int = 128
+    embed_dim: int = 128
     depth: int = 2
     num_heads: int = 4
-    max_len: int = 64
+    context_length: int = 64
 
 
 class ByteTextEncoder(nn.Module):
@@ -121,22 +121,22 @@ class ByteTextEncoder(nn.Module):
         self.cfg = cfg
         from ..text import get_tokenizer
         self.tokenizer = get_tokenizer("byte")  # ids 0..255 bytes, then bos/eos/pad
-        self.tok = nn.Embedding(self.tokenizer.vocab_size, cfg.dim)
-        self.pos = LearnedPositions(cfg.max_len, cfg.dim)
-        self.transformer = Transformer(TransformerConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads))
+        self.tok = nn.Embedding(self.tokenizer.vocab_size, cfg.embed_dim)
+        self.pos = LearnedPositions(cfg.context_length, cfg.embed_dim)
+        self.transformer = Transformer(TransformerConfig(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads))
         nn.init.normal_(self.tok.weight, std=0.02)
         self.transformer.init_weights()
 
     @property
     def width(self) -> int:
-        return self.cfg.dim
+        return self.cfg.embed_dim
 
     def forward(self, texts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from ..data.collate import tokenize_captions
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"prompts must be strings, got {type(t).__name__}")
-        tok = tokenize_captions(list(texts), self.tokenizer, self.cfg.max_len, on_overflow="truncate",
+        tok = tokenize_captions(list(texts), self.tokenizer, self.cfg.context_length, on_overflow="truncate",
                                 pad_to="longest")  # warns when a prompt is cut
         ids, mask = tok["input_ids"].to(device), tok["attention_mask"].to(device)  # (B, S)
         h = self.transformer(self.pos(self.tok(ids)), key_padding=mask)  # (B, S, dim)
@@ -170,7 +170,7 @@ class FrozenTextEncoder(nn.Module):
 
     @property
     def width(self) -> int:
-        return self.model.text.cfg.width if self.kind == "clip" else self.model.config.block.dim
+        return self.model.text.cfg.embed_dim if self.kind == "clip" else self.model.config.block.embed_dim
 
     def train(self, mode: bool = True):  # always frozen in eval mode
         super().train(mode)
@@ -185,7 +185,7 @@ class FrozenTextEncoder(nn.Module):
             states, eos = self.model.text.encode_states(tokens)  # (B, T, width), (B,)
         else:
             from ..data.collate import tokenize_captions
-            tok = tokenize_captions(texts, self.tokenizer, self.model.config.context, on_overflow="truncate",
+            tok = tokenize_captions(texts, self.tokenizer, self.model.config.context_length, on_overflow="truncate",
                                     pad_to="longest")
             ids, real = tok["input_ids"].to(device), tok["attention_mask"].to(device)
             _, states = self.model(ids, key_padding=real, return_hidden=True)  # (B, T, dim)

@@ -49,7 +49,7 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         self.norm = group_norm(ch, groups)
         self.proj_in = nn.Conv2d(ch, ch, 1)
-        self.block = TransformerBlock(TransformerConfig(dim=ch, depth=1, num_heads=num_heads, mlp="geglu",
+        self.block = TransformerBlock(TransformerConfig(embed_dim=ch, depth=1, num_heads=num_heads, mlp="geglu",
                                                         cross_attn=context_dim is not None, context_dim=context_dim))
         self.proj_out = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.proj_out.weight)
@@ -67,14 +67,14 @@ class UNet(nn.Module):
     | None, context_mask (B, S) | None) -> (B, C, H, W). H and W must be divisible by
     2 ** (len(ch_mult) - 1)."""
 
-    def __init__(self, cfg: UNetConfig, *, image_size: int, in_chans: int, cond_dim: int | None = None,
+    def __init__(self, cfg: UNetConfig, *, img_size: int, in_chans: int, cond_dim: int | None = None,
                  context_dim: int | None = None):
         super().__init__()
-        self.cfg, self.in_chans, self.image_size = cfg, in_chans, image_size
+        self.cfg, self.in_chans, self.img_size = cfg, in_chans, img_size
         self.levels = len(cfg.ch_mult)
         f = 2 ** (self.levels - 1)
-        if image_size % f:
-            raise ValueError(f"a UNet with {self.levels} levels needs image_size divisible by {f}, got {image_size}")
+        if img_size % f:
+            raise ValueError(f"a UNet with {self.levels} levels needs img_size divisible by {f}, got {img_size}")
         emb = cfg.base_ch * 4
         self.t_embed = TimestepEmbedding(emb, freq_dim=cfg.base_ch)
         self.cond_proj = nn.Linear(cond_dim, emb) if cond_dim else None
@@ -117,13 +117,13 @@ class UNet(nn.Module):
 
     def _has_attn(self, level: int) -> bool:
         """Attention at the levels whose feature-map size is listed in attn_res."""
-        return self.image_size // 2 ** level in self.cfg.attn_res
+        return self.img_size // 2 ** level in self.cfg.attn_res
 
     def forward(self, x, t, *, cond=None, context=None, context_mask=None):
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"UNet expects (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"UNet built for {self.image_size}x{self.image_size} inputs, got {tuple(x.shape[-2:])}")
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f"UNet built for {self.img_size}x{self.img_size} inputs, got {tuple(x.shape[-2:])}")
         B = x.shape[0]
         emb = self.t_embed(t.expand(B) if t.ndim == 0 else t)  # (B, emb)
         if self.cond_proj is not None:

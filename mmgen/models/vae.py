@@ -145,7 +145,7 @@ class VAE(Model):
         c = config
         self.encoder = ConvEncoder(c, 2 * c.latent_channels)  # mean and logvar
         self.decoder = ConvDecoder(c, c.latent_channels)
-        init = torch.full((c.in_channels,), float(c.log_scale_init))
+        init = torch.full((c.in_chans,), float(c.log_scale_init))
         if c.learn_scale:
             self.log_scale = nn.Parameter(init)
         else:
@@ -159,7 +159,7 @@ class VAE(Model):
 
     @property
     def num_dims(self) -> int:
-        return self.config.in_channels * self.config.img_size ** 2
+        return self.config.in_chans * self.config.img_size ** 2
 
     def beta(self) -> float:
         return kl_beta(int(self.step), self.config)

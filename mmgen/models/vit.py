@@ -47,7 +47,7 @@ class ViTConfig:
     patch_bias: bool = True
     norm_pre: bool = False  # a norm before the blocks (CLIP's ln_pre)
     fc_norm: bool | None = None  # norm after pooling instead of before; None = on for avg pooling (timm)
-    dim: int = 768
+    embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
     mlp: str = "gelu"
@@ -78,12 +78,12 @@ class ViTConfig:
             raise ValueError("global_pool='token' needs class_token=True; or use global_pool='avg'")
         if self.reg_tokens < 0:
             raise ValueError(f"reg_tokens must be >= 0, got {self.reg_tokens}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
-        if self.pos == "sincos" and self.dim % 4:
-            raise ValueError(f"pos='sincos' needs dim divisible by 4, got {self.dim}")
-        if self.pos == "rope" and (self.dim // self.num_heads) % 4:
-            raise ValueError(f"pos='rope' (2D) needs a head dim divisible by 4, got {self.dim // self.num_heads}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.pos == "sincos" and self.embed_dim % 4:
+            raise ValueError(f"pos='sincos' needs embed_dim divisible by 4, got {self.embed_dim}")
+        if self.pos == "rope" and (self.embed_dim // self.num_heads) % 4:
+            raise ValueError(f"pos='rope' (2D) needs a head dim divisible by 4, got {self.embed_dim // self.num_heads}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -97,7 +97,7 @@ class ViTConfig:
 
     def transformer_config(self) -> TransformerConfig:
         return TransformerConfig(
-            dim=self.dim, depth=self.depth, num_heads=self.num_heads, mlp=self.mlp, mlp_ratio=self.mlp_ratio,
+            embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads, mlp=self.mlp, mlp_ratio=self.mlp_ratio,
             norm="layernorm", norm_eps=self.norm_eps, final_norm=not self.use_fc_norm, qkv_bias=self.qkv_bias,
             qk_norm=self.qk_norm, rope="2d" if self.pos == "rope" else "none", rope_theta=self.rope_theta,
             dropout=self.dropout, attn_dropout=self.attn_dropout, drop_path=self.drop_path,
@@ -125,24 +125,24 @@ class ViT(ImageClassifier):
         super().__init__(config)
         c = config
         self.num_prefix_tokens = c.num_prefix_tokens
-        self.num_features = self.embed_dim = c.dim
-        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.dim, bias=c.patch_bias,
+        self.num_features = self.embed_dim = c.embed_dim
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, bias=c.patch_bias,
                                       dynamic_img_size=c.dynamic_img_size)
         self.grid_size = self.patch_embed.grid_size
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim)) if c.class_token else None
-        self.reg_token = nn.Parameter(torch.zeros(1, c.reg_tokens, c.dim)) if c.reg_tokens else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, c.reg_tokens, c.embed_dim)) if c.reg_tokens else None
         if c.pos == "learned":
             n = self.patch_embed.num_patches + (self.num_prefix_tokens if c.pos_embed_prefix else 0)
-            self.pos_embed = nn.Parameter(torch.zeros(1, n, c.dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, n, c.embed_dim))
         else:
             self.pos_embed = None
         self._sincos_cache: dict = {}
         self.pos_drop = nn.Dropout(c.pos_dropout)
-        self.norm_pre = make_norm("layernorm", c.dim, eps=c.norm_eps) if c.norm_pre else nn.Identity()
+        self.norm_pre = make_norm("layernorm", c.embed_dim, eps=c.norm_eps) if c.norm_pre else nn.Identity()
         self.encoder = Transformer(c.transformer_config())
-        self.fc_norm = make_norm("layernorm", c.dim, eps=c.norm_eps) if c.use_fc_norm else nn.Identity()
+        self.fc_norm = make_norm("layernorm", c.embed_dim, eps=c.norm_eps) if c.use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(c.head_dropout)
-        self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.init_weights()
 
     # ----------------------------------------------------------------------------- init
@@ -159,7 +159,7 @@ class ViT(ImageClassifier):
     def _sincos(self, grid: tuple[int, int], device, dtype) -> torch.Tensor:
         key = (grid, device, dtype)
         if key not in self._sincos_cache:
-            self._sincos_cache[key] = sincos_2d(*grid, self.config.dim).to(device, dtype)[None]  # (1, h*w, D)
+            self._sincos_cache[key] = sincos_2d(*grid, self.config.embed_dim).to(device, dtype)[None]  # (1, h*w, D)
         return self._sincos_cache[key]
 
     def _rope_positions(self, grid: tuple[int, int], device) -> torch.Tensor:
@@ -250,7 +250,7 @@ class ViT(ImageClassifier):
         self.config = dataclasses.replace(self.config, num_classes=num_classes, global_pool=pool,
                                           fc_norm=self.config.use_fc_norm)
         dev = self.patch_embed.proj.weight.device
-        self.head = nn.Linear(self.config.dim, num_classes, device=dev) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.config.embed_dim, num_classes, device=dev) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
@@ -346,7 +346,7 @@ def vit_config_from_timm(model: nn.Module) -> dict:
         pos="learned" if model.pos_embed is not None else "none", pos_embed_prefix=not model.no_embed_class,
         dynamic_img_size=bool(model.dynamic_img_size), patch_bias=model.patch_embed.proj.bias is not None,
         norm_pre=not isinstance(model.norm_pre, nn.Identity), fc_norm=None if has_fc_norm == (gp == "avg") else has_fc_norm,
-        dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
+        embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
         mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
         qk_norm=not isinstance(blk.attn.q_norm, nn.Identity), norm_eps=eps,
         layer_scale=1e-5 if has_ls else None)
@@ -361,17 +361,17 @@ def vit_config_from_torchvision(model: nn.Module) -> dict:
     if not isinstance(model.conv_proj, nn.Conv2d):
         raise ValueError("torchvision ViT with a conv stem is not supported")
     return dict(img_size=model.image_size, patch_size=model.patch_size, in_chans=model.conv_proj.in_channels,
-                num_classes=heads.head.out_features, global_pool="token", dim=model.hidden_dim,
+                num_classes=heads.head.out_features, global_pool="token", embed_dim=model.hidden_dim,
                 depth=len(model.encoder.layers), num_heads=layer.num_heads,
                 mlp_ratio=model.mlp_dim / model.hidden_dim, norm_eps=layer.ln_1.eps)
 
 
 # --------------------------------------------------------------------------------- presets
 register_preset("vit_tiny_patch4_32", ViT, "ViT for 32 px images, patch 4, 4 blocks of width 128 (~0.8M)",
-                img_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4)
+                img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=4, num_heads=4)
 register_preset("vit_tiny", ViT, "alias of vit_tiny_patch4_32",
-                img_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4)
+                img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=4, num_heads=4)
 register_preset("vit_small_patch4_32", ViT, "ViT for 32 px images, patch 4, 6 blocks of width 192 (~2.7M)",
-                img_size=32, patch_size=4, num_classes=10, dim=192, depth=6, num_heads=3)
+                img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=6, num_heads=3)
 register_preset("vit_base_patch16_224", ViT, "ViT-B/16 at 224 px (timm vit_base_patch16_224 / torchvision vit_b_16)",
-                img_size=224, patch_size=16, num_classes=1000, dim=768, depth=12, num_heads=12)
+                img_size=224, patch_size=16, num_classes=1000, embed_dim=768, depth=12, num_heads=12)

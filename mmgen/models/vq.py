@@ -234,7 +234,7 @@ class VQModel(Model):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # drives the gumbel schedules
         # the first training images, kept (and saved) so that sample_images -- which the training
         # loop calls on a separate evaluation copy of the model -- can show their reconstructions
-        self.register_buffer("preview", torch.zeros(8, c.in_channels, c.img_size, c.img_size))
+        self.register_buffer("preview", torch.zeros(8, c.in_chans, c.img_size, c.img_size))
         self.register_buffer("preview_n", torch.zeros((), dtype=torch.long))
 
     # ----------------------------------------------------------------- properties

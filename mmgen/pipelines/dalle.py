@@ -37,17 +37,17 @@ def guided_logits(logits: torch.Tensor, batch: int, guidance: float) -> torch.Te
 def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, params: SamplingParams = SamplingParams(),
                         generator: torch.Generator | None = None, use_cache: bool = True,
                         force_null_rows: bool = False, on_token=None) -> torch.Tensor:
-    """Image tokens (B, h, w) for text ids (B, text_len): the whole DALL-E sampling loop.
+    """Image tokens (B, h, w) for text ids (B, context_length): the whole DALL-E sampling loop.
 
     guidance s mixes the next-token logits null + s * (cond - null) (0 = unconditional,
     1 = conditional: the null rows are skipped unless force_null_rows). use_cache=False
     recomputes the whole prefix at every step (the reference the KV cache must match)."""
     c = model.config
-    if text.ndim != 2 or text.shape[1] != c.text_len:
-        raise ValueError(f"text must be (batch, {c.text_len}) ids from tokenize(), got {tuple(text.shape)}")
+    if text.ndim != 2 or text.shape[1] != c.context_length:
+        raise ValueError(f"text must be (batch, {c.context_length}) ids from tokenize(), got {tuple(text.shape)}")
     B, dev = text.shape[0], model.text_embed.weight.device
     text = text.to(dev)
-    rows = torch.cat([text, model.null_text(B)]) if (guidance != 1.0 or force_null_rows) else text  # (R, text_len)
+    rows = torch.cat([text, model.null_text(B)]) if (guidance != 1.0 or force_null_rows) else text  # (R, context_length)
     R = rows.shape[0]
     out = torch.empty(B, 0, dtype=torch.long, device=dev)  # (B, i) image tokens so far
     with eval_mode(model):
@@ -61,7 +61,7 @@ def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, par
             if i == c.image_tokens - 1:
                 break
             if use_cache:  # one new position: the same token for the cond and null rows
-                _, logits = model(nxt.repeat(R // B)[:, None], cache=cache, start=c.text_len + i)
+                _, logits = model(nxt.repeat(R // B)[:, None], cache=cache, start=c.context_length + i)
             else:
                 _, logits = model(torch.cat([rows, out.repeat(R // B, 1)], 1))
     return out.view(B, *c.image_grid)
@@ -103,7 +103,7 @@ class DALLEPipeline(Pipeline):
         data = m.config.train_data or m.config.tokenizer_captions
         out = [PromptReader("the DALL-E generator" + (f" (trained on {data} captions)" if data else ""), m.tokenizer,
                             seen=(lambda w: bool(m.seen_words[word_bucket(w)])) if trained else None,
-                            corpus=m.config.tokenizer_captions, max_tokens=m.config.text_len)]
+                            corpus=m.config.tokenizer_captions, max_tokens=m.config.context_length)]
         return out + ([self.clip_reader()] if self.clip is not None else [])
 
     def check_options(self, steps=None, **kwargs) -> None:
@@ -118,8 +118,8 @@ class DALLEPipeline(Pipeline):
         params = SamplingParams(temperature=c.temperature if temperature is None else temperature,
                                 top_k=top_k, top_p=top_p)
         reader = self.readers()[0]
-        text = quiet(m.tokenize, [reader.clean(p) for p in prompts], truncate=truncate)  # (P, text_len)
-        text = text.repeat_interleave(n, 0)  # (P * n, text_len), prompt-major
+        text = quiet(m.tokenize, [reader.clean(p) for p in prompts], truncate=truncate)  # (P, context_length)
+        text = text.repeat_interleave(n, 0)  # (P * n, context_length), prompt-major
         gen = make_generator(seed, m.text_embed.weight.device)
         batches = range(0, len(text), batch_size)
         tick = ProgressReporter(progress, len(batches) * c.image_tokens, f"DALL-E {len(text)} image(s)")
@@ -145,7 +145,7 @@ class DALLEPipeline(Pipeline):
             cache = m.make_cache(rows.shape[0], c.seq_len)
             m(rows, cache=cache)
             tok = torch.zeros(rows.shape[0], 1, dtype=torch.long, device=rows.device)
-            dt = timed(lambda: [m(tok, cache=cache, start=c.text_len + j) for j in range(2)]) / 2
+            dt = timed(lambda: [m(tok, cache=cache, start=c.context_length + j) for j in range(2)]) / 2
         return dt * c.image_tokens * -(-total // b)
 
 

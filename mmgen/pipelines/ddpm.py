@@ -54,7 +54,7 @@ class DDPMPipeline(Pipeline):
                                         corpus=enc.model.config.tokenizer_captions.split(":")[0],
                                         max_tokens=enc.model.tokenizer.context_length))
             else:  # byte-level: reads any text, cuts what is longer than its context with a warning
-                ctx = cfg.text.max_len if cfg.text_encoder == "builtin" else enc.model.config.context
+                ctx = cfg.text.context_length if cfg.text_encoder == "builtin" else enc.model.config.context_length
                 out.append(PromptReader("the text encoder", enc.tokenizer, max_tokens=ctx, truncates=True))
         elif cfg.conditioning == "class":
             return []

@@ -84,7 +84,7 @@ def speculative_generate(target, draft, prompt, max_new_tokens: int = 64, *, num
     params = SamplingParams(temperature, top_k, top_p, min_p)
     dev = next(target.parameters()).device
     max_len = len(seq) + max_new_tokens + num_draft + 1
-    ctx = min(target.config.context, draft.config.context)
+    ctx = min(target.config.context_length, draft.config.context_length)
     if max_len > ctx:
         raise ValueError(f"prompt {len(seq)} + max_new_tokens {max_new_tokens} + num_draft {num_draft} + 1 = "
                          f"{max_len} exceeds the context of {ctx} tokens")

@@ -42,9 +42,9 @@ class StaticDecoder:
                  compile_mode: str | None = None):
         self.model = model
         self.batch = batch
-        self.max_len = max_len or model.config.context
-        if self.max_len > model.config.context:
-            raise ValueError(f"max_len {self.max_len} exceeds the model context {model.config.context}")
+        self.max_len = max_len or model.config.context_length
+        if self.max_len > model.config.context_length:
+            raise ValueError(f"max_len {self.max_len} exceeds the model context {model.config.context_length}")
         dev = model.tok_embed.weight.device
         blk = model.transformer.blocks[0].attn
         dtype = model.tok_embed.weight.dtype

@@ -8,8 +8,8 @@ from . import Recipe, register_recipe
 
 # Small towers: a 2-block 64-wide ViT (patch 4, 32 px) and a 2-block 64-wide causal text
 # transformer over a BPE vocabulary pruned to the captions (tens of tokens, not 49,408).
-SMALL = dict(vision_model="vit_tiny_patch4_32", vision={"dim": 64, "depth": 2, "num_heads": 2}, embed_dim=64,
-             tokenizer="clip_bpe", text={"context_length": 16, "width": 64, "depth": 2, "heads": 2})
+SMALL = dict(vision_model="vit_tiny_patch4_32", vision={"embed_dim": 64, "depth": 2, "num_heads": 2}, embed_dim=64,
+             tokenizer="clip_bpe", text={"context_length": 16, "embed_dim": 64, "depth": 2, "num_heads": 2})
 
 register_recipe(Recipe(
     name="clip_shapes", model="clip_tiny", data="shapes",

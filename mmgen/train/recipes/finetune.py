@@ -36,8 +36,8 @@ from ..optim import lr_factor, param_groups
 
 # The CLIP base the CLIP fine-tuning recipe starts from: clip_tiny with small towers (as
 # train/recipes/clip.py) and the byte tokenizer, so captions of any dataset tokenize.
-CLIP_SMALL = dict(vision_model="vit_tiny_patch4_32", vision={"dim": 64, "depth": 2, "num_heads": 2}, embed_dim=64,
-                  tokenizer="byte", text={"context_length": 48, "width": 64, "depth": 2, "heads": 2})
+CLIP_SMALL = dict(vision_model="vit_tiny_patch4_32", vision={"embed_dim": 64, "depth": 2, "num_heads": 2}, embed_dim=64,
+                  tokenizer="byte", text={"context_length": 48, "embed_dim": 64, "depth": 2, "num_heads": 2})
 register_recipe(Recipe(
     name="clip_shapes_byte_base", model="clip_tiny", data="shapes", model_overrides=CLIP_SMALL,
     data_kwargs={"holdout": "default"},
@@ -116,7 +116,7 @@ def finetune_gpt(base_dir: str, out: str, *, steps: int = 150, batch_size: int =
     from mmgen.finetune import PrefixGPT, apply_lora, quantize_model, save_adapter, trainable_summary
 
     base = mmgen.load_pretrained(base_dir).eval()
-    T = min(64, base.config.context)
+    T = min(64, base.config.context_length)
     torch.manual_seed(seed)
     train_ds = build_dataset("captions", "train", source=source, block_size=T)
     val = _fixed_batches(build_dataset("captions", "val", source=source, block_size=T), 8, 32, 1)
