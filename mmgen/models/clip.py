@@ -205,9 +205,10 @@ class CLIP(Model):
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the text embedding "
                              f"{self.config.text.vocab_size}: build the model with this tokenizer instead "
                              f"(CLIP.create(config, tokenizer=tok))")
-        self.config.tokenizer, self.config.tokenizer_state = getattr(tokenizer, "name", self.config.tokenizer), tokenizer.to_dict()
-        self.config.text.pad_id, self.config.text.eos_id = tokenizer.pad_id, tokenizer.eos_id
-        self.text.cfg.pad_id, self.text.cfg.eos_id = tokenizer.pad_id, tokenizer.eos_id
+        text = dataclasses.replace(self.config.text, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+        self.config = dataclasses.replace(self.config, tokenizer=getattr(tokenizer, "name", self.config.tokenizer),
+                                          tokenizer_state=tokenizer.to_dict(), text=text)  # a new config, none mutated
+        self.text.cfg = text
         self.tokenizer = self._caption_tokenizer(tokenizer)
 
     def tokenize(self, texts: str | Sequence[str], *, truncate: bool | None = None) -> torch.Tensor:
@@ -218,7 +219,8 @@ class CLIP(Model):
         """LiT: freeze the image tower ("tower") or the tower and its projection ("tower_proj")."""
         if mode not in LOCKS:
             raise ValueError(f"lock_image must be one of {LOCKS}, got {mode!r}")
-        self.config.lock_image = mode
+        if self.config.lock_image != mode:
+            self.config = dataclasses.replace(self.config, lock_image=mode)
         for p in self.visual.parameters():
             p.requires_grad_(mode == "none")
         for p in self.image_proj.parameters():
