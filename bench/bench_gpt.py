@@ -102,7 +102,7 @@ def train_table(presets, repeats: int) -> None:
 
 
 def main(quick: bool = False, only: tuple[str, ...] = ("decode", "generate", "train")) -> None:
-    from mmgen.models.gpt import gpt_from_hf_gpt2
+    from mmgen.models.convert import gpt_from_hf_gpt2
     hf = _hf_gpt2(context=1024, dim=768, depth=12, heads=12, vocab=50257)  # GPT-2 small (124M), random weights
     ours = gpt_from_hf_gpt2(hf)
     reps = 2 if quick else 3

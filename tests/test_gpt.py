@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import mmgen
-from mmgen.models.gpt import GPT, GPTConfig, gpt_from_hf_gpt2
+from mmgen.models.convert import gpt_from_hf_gpt2
+from mmgen.models.gpt import GPT, GPTConfig
 
 VARIANTS = {
     "learned_mha": {},

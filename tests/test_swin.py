@@ -5,8 +5,8 @@ import torch
 
 from mmgen import create_model, load_pretrained
 from mmgen.layers import Attention
-from mmgen.models.swin import (MASK_VALUE, PermuteTokens, Swin, SwinConfig, convert_timm_swin, swin_config_from_timm,
-                               window_mask)
+from mmgen.models.convert import convert_timm_swin, swin_config_from_timm
+from mmgen.models.swin import MASK_VALUE, PermuteTokens, Swin, SwinConfig, window_mask
 from mmgen.registry import preset_config
 
 timm = pytest.importorskip("timm")

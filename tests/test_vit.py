@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from mmgen import create_model, load_pretrained
-from mmgen.models.vit import ViT, ViTConfig, convert_timm_vit, vit_config_from_timm
+from mmgen.models.convert import convert_timm_vit, vit_config_from_timm
+from mmgen.models.vit import ViT, ViTConfig
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
@@ -65,7 +66,7 @@ def test_torchvision_parity(size):
 
 
 def test_vit_b_16_preset_matches_torchvision_shape():
-    from mmgen.models.vit import vit_config_from_torchvision
+    from mmgen.models.convert import vit_config_from_torchvision
     tv = torchvision.models.vit_b_16()  # random init, no download
     cfg = ViTConfig(**vit_config_from_torchvision(tv))
     preset = create_model("vit_base_patch16_224", depth=1).config

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import config_to_dict
 from ..registry import register_model, register_preset
-from .base import Model, eval_mode
+from .base import Model
 from .dit import DiT, DiTConfig
 from .text_encoders import ByteTextEncoder, FrozenTextEncoder, TextEncoderConfig
 from .unet import UNet, UNetConfig

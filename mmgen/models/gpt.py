@@ -322,6 +322,7 @@ class GPT(Model):
     def load_hf_gpt2_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Copy a transformers GPT-2 state dict into this model (every weight must fit)."""
         try:
+            from .convert import convert_hf_gpt2_state_dict
             ours = convert_hf_gpt2_state_dict(sd, self.config.depth)
             missing, unexpected = self.load_state_dict(ours, strict=False)
         except (KeyError, RuntimeError) as e:
@@ -330,55 +331,6 @@ class GPT(Model):
         if missing or unexpected:
             raise ValueError(f"GPT-2 state dict does not fit this GPT: missing {missing[:8]}, "
                              f"unexpected {unexpected[:8]}")
-
-
-# ---- interop: Hugging Face GPT-2 -------------------------------------------------------------
-def gpt2_config_from_hf(hf_config, **overrides) -> GPTConfig:
-    """GPTConfig matching a transformers GPT2Config (pre-norm LayerNorm, tanh GELU, tied)."""
-    act = getattr(hf_config, "activation_function", "gelu_new")
-    mlp = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu2"}.get(act)
-    if mlp is None or act == "relu":
-        raise ValueError(f"GPT-2 activation {act!r} has no mmgen equivalent (supported: gelu_new, gelu)")
-    kw = dict(vocab_size=hf_config.vocab_size, context_length=hf_config.n_positions, embed_dim=hf_config.n_embd,
-              depth=hf_config.n_layer, num_heads=hf_config.n_head, mlp=mlp,
-              mlp_hidden=getattr(hf_config, "n_inner", None) or 4 * hf_config.n_embd, norm="layernorm",
-              norm_eps=hf_config.layer_norm_epsilon, norm_place="pre", bias=True, pos="learned",
-              tie_weights=getattr(hf_config, "tie_word_embeddings", True))
-    kw.update(overrides)
-    return GPTConfig(**kw)
-
-
-def convert_hf_gpt2_state_dict(sd: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
-    """A transformers GPT2LMHeadModel / GPT2Model state dict -> GPT's names. HF's Conv1D
-    stores weights as (in, out): they are transposed to nn.Linear's (out, in)."""
-    sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-    out = {"tok_embed.weight": sd["wte.weight"], "pos_embed.weight": sd["wpe.weight"],
-           "transformer.norm.weight": sd["ln_f.weight"], "transformer.norm.bias": sd["ln_f.bias"]}
-    out["lm_head.weight"] = sd.get("lm_head.weight", sd["wte.weight"])
-    names = {"ln_1": "norm1", "ln_2": "norm2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj",
-             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-    for i in range(depth):
-        for hf, ours in names.items():
-            w, b = sd[f"h.{i}.{hf}.weight"], sd[f"h.{i}.{hf}.bias"]
-            out[f"transformer.blocks.{i}.{ours}.weight"] = w if hf.startswith("ln") else w.t().contiguous()
-            out[f"transformer.blocks.{i}.{ours}.bias"] = b
-    return out
-
-
-def gpt_from_hf_gpt2(hf_model_or_state_dict, hf_config=None) -> GPT:
-    """Build a GPT from a transformers GPT2LMHeadModel (or its state dict + config)."""
-    if isinstance(hf_model_or_state_dict, nn.Module):
-        hf_config = hf_model_or_state_dict.config
-        sd = hf_model_or_state_dict.state_dict()
-    else:
-        sd = hf_model_or_state_dict
-        if hf_config is None:
-            raise ValueError("loading a GPT-2 state dict needs its hf_config (a transformers GPT2Config)")
-    model = GPT(gpt2_config_from_hf(hf_config))
-    model.load_hf_gpt2_state_dict(sd)
-    return model.eval()
-
-
 
 
 # ---- presets ---------------------------------------------------------------------------------

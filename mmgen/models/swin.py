@@ -9,12 +9,11 @@ bias. Masks are cached per resolution. Patch merging halves the grid between sta
 Padding follows torchvision (pad, then shift), but padded tokens are masked out as keys, so
 real tokens never see them. Windows larger than a stage's grid are clamped to it and not
 shifted (timm). Converters load timm's `SwinTransformer` and torchvision's `swin_t` state
-dicts (`Swin.from_timm`, `Swin.from_torchvision`, `convert_timm_swin`, `convert_torchvision_swin`).
+dicts (`Swin.from_timm`, `Swin.from_torchvision`; the key converters live in mmgen.models.convert).
 """
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
 import torch
@@ -369,14 +368,17 @@ class Swin(ImageClassifier):
 
     # ------------------------------------------------------------------ other libraries
     def load_timm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        from .convert import convert_timm_swin
         self.load_state_dict(convert_timm_swin(state_dict), strict=True)
 
     def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        from .convert import convert_torchvision_swin
         self.load_state_dict(convert_torchvision_swin(state_dict), strict=True)
 
     @classmethod
     def from_timm(cls, model: nn.Module, **overrides) -> "Swin":
         """Build a Swin with the shape of a timm `SwinTransformer` and load its weights."""
+        from .convert import swin_config_from_timm
         swin = cls(SwinConfig(**{**swin_config_from_timm(model), **overrides}))
         swin.load_timm_state_dict(model.state_dict())
         return swin
@@ -385,88 +387,10 @@ class Swin(ImageClassifier):
     def from_torchvision(cls, model: nn.Module, img_size: int = 224, **overrides) -> "Swin":
         """Build a Swin with the shape of a torchvision `SwinTransformer` (swin_t, ...) and load
         it. torchvision models carry no image size: pass the one you use."""
+        from .convert import swin_config_from_torchvision
         swin = cls(SwinConfig(**{**swin_config_from_torchvision(model, img_size), **overrides}))
         swin.load_torchvision_state_dict(model.state_dict())
         return swin
-
-
-# ------------------------------------------------------------------------------ converters
-_BLOCK_SUBS = {"attn.relative_position_bias_table": "relative_position_bias_table"}
-
-
-def convert_timm_swin(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm SwinTransformer keys -> ours: `layers.i` -> `stages.i`, the bias table moves from
-    the attention to the block, `head.fc` -> `head`; non-persistent index/mask buffers dropped."""
-    out = {}
-    for k, v in state_dict.items():
-        if k.endswith(("relative_position_index", "attn_mask")):
-            continue
-        if k.startswith("layers."):
-            k = "stages." + k[len("layers."):]
-            k = k.replace(".attn.relative_position_bias_table", ".relative_position_bias_table")
-        elif k.startswith("head.fc."):
-            k = "head." + k[len("head.fc."):]
-        elif k.startswith("absolute_pos_embed"):
-            raise ValueError("timm Swin with an absolute position embedding (ape) is not supported")
-        out[k] = v
-    return out
-
-
-def convert_torchvision_swin(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision SwinTransformer (swin_t ...) keys -> ours. torchvision's `features` list
-    interleaves [stem, stage 0, merge, stage 1, merge, ...]; its MLP is `mlp.0` / `mlp.3`."""
-    out = {}
-    for k, v in state_dict.items():
-        if k.endswith("relative_position_index"):
-            continue
-        m = re.fullmatch(r"features\.(\d+)\.(.+)", k)
-        if m is None:
-            if k.startswith(("norm.", "head.")):
-                out[k] = v
-                continue
-            raise ValueError(f"unexpected torchvision Swin key {k!r}")
-        idx, rest = int(m.group(1)), m.group(2)
-        if idx == 0:  # stem: Conv2d (0), Permute (1), LayerNorm (2)
-            rest = rest.replace("0.", "proj.", 1) if rest.startswith("0.") else rest.replace("2.", "norm.", 1)
-            out[f"patch_embed.{rest}"] = v
-        elif idx % 2 == 0:  # PatchMerging in front of stage idx // 2
-            out[f"stages.{idx // 2}.downsample.{rest}"] = v
-        else:
-            stage = (idx - 1) // 2
-            j, sub = rest.split(".", 1)
-            sub = sub.replace("attn.relative_position_bias_table", "relative_position_bias_table")
-            sub = sub.replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
-            out[f"stages.{stage}.blocks.{j}.{sub}"] = v
-    return out
-
-
-def swin_config_from_timm(model: nn.Module) -> dict:
-    if getattr(model, "absolute_pos_embed", None) is not None:
-        raise ValueError("timm Swin with an absolute position embedding (ape) is not supported")
-    pe = model.patch_embed
-    stages = list(model.layers)
-    windows = {blk.attn.window_size[0] for st in stages for blk in st.blocks} | {stages[0].blocks[0].window_size[0]}
-    fc = getattr(model.head, "fc", None)
-    return dict(img_size=pe.img_size[0], patch_size=pe.patch_size[0], in_chans=pe.proj.in_channels,
-                num_classes=fc.out_features if isinstance(fc, nn.Linear) else 0,
-                global_pool="avg" if model.global_pool == "avg" else "none", embed_dim=model.embed_dim,
-                depths=tuple(len(st.blocks) for st in stages),
-                num_heads=tuple(st.blocks[0].attn.num_heads for st in stages),
-                window_size=max(windows), mlp_ratio=stages[0].blocks[0].mlp.fc1.out_features / model.embed_dim,
-                qkv_bias=stages[0].blocks[0].attn.qkv.bias is not None, norm_eps=model.norm.eps,
-                dynamic_img_size=bool(model.dynamic_img_size))
-
-
-def swin_config_from_torchvision(model: nn.Module, img_size: int = 224) -> dict:
-    feats = model.features
-    conv = feats[0][0]
-    stages = [feats[i] for i in range(1, len(feats), 2)]
-    blk = stages[0][0]
-    return dict(img_size=img_size, patch_size=conv.kernel_size[0], in_chans=conv.in_channels,
-                num_classes=model.head.out_features, embed_dim=conv.out_channels,
-                depths=tuple(len(s) for s in stages), num_heads=tuple(s[0].attn.num_heads for s in stages),
-                window_size=blk.attn.window_size[0], mlp_ratio=blk.mlp[0].out_features / conv.out_channels,
-                qkv_bias=blk.attn.qkv.bias is not None, norm_eps=model.norm.eps)
 
 
 # --------------------------------------------------------------------------------- presets

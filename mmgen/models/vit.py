@@ -6,14 +6,13 @@ token / mean pooling -> linear head.
 
 timm-style API: `forward_features`, `forward_head(x, pre_logits=...)`, `forward_intermediates`,
 `num_features`, `reset_classifier`. Converters load timm's `VisionTransformer` and torchvision's
-`vit_b_16` state dicts (`ViT.from_timm`, `ViT.from_torchvision`, `convert_timm_vit`,
-`convert_torchvision_vit`).
+`vit_b_16` state dicts (`ViT.from_timm`, `ViT.from_torchvision`; the key converters live in
+mmgen.models.convert).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -257,14 +256,17 @@ class ViT(ImageClassifier):
 
     # ------------------------------------------------------------------ other libraries
     def load_timm_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        from .convert import convert_timm_vit
         self.load_state_dict(convert_timm_vit(state_dict), strict=True)
 
     def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        from .convert import convert_torchvision_vit
         self.load_state_dict(convert_torchvision_vit(state_dict, self.config.depth), strict=True)
 
     @classmethod
     def from_timm(cls, model: nn.Module, **overrides) -> "ViT":
         """Build a ViT with the shape of a timm `VisionTransformer` and load its weights."""
+        from .convert import vit_config_from_timm
         vit = cls(ViTConfig(**{**vit_config_from_timm(model), **overrides}))
         vit.load_timm_state_dict(model.state_dict())
         return vit
@@ -272,98 +274,10 @@ class ViT(ImageClassifier):
     @classmethod
     def from_torchvision(cls, model: nn.Module, **overrides) -> "ViT":
         """Build a ViT with the shape of a torchvision `VisionTransformer` (vit_b_16, ...) and load it."""
+        from .convert import vit_config_from_torchvision
         vit = cls(ViTConfig(**{**vit_config_from_torchvision(model), **overrides}))
         vit.load_torchvision_state_dict(model.state_dict())
         return vit
-
-
-# ------------------------------------------------------------------------------ converters
-def convert_timm_vit(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm VisionTransformer keys -> ours. timm's fused `attn.qkv` maps straight onto
-    Attention.qkv; blocks move under `encoder.`, the final norm to `encoder.norm`."""
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith("blocks."):
-            k = "encoder." + k
-        elif k.startswith("norm."):
-            k = "encoder." + k
-        elif k.startswith(("attn_pool.", "head_dist", "dist_token")):
-            raise ValueError(f"timm key {k!r}: attention pooling / distillation heads are not supported")
-        out[k] = v
-    return out
-
-
-def convert_torchvision_vit(state_dict: dict[str, torch.Tensor], depth: int | None = None) -> dict[str, torch.Tensor]:
-    """torchvision VisionTransformer (vit_b_16 ...) keys -> ours. nn.MultiheadAttention's
-    `in_proj` is already the fused [q; k; v] projection."""
-    out = {}
-    block = re.compile(r"encoder\.layers\.encoder_layer_(\d+)\.(.+)")
-    sub = {"ln_1": "norm1", "ln_2": "norm2", "self_attention.in_proj_weight": "attn.qkv.weight",
-           "self_attention.in_proj_bias": "attn.qkv.bias", "self_attention.out_proj": "attn.proj",
-           "mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2", "mlp.linear_1": "mlp.fc1", "mlp.linear_2": "mlp.fc2"}
-    top = {"conv_proj": "patch_embed.proj", "class_token": "cls_token", "encoder.pos_embedding": "pos_embed",
-           "encoder.ln": "encoder.norm", "heads.head": "head"}
-    for k, v in state_dict.items():
-        m = block.fullmatch(k)
-        if m:
-            i, rest = m.groups()
-            for a, b in sub.items():
-                if rest == a or rest.startswith(a + "."):
-                    rest = b + rest[len(a):]
-                    break
-            else:
-                raise ValueError(f"unexpected torchvision ViT key {k!r}")
-            out[f"encoder.blocks.{i}.{rest}"] = v
-            continue
-        for a, b in top.items():
-            if k == a or k.startswith(a + "."):
-                out[b + k[len(a):]] = v
-                break
-        else:
-            raise ValueError(f"unsupported torchvision ViT key {k!r} (conv stems and pre-logits heads are not supported)")
-    return out
-
-
-def vit_config_from_timm(model: nn.Module) -> dict:
-    """ViTConfig fields reproducing a timm VisionTransformer (class token or avg pooling,
-    registers, learned positions with or without prefix rows, qk norm, layer scale)."""
-    blk = model.blocks[0]
-    gp = model.global_pool or "none"
-    if gp not in GLOBAL_POOLS:
-        raise ValueError(f"timm global_pool={model.global_pool!r} is not supported (token, avg, '')")
-    grid = model.patch_embed.grid_size
-    if grid[0] != grid[1]:
-        raise ValueError(f"only square images are supported, timm model has grid {grid}")
-    ls = getattr(blk, "ls1", None)
-    has_ls = ls is not None and hasattr(ls, "gamma")
-    eps = model.blocks[0].norm1.eps
-    has_fc_norm = not isinstance(model.fc_norm, nn.Identity)
-    head = model.head
-    return dict(
-        img_size=model.patch_embed.img_size[0], patch_size=model.patch_embed.patch_size[0],
-        in_chans=model.patch_embed.proj.in_channels, num_classes=head.out_features if isinstance(head, nn.Linear) else 0,
-        global_pool=gp, class_token=model.cls_token is not None, reg_tokens=model.num_reg_tokens,
-        pos="learned" if model.pos_embed is not None else "none", pos_embed_prefix=not model.no_embed_class,
-        dynamic_img_size=bool(model.dynamic_img_size), patch_bias=model.patch_embed.proj.bias is not None,
-        norm_pre=not isinstance(model.norm_pre, nn.Identity), fc_norm=None if has_fc_norm == (gp == "avg") else has_fc_norm,
-        embed_dim=model.embed_dim, depth=len(model.blocks), num_heads=blk.attn.num_heads,
-        mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
-        qk_norm=not isinstance(blk.attn.q_norm, nn.Identity), norm_eps=eps,
-        layer_scale=1e-5 if has_ls else None)
-
-
-def vit_config_from_torchvision(model: nn.Module) -> dict:
-    """ViTConfig fields reproducing a torchvision VisionTransformer."""
-    layer = model.encoder.layers[0]
-    heads = model.heads
-    if hasattr(heads, "pre_logits"):
-        raise ValueError("torchvision ViT with representation_size (a pre-logits layer) is not supported")
-    if not isinstance(model.conv_proj, nn.Conv2d):
-        raise ValueError("torchvision ViT with a conv stem is not supported")
-    return dict(img_size=model.image_size, patch_size=model.patch_size, in_chans=model.conv_proj.in_channels,
-                num_classes=heads.head.out_features, global_pool="token", embed_dim=model.hidden_dim,
-                depth=len(model.encoder.layers), num_heads=layer.num_heads,
-                mlp_ratio=model.mlp_dim / model.hidden_dim, norm_eps=layer.ln_1.eps)
 
 
 # --------------------------------------------------------------------------------- presets
