@@ -383,3 +383,17 @@ def test_blocks_trace_for_torch_compile_without_graph_breaks():
             expl = torch._dynamo.explain(blk)(*args, **kw)
             assert expl.graph_break_count == 0, expl.break_reasons
     torch._dynamo.reset()
+
+
+def test_choose_kernel_is_the_one_dispatch():
+    from mmgen.layers.attention import choose_kernel
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    kw = dict(device=cpu, dtype=torch.bfloat16, tokens=16)
+    assert choose_kernel("math", **kw, grouped=True) == "math"
+    assert choose_kernel("sdpa", **kw) == "sdpa"  # ungrouped: fused, whatever the size
+    assert choose_kernel("sdpa", **kw, grouped=True) == "matmul"  # tiny bf16 windows on CPU
+    assert choose_kernel("sdpa", **{**kw, "tokens": 49}, grouped=True) == "sdpa"
+    assert choose_kernel("sdpa", **{**kw, "dtype": torch.float32}, grouped=True) == "sdpa"
+    assert choose_kernel("sdpa", **{**kw, "device": cuda}, grouped=True) == "sdpa"
+    assert choose_kernel("sdpa", **kw, bias_grad=True) == "matmul"  # a learned bias keeps its gradient cheap
+    assert choose_kernel("sdpa", **kw, bias_grad=True, is_causal=True) == "sdpa"

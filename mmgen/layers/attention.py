@@ -1,6 +1,9 @@
-"""Multi-head attention: self or cross, MHA / GQA / MQA via `num_kv_heads`, fused SDPA or a
-plain matmul-softmax reference, masks (causal, sliding window, padding, additive bias),
-optional q/k norm, RoPE and a preallocated KV cache."""
+"""Multi-head attention: self or cross, MHA / GQA / MQA via `num_kv_heads`, masks (causal,
+sliding window, padding, additive bias), optional q/k norm, RoPE and a preallocated KV cache.
+
+`Attention` is about projections, positions and the cache; which kernel computes
+softmax(q k^T) v -- fused SDPA, the float32 reference, or batched matmuls -- is decided in one
+function, `choose_kernel`, and run by `run_kernel`."""
 from __future__ import annotations
 
 import torch
@@ -157,17 +160,41 @@ def attention_matmul(q, k, v, bias, dropout_p=0.0, scale=None):
 # 36, while from 49 tokens on SDPA wins (python -m bench.bench_block --windows, projections
 # included). float32 keeps SDPA at every size (it wins from 9 tokens on).
 CPU_MATMUL_MAX_TOKENS = {torch.bfloat16: 36, torch.float16: 36}
+KERNELS = ("sdpa", "math", "matmul")
+
+
+def choose_kernel(impl: str, *, device: torch.device, dtype: torch.dtype, tokens: int, bias_grad: bool = False,
+                  is_causal: bool = False, grouped: bool = False) -> str:
+    """The attention kernel for one call, every choice in one place:
+      math    impl="math": the float32 reference (attention_math);
+      matmul  a bias that needs a gradient (SDPA would fall back to its slow math kernel), or
+              grouped (window) attention over at most CPU_MATMUL_MAX_TOKENS tokens on CPU
+              in half precision (attention_matmul);
+      sdpa    otherwise: torch's fused scaled_dot_product_attention."""
+    if impl == "math":
+        return "math"
+    if bias_grad and not is_causal:
+        return "matmul"
+    if grouped and device.type == "cpu" and tokens <= CPU_MATMUL_MAX_TOKENS.get(dtype, 0):
+        return "matmul"
+    return "sdpa"
+
+
+def run_kernel(kernel: str, q, k, v, mask=None, is_causal=False, dropout_p=0.0, scale=None):
+    """Run a kernel of `choose_kernel`. q (..., H, T, D), k/v (..., Hkv, S, D) -> (..., H, T, D)."""
+    if kernel == "math":
+        return attention_math(q, k, v, mask, is_causal, dropout_p, scale)
+    if kernel == "matmul":
+        return attention_matmul(q, k, v, mask, dropout_p, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal,
+                                          scale=scale, enable_gqa=k.shape[-3] != q.shape[-3])
 
 
 def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, impl="sdpa", scale=None):
-    """Dispatch to fused SDPA or the reference path. q (B,H,T,D), k/v (B,Hkv,S,D) -> (B,H,T,D)."""
-    if impl == "math":
-        return attention_math(q, k, v, mask, is_causal, dropout_p, scale)
-    if records_grad(mask) and not is_causal:
-        return attention_matmul(q, k, v, mask, dropout_p, scale)
-    gqa = k.shape[1] != q.shape[1]
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=gqa)
+    """Attention with the kernel `choose_kernel` picks. q (B,H,T,D), k/v (B,Hkv,S,D) -> (B,H,T,D)."""
+    kernel = choose_kernel(impl, device=q.device, dtype=q.dtype, tokens=k.shape[-2], bias_grad=records_grad(mask),
+                           is_causal=is_causal)
+    return run_kernel(kernel, q, k, v, mask, is_causal, dropout_p, scale)
 
 
 class Attention(nn.Module):
@@ -260,15 +287,15 @@ class Attention(nn.Module):
             raise ValueError("grouped attention needs num_kv_heads == num_heads")
         dropout = self.attn_dropout if self.training else 0.0
         qkv = self.qkv(x)  # (B, G, T, 3 * H * D)
-        small = qkv.device.type == "cpu" and T <= CPU_MATMUL_MAX_TOKENS.get(qkv.dtype, 0)
-        if self.impl == "math" or records_grad(bias) or small:
+        kernel = choose_kernel(self.impl, device=qkv.device, dtype=qkv.dtype, tokens=T, bias_grad=records_grad(bias),
+                               grouped=True)
+        if kernel != "sdpa":
             # one copy to (3, B, G, H, T, D): the batched matmuls then copy nothing and
             # broadcast the per-group mask over the batch
             q, k, v = rearrange(qkv, "b g t (three h d) -> three b g h t d", three=3, h=H).contiguous().unbind(0)
             q, k = self._qk_transform(q, k, rope)
             attn_mask = merge_mask_and_bias(mask, bias, q.dtype, matmul=True)  # -> (B, G, H, T, T)
-            fn = attention_math if self.impl == "math" else attention_matmul
-            out = fn(q, k, v, attn_mask, dropout_p=dropout)  # (B, G, H, T, D)
+            out = run_kernel(kernel, q, k, v, attn_mask, dropout_p=dropout)  # (B, G, H, T, D)
             out = rearrange(out, "b g h t d -> b g t (h d)")
         else:
             # fused SDPA on (B*G, H, T, D) views of the projection: no copy in, and its output
@@ -285,7 +312,7 @@ class Attention(nn.Module):
                     attn_mask = attn_mask[0]
                 else:
                     attn_mask = attn_mask.expand(B, G, *attn_mask.shape[2:]).reshape(B * G, *attn_mask.shape[2:])
-            out = attention(q, k, v, attn_mask, False, dropout, self.impl)  # (B*G, H, T, D)
+            out = run_kernel(kernel, q, k, v, attn_mask, dropout_p=dropout)  # (B*G, H, T, D)
             out = rearrange(out, "(b g) h t d -> b g t (h d)", b=B)
         return self.proj_drop(self.proj(out))
 
