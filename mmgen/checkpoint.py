@@ -194,6 +194,20 @@ def resolve_companion(value: str | os.PathLike, ckpt_dir: str | os.PathLike | No
                             f"{', '.join(str(c) for c in dict.fromkeys(tried))})")
 
 
+def load_companion(value: str | os.PathLike, ckpt_dir: str | os.PathLike | None, what: str, *,
+                   expect: str | None = None, owner: str = "this model"):
+    """Load a companion checkpoint named in a config (DALL-E's vq_path / clip_path, DDPM's
+    vae_path / text_encoder_path): `resolve_companion`, then a check that it holds an
+    `expect` model (when given), then `load_pretrained`. The one way models and pipelines
+    open another checkpoint."""
+    path = resolve_companion(value, ckpt_dir, what)
+    if expect is not None:
+        found = read_config(path)["model_type"]
+        if found != expect:
+            raise ValueError(f"{what}_path {str(value)!r} holds a {found!r} checkpoint; {owner} needs a {expect!r} one there")
+    return load_pretrained(path)
+
+
 def relative_companion(value: str, old_dir: str | os.PathLike | None, new_dir: str | os.PathLike, what: str) -> str:
     """The companion path to store when a checkpoint is written to new_dir: the shipped name
     for a shipped companion (e.g. "vq_shapes"; "../vq_shapes" beside another shipped

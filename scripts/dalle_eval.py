@@ -172,8 +172,8 @@ def card(args) -> None:
     text = f"""# dalle_shapes: text -> 32 px shapes images
 
 A small DALL-E (`mmgen/models/dalle.py`, preset `{rc['preset']}`): one causal transformer
-({c.block.depth} layers, width {c.block.dim}, {c.block.num_heads} heads, {m.num_params() / 1e6:.2f}M parameters) over
-[{c.text_len} text positions; {c.image_grid[0]}x{c.image_grid[1]} VQ tokens]. Text: clip_bpe pruned to the shapes grammar
+({c.block.depth} layers, width {c.block.embed_dim}, {c.block.num_heads} heads, {m.num_params() / 1e6:.2f}M parameters) over
+[{c.context_length} text positions; {c.image_grid[0]}x{c.image_grid[1]} VQ tokens]. Text: clip_bpe pruned to the shapes grammar
 ({c.text_vocab} tokens, stored in config.json). Weights in fp16 (cast to fp32 on load).
 
 * **Helpers, by relative path** (not embedded): `vq_path = "{c.vq_path}"` (the tokenizer it was

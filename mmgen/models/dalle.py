@@ -190,13 +190,9 @@ class DALLE(Model):
         if self._vq is None:
             if not self.config.vq_path:
                 raise ValueError("this DALL-E has no VQ tokenizer: set config vq_path or call attach(vq=...)")
-            from ..checkpoint import load_pretrained, read_config, resolve_companion
-            path = resolve_companion(self.config.vq_path, self._ckpt_dir, "vq")
-            found = read_config(path)["model_type"]
-            if found != "vq":
-                raise ValueError(f"vq_path {self.config.vq_path!r} holds a {found!r} checkpoint; DALL-E needs a "
-                                 f"'vq' one there")
-            self.attach(vq=load_pretrained(path).to(self.device))
+            from ..checkpoint import load_companion
+            vq = load_companion(self.config.vq_path, self._ckpt_dir, "vq", expect="vq", owner="DALL-E")
+            self.attach(vq=vq.to(self.device))
         return self._vq
 
     @classmethod

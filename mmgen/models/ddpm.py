@@ -200,15 +200,14 @@ class DDPM(Model):
     def load_sources(self) -> None:
         """A freshly built model takes the frozen VAE's / text encoder's weights from
         vae_path / text_encoder_path; afterwards they live in this model's own weights."""
-        from ..checkpoint import load_pretrained, resolve_companion
+        from ..checkpoint import load_companion
         cfg = self.config
         subs = (("vae_path", self.vae),
                 ("text_encoder_path", getattr(self.text_encoder, "model", None) if cfg.conditioning == "text" else None))
         for field_name, sub in subs:
             path = getattr(cfg, field_name)
             if path is not None and sub is not None:
-                src = load_pretrained(resolve_companion(path, None, field_name[:-5]))
-                sub.load_state_dict(src.state_dict())
+                sub.load_state_dict(load_companion(path, None, field_name[:-5]).state_dict())
 
     def _latent_shape(self) -> tuple[int, int]:
         with torch.no_grad():

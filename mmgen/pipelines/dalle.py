@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_pretrained, read_config, resolve_companion
+from ..checkpoint import load_companion
 from ..models.base import eval_mode
 from ..text.sampling import SamplingParams, make_generator, sample_next
 from .base import Pipeline, ProgressReporter, timed
@@ -84,9 +84,9 @@ class DALLEPipeline(Pipeline):
         if vq is None:
             if not c.vq_path:
                 raise ValueError(f"{ckpt_dir} has no vq_path in its config: pass vq= (a VQ model)")
-            vq = _companion(c.vq_path, ckpt_dir, "vq")
+            vq = load_companion(c.vq_path, ckpt_dir, "vq", expect="vq", owner="DALL-E")
         if clip is None and c.clip_path:
-            clip = _companion(c.clip_path, ckpt_dir, "clip")
+            clip = load_companion(c.clip_path, ckpt_dir, "clip", expect="clip", owner="DALL-E")
         return cls(model, vq=vq, clip=clip)
 
     @property
@@ -147,16 +147,6 @@ class DALLEPipeline(Pipeline):
             tok = torch.zeros(rows.shape[0], 1, dtype=torch.long, device=rows.device)
             dt = timed(lambda: [m(tok, cache=cache, start=c.context_length + j) for j in range(2)]) / 2
         return dt * c.image_tokens * -(-total // b)
-
-
-def _companion(value: str, ckpt_dir, what: str):
-    """A companion checkpoint (VQ or CLIP) named in a DALL-E config, resolved relative to the
-    DALL-E checkpoint's directory."""
-    path = resolve_companion(value, ckpt_dir, what)
-    found = read_config(path)["model_type"]
-    if found != what:
-        raise ValueError(f"{what}_path {value!r} holds a {found!r} checkpoint; DALL-E needs a {what!r} one there")
-    return load_pretrained(path)
 
 
 @torch.no_grad()
