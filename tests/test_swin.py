@@ -234,7 +234,7 @@ def test_bad_input_errors():
 
 def test_stage_gather_plan_equals_block_by_block():
     """A stage moves tokens between the blocks' window layouts with one gather each; that must
-    equal running every block on the (B, H, W, C) map (roll, pad, partition and back), also at
+    equal running every block alone on the (B, H, W, C) map (pad, gather, blocks, gather back), also at
     sizes the window does not divide."""
     m = create_model("swin_tiny", dynamic_img_size=True, depths=(4, 2, 2)).eval()
     stage = m.stages[0]

@@ -165,26 +165,25 @@ class SwinBlock(TransformerBlock):
         bias = self.relative_position_bias_table[self.relative_position_index.flatten()]  # (N*N, heads)
         return rearrange(bias, "(n m) h -> h n m", n=N, m=N)  # (heads, N, N)
 
+    def forward_windows(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """x (B, nW, N, C): the tokens of an H x W map in this block's window layout (see
+        `_shift_and_mask`) -> the same layout. The one block path: attention inside each
+        window with the relative bias and shift / padding mask; norm and MLP per token."""
+        return TransformerBlock.forward(self, x, bias=self.window_bias(H, W, x.device))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, H, W, C) -> (B, H, W, C)."""
+        """x (B, H, W, C) -> (B, H, W, C): this block alone (a SwinStage moves the tokens
+        straight from one block's layout to the next instead)."""
         B, H, W, C = x.shape
         w = self.window
-        (sh, sw), _, _ = self._shift_and_mask(H, W, x.device)
-        pad_h, pad_w = (w - H % w) % w, (w - W % w) % w
-        if pad_h or pad_w:
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
-        if sh or sw:
-            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-        Hp, Wp = x.shape[1:3]
-        x = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=w, ww=w)  # (B, nW, N, C)
-        bias = self.window_bias(H, W, x.device)
-        x = super().forward(x, bias=bias)  # attention inside each window; norm/MLP per token
-        x = rearrange(x, "b (nh nw) (wh ww) c -> b (nh wh) (nw ww) c", nh=Hp // w, wh=w, ww=w)
-        if sh or sw:
-            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
-        if pad_h or pad_w:
-            x = x[:, :H, :W].contiguous()
-        return x
+        Hp, Wp = -(-H // w) * w, -(-W // w) * w
+        if (Hp, Wp) != (H, W):
+            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))  # zeros; masked out as keys
+        layout = self._shift_and_mask(H, W, x.device)[2]
+        x = PermuteTokens.apply(x.reshape(B, Hp * Wp, C), layout, torch.argsort(layout))  # (B, nW * N, C)
+        x = self.forward_windows(x.view(B, -1, w * w, C), H, W).flatten(1, 2)
+        x = PermuteTokens.apply(x, torch.argsort(layout), layout).view(B, Hp, Wp, C)
+        return x[:, :H, :W].contiguous() if (Hp, Wp) != (H, W) else x
 
 
 class PatchMerging(nn.Module):
@@ -268,7 +267,7 @@ class SwinStage(nn.Module):
             if step is not None:
                 x = PermuteTokens.apply(x, *step)
             x = x.view(B, -1, w * w, C)  # (B, nW, N, C) in this block's layout
-            x = TransformerBlock.forward(blk, x, bias=blk.window_bias(H, W, x.device)).flatten(1, 2)
+            x = blk.forward_windows(x, H, W).flatten(1, 2)
         if plan[-1] is not None:
             x = PermuteTokens.apply(x, *plan[-1])
         x = x.view(B, Hp, Wp, C)
