@@ -372,6 +372,16 @@ def test_layers_never_import_models():
                 assert all(not a.name.startswith("mmgen") for a in node.names), path.name
 
 
+def test_models_never_import_pipelines_or_train():
+    """Imports run one way, layers <- models <- pipelines <- train / commands (lazy imports too)."""
+    root = pathlib.Path(L.__file__).parent.parent / "models"
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                mod = ("." * node.level) + (node.module or "")
+                assert not any(p in mod for p in ("pipelines", "train", "commands", "web")), f"{path.name} imports {mod}"
+
+
 def test_blocks_trace_for_torch_compile_without_graph_breaks():
     """The inference fast paths (in-place adds, GELU, grouped attention) must not break a
     torch.compile graph: a data_ptr() check in the residual add once halved compiled decoding."""
