@@ -17,9 +17,13 @@ Over-long captions are never cut silently. ``on_overflow="error"`` (the default)
 ``CaptionCollate(tokenizer, context_length)`` turns a list of dataset items
 ``{"image", "label", "caption"}`` into a batch ``{"image": (B,C,H,W), "label": (B,),
 "caption": [str], "input_ids", "attention_mask", "eot_index"}``.
+
+``ImageTokenMemo(max_entries)`` memoises a frozen image tokenizer (a VQ's ``encode_tokens``)
+for collate functions that turn images into tokens (DALL-E's).
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Sequence
 
@@ -105,3 +109,34 @@ class CaptionCollate:
 def caption_collate(tokenizer="byte", context_length: int = 77, **kw) -> CaptionCollate:
     """Shorthand: ``caption_collate("clip_bpe", 77)``."""
     return CaptionCollate(tokenizer, context_length, **kw)
+
+
+class ImageTokenMemo:
+    """The tokens a frozen image tokenizer gave each image seen so far, keyed by a hash of its
+    pixels: fixed datasets revisit their images every epoch, and a frozen VQ gives the same
+    tokens for the same pixels. Holds at most `max_entries` images (past that, new images are
+    encoded every time)."""
+
+    def __init__(self, max_entries: int = 500_000):
+        self.max_entries = max_entries
+        self._tokens: dict[bytes, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def clear(self) -> None:
+        self._tokens.clear()
+
+    @torch.no_grad()
+    def encode(self, tokenizer, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) on the CPU -> tokenizer.encode_tokens(images) (B, ...) on the CPU,
+        calling the tokenizer once for the images not seen before."""
+        keys = [hashlib.blake2b(im.numpy().tobytes(), digest_size=16).digest() for im in images]
+        todo = [i for i, k in enumerate(keys) if k not in self._tokens]
+        fresh = {}
+        if todo:
+            new = tokenizer.encode_tokens(images[todo].to(tokenizer.device)).cpu()
+            fresh = dict(zip(todo, new))
+            if len(self._tokens) < self.max_entries:
+                self._tokens.update(zip((keys[i] for i in todo), new))
+        return torch.stack([fresh[i] if i in fresh else self._tokens[k] for i, k in enumerate(keys)])

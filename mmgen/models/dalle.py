@@ -37,7 +37,6 @@ so every checkpoint knows its own vocabulary (the pipeline warns about other wor
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import KVCache, LearnedPositions, Transformer, TransformerConfig
+from ..data.collate import ImageTokenMemo
 from ..registry import register_model, register_preset
 from ..text.captions import CaptionTokenizer, build_tokenizer, check_vocabulary_resolved, resolve_vocabulary
 from .base import Model, eval_mode
@@ -169,6 +169,7 @@ class DALLE(Model):
         for emb in (self.text_embed, self.image_embed, self.text_head, self.image_head):
             nn.init.normal_(emb.weight, std=c.init_std)
         self._vq = None  # the frozen VQ, not part of this checkpoint's weights
+        self.token_memo = ImageTokenMemo()  # the VQ's tokens of the training images seen so far
         self._ckpt_dir: Path | None = None
 
     # ------------------------------------------------------------------ the VQ tokenizer (training)
@@ -181,6 +182,8 @@ class DALLE(Model):
             if tuple(vq.token_shape) != self.config.image_grid:
                 raise ValueError(f"the VQ tokenizer makes {tuple(vq.token_shape)} token grids, this DALL-E "
                                  f"expects {self.config.image_grid}")
+            if vq is not self._vq:
+                self.token_memo.clear()  # tokens of another VQ
             object.__setattr__(self, "_vq", vq.eval().requires_grad_(False))  # not a submodule
         return self
 
@@ -293,20 +296,7 @@ class DALLE(Model):
             raise ValueError(f"DALL-E batches need 'image' and 'caption' items, missing {sorted(missing)}")
         captions = [it["caption"] for it in items]
         images = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
-        # the frozen VQ gives the same tokens for the same image: memoise them (fixed datasets
-        # revisit images every epoch), keyed by a hash of the pixels
-        cache = self.__dict__.setdefault("_token_cache", {})
-        keys = [hashlib.blake2b(im.numpy().tobytes(), digest_size=16).digest() for im in images]
-        todo = [i for i, k in enumerate(keys) if k not in cache]
-        if todo:
-            vq = self.vq
-            with torch.no_grad():
-                new = vq.encode_tokens(images[todo].to(vq.device)).cpu()
-            if len(cache) < 500_000:
-                cache.update(zip((keys[i] for i in todo), new))
-            fresh = dict(zip(todo, new))
-        tokens = torch.stack([fresh[i] if i in fresh else cache[k] for i, k in enumerate(keys)]) if todo else \
-            torch.stack([cache[k] for k in keys])
+        tokens = self.token_memo.encode(self.vq, images)  # the frozen VQ, once per distinct image
         return {"text": self.tokenize(captions, truncate=True).cpu(), "image_tokens": tokens, "caption": captions}
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
