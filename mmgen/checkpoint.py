@@ -204,7 +204,8 @@ def load_companion(value: str | os.PathLike, ckpt_dir: str | os.PathLike | None,
     if expect is not None:
         found = read_config(path)["model_type"]
         if found != expect:
-            raise ValueError(f"{what}_path {str(value)!r} holds a {found!r} checkpoint; {owner} needs a {expect!r} one there")
+            raise ValueError(f"{what}_path {str(value)!r} holds a {found!r} checkpoint; {owner} needs a {expect!r} "
+                             f"one there")
     return load_pretrained(path)
 
 

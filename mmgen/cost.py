@@ -102,7 +102,8 @@ def gpt_param_formula(config) -> int:
 # ---- analytic FLOPs for transformer families ----------------------------------------------------
 def _stack_shape(block_cfg) -> dict[str, int]:
     return {"dim": block_cfg.embed_dim, "depth": block_cfg.depth, "heads": block_cfg.num_heads,
-            "kv_heads": block_cfg.resolved_kv_heads, "head_dim": block_cfg.resolved_head_dim, "hidden": block_cfg.hidden_dim,
+            "kv_heads": block_cfg.resolved_kv_heads, "head_dim": block_cfg.resolved_head_dim,
+            "hidden": block_cfg.hidden_dim,
             "gated": int(block_cfg.mlp in ("swiglu", "geglu"))}
 
 

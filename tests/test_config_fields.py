@@ -95,8 +95,8 @@ def test_shipped_checkpoint_outputs_unchanged(name):
     got, ref = outputs(name), REFERENCE[name]
     assert sorted(got) == sorted(ref)
     for key in ref:
-        torch.testing.assert_close(torch.tensor(got[key], dtype=torch.float64), torch.tensor(ref[key], dtype=torch.float64),
-                                   rtol=1e-4, atol=1e-4, msg=f"{name} {key}")
+        got_, ref_ = (torch.tensor(v[key], dtype=torch.float64) for v in (got, ref))
+        torch.testing.assert_close(got_, ref_, rtol=1e-4, atol=1e-4, msg=f"{name} {key}")
 
 
 def test_shipped_checkpoints_load_without_rename_warnings():

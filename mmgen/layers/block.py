@@ -60,7 +60,8 @@ class TransformerConfig:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.embed_dim < 1 or self.depth < 0:
-            raise ValueError(f"embed_dim must be >= 1 and depth >= 0, got embed_dim={self.embed_dim}, depth={self.depth}")
+            raise ValueError(f"embed_dim must be >= 1 and depth >= 0, got embed_dim={self.embed_dim}, "
+                             f"depth={self.depth}")
         check_heads(self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim)
         if self.adaln != "none" and self.cond_dim is None:
             raise ValueError(f"adaln={self.adaln!r} needs cond_dim (the width of the condition vector)")
@@ -175,7 +176,8 @@ class Transformer(nn.Module):
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(TransformerBlock(cfg, r) for r in rates)
         use_final = cfg.final_norm and cfg.norm_place != "post"
-        self.norm = make_norm(cfg.norm, cfg.embed_dim, eps=cfg.norm_eps, bias=cfg.norm_bias) if use_final else nn.Identity()
+        self.norm = (make_norm(cfg.norm, cfg.embed_dim, eps=cfg.norm_eps, bias=cfg.norm_bias) if use_final
+                     else nn.Identity())
         self.rope = RotaryEmbedding(cfg.resolved_head_dim, dims=2 if cfg.rope == "2d" else 1,
                                     theta=cfg.rope_theta) if cfg.rope != "none" else None
 

@@ -150,7 +150,7 @@ class DALLE(Model):
         c = self.config = self.resolve_config(config)  # a copy: text_vocab filled, no dataset read
         self.tokenizer = build_tokenizer(c.tokenizer, c.tokenizer_state)
         self._tokenize = CaptionTokenizer(self.tokenizer, c.context_length, warn_unknown=False,
-                                          hint="context_length; pass truncate=True (--truncate) to cut it with a warning")
+                                          hint="DALL-E: truncate=True (--truncate) cuts it with a warning")
         d = c.block.embed_dim
         h, w = c.image_grid
         self.text_embed = nn.Embedding(c.text_vocab, d)

@@ -202,8 +202,8 @@ class DDPM(Model):
         vae_path / text_encoder_path; afterwards they live in this model's own weights."""
         from ..checkpoint import load_companion
         cfg = self.config
-        subs = (("vae_path", self.vae),
-                ("text_encoder_path", getattr(self.text_encoder, "model", None) if cfg.conditioning == "text" else None))
+        frozen_text = getattr(self.text_encoder, "model", None) if cfg.conditioning == "text" else None
+        subs = (("vae_path", self.vae), ("text_encoder_path", frozen_text))
         for field_name, sub in subs:
             path = getattr(cfg, field_name)
             if path is not None and sub is not None:

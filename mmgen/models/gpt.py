@@ -60,7 +60,8 @@ class GPTConfig:
         if self.pos not in POSITIONS:
             raise ValueError(f"pos must be one of {POSITIONS}, got {self.pos!r}")
         if self.vocab_size < 1 or self.context_length < 1:
-            raise ValueError(f"vocab_size and context_length must be >= 1, got {self.vocab_size}, {self.context_length}")
+            raise ValueError(f"vocab_size and context_length must be >= 1, got {self.vocab_size}, "
+                             f"{self.context_length}")
         block = self.block_config()  # validates the transformer fields
         if self.pos == "rope" and block.resolved_head_dim % 2:
             raise ValueError(f"pos='rope' needs an even head dim, got {block.resolved_head_dim}")

@@ -123,7 +123,8 @@ class ByteTextEncoder(nn.Module):
         self.tokenizer = get_tokenizer("byte")  # ids 0..255 bytes, then bos/eos/pad
         self.tok = nn.Embedding(self.tokenizer.vocab_size, cfg.embed_dim)
         self.pos = LearnedPositions(cfg.context_length, cfg.embed_dim)
-        self.transformer = Transformer(TransformerConfig(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads))
+        self.transformer = Transformer(TransformerConfig(embed_dim=cfg.embed_dim, depth=cfg.depth,
+                                                         num_heads=cfg.num_heads))
         nn.init.normal_(self.tok.weight, std=0.02)
         self.transformer.init_weights()
 

@@ -69,5 +69,6 @@ def from_model(model, **kwargs) -> Pipeline:
     return pipeline_class(getattr(model, "model_type", type(model).__name__))(model, **kwargs)
 
 
-__all__ = ["DALLEPipeline", "DDPMPipeline", "Pipeline", "PipelineOutput", "find_checkpoint", "from_model", "has_samples",
+__all__ = ["DALLEPipeline", "DDPMPipeline", "Pipeline", "PipelineOutput", "find_checkpoint", "from_model",
+           "has_samples",
            "load_pipeline", "make_grid", "raw_grid", "training_samples"]
