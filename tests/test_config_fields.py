@@ -120,6 +120,11 @@ def test_old_field_names_in_overrides_map_with_a_warning():
     assert c.config.text.num_heads == 2 and c.config.text.embed_dim == 64
     assert any("CLIPTextConfig.heads is now called 'num_heads'" in str(w.message) for w in rec)
     assert field_type(GPTConfig, "context") is int  # `--set model.context=..` parses as the new field
+    with pytest.warns(FutureWarning, match="GPTConfig.context is now called 'context_length'"):
+        assert m.config.context == 16  # code reading an old attribute name keeps running
+    with pytest.warns(FutureWarning, match="TransformerConfig.dim is now called 'embed_dim'"):
+        assert m.config.block.dim == 32
+    assert not hasattr(m.config, "contex")
     with pytest.raises(ValueError, match="has no field 'dimm'"):
         mmgen.create_model("gpt_tiny", dimm=32)
 
