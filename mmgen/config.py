@@ -67,9 +67,22 @@ def _old_name_getattr(self, name: str):
     return getattr(self, new)
 
 
+def _accept_old_keywords(init):
+    """A config class's __init__ that also takes old field names (mapped, with a FutureWarning)."""
+    import functools
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if any(_renamed_attribute(type(self), k) for k in kwargs):
+            kwargs = {renamed_field(type(self), k, warn=True): v for k, v in kwargs.items()}
+        init(self, *args, **kwargs)
+    return __init__
+
+
 def keep_old_attribute_names(cls) -> None:
-    """Let code written before a field was renamed read `cfg.old_name` (the new field, with a
-    FutureWarning) on config class `cls` and every config nested in it. Called for each
+    """Let code written before a field was renamed read `cfg.old_name` and build
+    `Cfg(old_name=...)` (the new field, with a FutureWarning) for config class `cls` and every
+    config nested in it. Called for each
     registered model's config; normal attribute reads are not slowed (Python asks
     `__getattr__` only for names it does not find)."""
     todo, seen = [cls], set()
@@ -81,6 +94,7 @@ def keep_old_attribute_names(cls) -> None:
         if any(c.__name__ in RENAMED or c.__name__ in RENAMED_ATTRIBUTES for c in k.__mro__) \
                 and "__getattr__" not in k.__dict__:
             k.__getattr__ = _old_name_getattr
+            k.__init__ = _accept_old_keywords(k.__init__)
         todo.extend(t for t in (_dataclass_in(tp) for tp in _field_types(k).values()) if t is not None)
 
 

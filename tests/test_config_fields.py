@@ -125,6 +125,11 @@ def test_old_field_names_in_overrides_map_with_a_warning():
     with pytest.warns(FutureWarning, match="TransformerConfig.dim is now called 'embed_dim'"):
         assert m.config.block.dim == 32
     assert not hasattr(m.config, "contex")
+    from mmgen.layers import TransformerConfig
+    with pytest.warns(FutureWarning, match="TransformerConfig.dim is now called 'embed_dim'"):
+        assert TransformerConfig(dim=16, num_heads=2).embed_dim == 16  # old keywords construct too
+    with pytest.raises(TypeError):
+        TransformerConfig(dimm=16)
     with pytest.raises(ValueError, match="has no field 'dimm'"):
         mmgen.create_model("gpt_tiny", dimm=32)
 
