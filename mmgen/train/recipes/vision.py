@@ -12,6 +12,36 @@ _SCHED = dict(lr=2e-3, min_lr=1e-5, warmup=30, weight_decay=0.05, clip=1.0, sche
               val_split="test", save_every=0, eval_every=0)
 _TEST_ALL = dict(batch_size=32, eval_batches=32)  # 32 x 32 >= the 1,000 test images of animal-mnist
 
+# Equal-time budgets on animal-mnist, counted in optimizer steps so that a run's result does not
+# depend on how busy the machine is: ResNet-18 trains at RESNET18_STEPS_PER_S (batch 32, bf16
+# autocast) on a quiet 2-core CPU, and every model gets budget_s x its own quiet rate, which is
+# that rate times its throughput ratio to ResNet-18 measured interleaved in one process
+# (`python -m bench vision_train`). See docs/vision.md, "Equal wall time".
+RESNET18_STEPS_PER_S = 2.0
+BUDGETS_S = {"1min": 60, "10min": 600}
+
+
+def budget_steps(ratio_to_resnet18: float, budget_s: float) -> int:
+    """Optimizer steps a model with the given training-throughput ratio to ResNet-18 gets in budget_s
+    quiet-machine seconds."""
+    return max(1, round(budget_s * RESNET18_STEPS_PER_S * ratio_to_resnet18))
+
+
+def _evals(steps: int, n: int) -> int:
+    """eval_every giving about n evaluations over a run (the curve), at least one step apart."""
+    return max(1, steps // n)
+
+
+for _budget, _s in BUDGETS_S.items():
+    _steps = budget_steps(1.0, _s)
+    register_recipe(Recipe(
+        name="resnet18_animal_mnist" + ("" if _budget == "10min" else f"_{_budget}"), model="resnet18_cifar",
+        data="animal_mnist", model_overrides=_CLS,
+        train={**_SCHED, **_TEST_ALL, "steps": _steps, "amp": "bf16", "eval_every": _evals(_steps, 10 if _budget == "10min" else 2)},
+        description=f"torchvision ResNet-18, CIFAR stem (11.2M) on animal-mnist: the convolutional baseline, "
+                    f"{_steps} steps x 32 = {_s // 60} min on a quiet 2-core CPU, bf16 autocast",
+        expected="see docs/vision.md (accuracy against training minutes)"))
+
 register_recipe(Recipe(
     name="vit_tiny_animal_mnist", model="vit_tiny_patch4_32", data="animal_mnist",
     model_overrides=_CLS, train={**_SCHED, **_TEST_ALL, "steps": 400},
