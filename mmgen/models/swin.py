@@ -480,6 +480,9 @@ register_preset("swin_tiny_patch2_window4_32", Swin,
                 "Swin for 32 px images: patch 2, window 4, 3 stages (16, 8, 4 grids) of width 48-192 (~1.2M)",
                 **_SWIN32)
 register_preset("swin_tiny", Swin, "alias of swin_tiny_patch2_window4_32", **_SWIN32)
+register_preset("swin_tiny_conv_patch2_window4_32", Swin,
+                "swin_tiny_patch2_window4_32 with an early-convolution stem (3x3 convs + BN down to the 16x16 "
+                "grid): the small-data hybrid (~1.3M)", **{**_SWIN32, "stem": "conv"})
 register_preset("swin_tiny_patch4_window7_224", Swin,
                 "Swin-T at 224 px (timm swin_tiny_patch4_window7_224 / torchvision swin_t)",
                 img_size=224, patch_size=4, window_size=7, num_classes=1000, embed_dim=96,

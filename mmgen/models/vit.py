@@ -401,3 +401,7 @@ register_preset("vit_small_patch4_32", ViT, "ViT for 32 px images, patch 4, 6 bl
                 img_size=32, patch_size=4, num_classes=10, dim=192, depth=6, num_heads=3)
 register_preset("vit_base_patch16_224", ViT, "ViT-B/16 at 224 px (timm vit_base_patch16_224 / torchvision vit_b_16)",
                 img_size=224, patch_size=16, num_classes=1000, dim=768, depth=12, num_heads=12)
+register_preset("vit_tiny_conv_patch4_32", ViT, "vit_tiny_patch4_32 with an early-convolution stem (3x3 convs + BN "
+                "down to the 8x8 grid) and mean pooling: the small-data hybrid (~0.84M)",
+                img_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4, stem="conv",
+                global_pool="avg")

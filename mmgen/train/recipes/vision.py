@@ -32,15 +32,28 @@ def _evals(steps: int, n: int) -> int:
     return max(1, steps // n)
 
 
-for _budget, _s in BUDGETS_S.items():
-    _steps = budget_steps(1.0, _s)
-    register_recipe(Recipe(
-        name="resnet18_animal_mnist" + ("" if _budget == "10min" else f"_{_budget}"), model="resnet18_cifar",
-        data="animal_mnist", model_overrides=_CLS,
-        train={**_SCHED, **_TEST_ALL, "steps": _steps, "amp": "bf16", "eval_every": _evals(_steps, 10 if _budget == "10min" else 2)},
-        description=f"torchvision ResNet-18, CIFAR stem (11.2M) on animal-mnist: the convolutional baseline, "
-                    f"{_steps} steps x 32 = {_s // 60} min on a quiet 2-core CPU, bf16 autocast",
-        expected="see docs/vision.md (accuracy against training minutes)"))
+# The equal-time comparison: (label, preset, amp, training-throughput ratio to ResNet-18 on one
+# thread, from `python -m bench vision_train`). Each gets an "<key>_animal_mnist" recipe (10 min)
+# and "<key>_animal_mnist_1min", both with evaluations on the whole test split along the way.
+EQUAL_TIME_MODELS = {
+    "resnet18": ("ResNet-18", "resnet18_cifar", "bf16", 1.0),
+    "vit_conv": ("ViT conv stem", "vit_tiny_conv_patch4_32", "bf16", 3.2),
+    "swin_conv": ("Swin conv stem", "swin_tiny_conv_patch2_window4_32", "bf16", 4.0),
+}
+CURVE_RECIPES: dict[str, tuple[str, float]] = {}  # recipe -> (label, ratio): what mmgen.metrics.vision_curve plots
+
+for _key, (_label, _preset, _amp, _ratio) in EQUAL_TIME_MODELS.items():
+    for _budget, _s in BUDGETS_S.items():
+        _steps = budget_steps(_ratio, _s)
+        _name = f"{_key}_animal_mnist" + ("" if _budget == "10min" else f"_{_budget}")
+        register_recipe(Recipe(
+            name=_name, model=_preset, data="animal_mnist", model_overrides=_CLS,
+            train={**_SCHED, **_TEST_ALL, "steps": _steps, "amp": _amp,
+                   "eval_every": _evals(_steps, 10 if _budget == "10min" else 2)},
+            description=f"{_label} on animal-mnist at equal time: {_steps} steps x 32 = {_s // 60} min on a quiet "
+                        f"2-core CPU ({_ratio:g}x ResNet-18's steps/s), {_amp} autocast",
+            expected="see docs/vision.md (accuracy against training minutes)"))
+        CURVE_RECIPES[_name] = (_label, _ratio)
 
 register_recipe(Recipe(
     name="vit_tiny_animal_mnist", model="vit_tiny_patch4_32", data="animal_mnist",
