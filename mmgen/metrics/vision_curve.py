@@ -33,7 +33,10 @@ def curve_recipes() -> list[str]:
 
 
 def read_run(run_dir: Path) -> dict | None:
-    """{recipe, family, label, steps, quiet_steps_per_s, points [(step, minutes, acc)], done} or None."""
+    """{recipe, family, label, steps, quiet_steps_per_s, points [(step, minutes, acc)], done, as_recipe}
+    or None (not a run of the curve's recipes). as_recipe is False when the run changed the
+    recipe's model or train settings (--set): such runs are left out unless asked for."""
+    from mmgen.train.recipes import get_recipe
     from mmgen.train.recipes.vision import CURVE_RECIPES, RESNET18_STEPS_PER_S
     rc_path, m_path = run_dir / "run_config.json", run_dir / "metrics.jsonl"
     if not rc_path.exists() or not m_path.exists():
@@ -43,6 +46,9 @@ def read_run(run_dir: Path) -> dict | None:
     if recipe not in CURVE_RECIPES:
         return None
     label, ratio = CURVE_RECIPES[recipe]
+    r = get_recipe(recipe)
+    same = rc.get("model_overrides", {}) == dict(r.model_overrides) and all(
+        rc["train"].get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in r.train.items())
     rate = RESNET18_STEPS_PER_S * ratio
     points = {}
     for line in m_path.read_text().splitlines():
@@ -55,7 +61,7 @@ def read_run(run_dir: Path) -> dict | None:
     steps = rc["train"]["steps"]
     pts = [(s, s / rate / 60.0, a) for s, a in sorted(points.items())]
     return {"recipe": recipe, "dir": str(run_dir), "family": label.split()[0].lower(), "label": label, "steps": steps,
-            "quiet_steps_per_s": rate, "points": pts, "done": bool(pts) and pts[-1][0] >= steps}
+            "quiet_steps_per_s": rate, "points": pts, "done": bool(pts) and pts[-1][0] >= steps, "as_recipe": same}
 
 
 def exact_accuracy(run_dir: str) -> float:
@@ -88,7 +94,7 @@ def _font(size: int):
     return ImageFont.load_default()
 
 
-def plot(runs: list[dict], path: str, *, width: int = 900, height: int = 560) -> None:
+def plot(runs: list[dict], path: str, *, width: int = 960, height: int = 560) -> None:
     """Accuracy (%) against quiet-machine minutes (log scale), one line per run, PNG via Pillow."""
     import math
 
@@ -96,7 +102,7 @@ def plot(runs: list[dict], path: str, *, width: int = 900, height: int = 560) ->
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     f, fs = _font(15), _font(13)
-    L, R, T, B = 70, 230, 40, 60
+    L, R, T, B = 70, 300, 40, 60
     x0, x1 = math.log10(0.05), math.log10(15.0)
     accs = [a for r in runs for _, _, a in r["points"]]
     y0 = max(0.0, math.floor(min(accs + [0.5]) * 10) / 10) if accs else 0.0
@@ -132,7 +138,9 @@ def plot(runs: list[dict], path: str, *, width: int = 900, height: int = 560) ->
             shape([px - rad, py - rad, px + rad, py + rad], fill=col)
         d.line([(width - R + 12, ly), (width - R + 36, ly)], fill=col, width=3)
         end = f" {100 * r['points'][-1][2]:.1f}%" if r["points"] else ""
-        d.text((width - R + 42, ly), f"{r['label']}{end}", fill="black", font=fs, anchor="lm")
+        budget = "1 min" if r["recipe"].endswith("_1min") else "10 min"
+        part = "" if r["done"] else " (part)"
+        d.text((width - R + 42, ly), f"{r['label']}, {budget}{part}{end}", fill="black", font=fs, anchor="lm")
         ly += 22
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
@@ -144,12 +152,18 @@ def main(argv=None) -> int:
     ap.add_argument("--png", default=DEFAULT_PNG)
     ap.add_argument("--launch", action="store_true", help="train the missing runs first (one at a time)")
     ap.add_argument("--recipes", nargs="*", default=None, help="recipes to launch (default: all of the curve)")
+    ap.add_argument("--include-modified", action="store_true",
+                    help="also show runs whose settings differ from their recipe (--set overrides, old step counts)")
     ap.add_argument("--exact", action="store_true", help="recompute each final accuracy over the whole test split")
     a = ap.parse_args(argv)
     root = Path(a.root)
     if a.launch:
         launch(root, a.recipes or curve_recipes())
     runs = [r for r in (read_run(p) for p in sorted(root.glob("*")) if p.is_dir()) if r is not None]
+    skipped = [r["dir"] for r in runs if not r["as_recipe"]]
+    if skipped and not a.include_modified:
+        print(f"left out (settings differ from the recipe; --include-modified shows them): {', '.join(skipped)}")
+        runs = [r for r in runs if r["as_recipe"]]
     if not runs:
         print(f"no runs of the curve's recipes under {root}; train them with --launch", file=sys.stderr)
         return 1
@@ -159,7 +173,9 @@ def main(argv=None) -> int:
     print(f"|---|---|---|---|---|---|{'---|' if a.exact else ''}")
     for r in runs:
         s, m, acc = r["points"][-1] if r["points"] else (0, 0.0, float("nan"))
-        state = "" if r["done"] else f" (stopped at {s} of {r['steps']})"
+        state = "" if r["done"] else f" (last evaluation at {s} of {r['steps']})"
+        if not r["as_recipe"]:
+            state += " (modified)"
         ex = f" {100 * exact_accuracy(r['dir']):.1f} % |" if a.exact and r["done"] else (" |" if a.exact else "")
         print(f"| {r['label']} | `{r['recipe']}` | {s}{state} | {r['quiet_steps_per_s']:.2f} | {m:.2f} | "
               f"{100 * acc:.1f} % |{ex}")

@@ -405,3 +405,11 @@ register_preset("vit_tiny_conv_patch4_32", ViT, "vit_tiny_patch4_32 with an earl
                 "down to the 8x8 grid) and mean pooling: the small-data hybrid (~0.84M)",
                 img_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4, stem="conv",
                 global_pool="avg")
+register_preset("vit_tiny_cct_patch4_32", ViT, "vit_tiny_patch4_32 with CCT's tokenizer (2 x conv 3x3 + ReLU + "
+                "max-pool) and sequence pooling, no cls token: the small-data hybrid that trains best here (~0.88M)",
+                img_size=32, patch_size=4, num_classes=10, dim=128, depth=4, num_heads=4, stem="cct",
+                global_pool="seq", class_token=False)
+register_preset("vit_cct7_3x1_32", ViT, "CCT-7/3x1 (Hassani et al., 2021) for 32 px: one 3x3 conv + max-pool "
+                "tokenizer (16x16 tokens), 7 blocks of width 256, MLP ratio 2, sequence pooling (~3.7M)",
+                img_size=32, patch_size=2, num_classes=10, stem="cct", dim=256, depth=7, num_heads=4, mlp_ratio=2.0,
+                global_pool="seq", class_token=False, attn_dropout=0.1, drop_path=0.1)
