@@ -134,13 +134,20 @@ def test_budget_steps_and_curve_from_logged_evals(tmp_path, capsys):
     assert budget_steps(2.5, 600) == round(600 * RESNET18_STEPS_PER_S * 2.5)
     run = tmp_path / "runs" / "a"
     run.mkdir(parents=True)
-    (run / "run_config.json").write_text(json.dumps({"recipe": "resnet18_animal_mnist_1min",
-                                                     "train": {"steps": 120}}))
+    from mmgen.train.recipes import get_recipe
+    r = get_recipe("resnet18_animal_mnist_1min")
+    rc = {"recipe": r.name, "model_overrides": dict(r.model_overrides), "train": dict(r.train)}
+    (run / "run_config.json").write_text(json.dumps(rc))
+    other = tmp_path / "runs" / "b"  # the same recipe with another learning rate: left out
+    other.mkdir()
+    (other / "run_config.json").write_text(json.dumps({**rc, "train": {**rc["train"], "lr": 1.0}}))
+    (other / "metrics.jsonl").write_text(json.dumps({"step": 120, "val/acc": 0.1}) + "\n")
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
         {"step": 10, "loss": 2.0}, {"step": 60, "val/acc": 0.5}, {"step": 120, "val/acc": 0.8}]) + "\n")
     png = tmp_path / "curve.png"
     assert main(["--root", str(tmp_path / "runs"), "--png", str(png)]) == 0
     out = capsys.readouterr().out
     assert "| ResNet-18 | `resnet18_animal_mnist_1min` | 120 |" in out and "80.0 %" in out
+    assert "10.0 %" not in out and "left out" in out
     assert png.stat().st_size > 1000
     assert main(["--root", str(tmp_path / "empty"), "--png", str(png)]) == 1
