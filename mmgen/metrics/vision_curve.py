@@ -60,7 +60,7 @@ def read_run(run_dir: Path) -> dict | None:
             points[rec["step"]] = rec["val/acc"]
     steps = rc["train"]["steps"]
     pts = [(s, s / rate / 60.0, a) for s, a in sorted(points.items())]
-    return {"recipe": recipe, "dir": str(run_dir), "family": label.split()[0].lower(), "label": label, "steps": steps,
+    return {"recipe": recipe, "dir": str(run_dir), "family": next((f for f in COLOURS if recipe.startswith(f)), "other"), "label": label, "steps": steps,
             "quiet_steps_per_s": rate, "points": pts, "done": bool(pts) and pts[-1][0] >= steps, "as_recipe": same}
 
 
@@ -128,6 +128,8 @@ def plot(runs: list[dict], path: str, *, width: int = 960, height: int = 560) ->
     ly = T + 10
     for r in runs:
         col = COLOURS.get(r["family"], (120, 120, 120))
+        if r["recipe"].endswith("_1min"):  # the short runs in a lighter shade of their family's colour
+            col = tuple(int(c + (255 - c) * 0.45) for c in col)
         pts = [(X(m), Y(acc)) for _, m, acc in r["points"]]
         dashed = not r["recipe"].endswith("_1min")
         if len(pts) > 1:
