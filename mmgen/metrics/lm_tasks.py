@@ -140,8 +140,8 @@ def draw_icl_attention(model, ds, index: int, scores: dict, path: str | Path) ->
     li, h = max(((li, h) for li in range(len(maps)) for h in range(maps[li].shape[1])),
                 key=lambda lh: scores["induction"][lh[0]][lh[1]])
     big = heatmap(maps[li][0, h].numpy(), cell=9, labels=list(text),
-                  title=f"layer {li} head {h} (strongest induction head): each query x looks at the y after "
-                        f"its earlier copies")
+                  title=f"layer {li} head {h}, the highest induction score ({scores['induction'][li][h]:.2f}: the share "
+                        f"of a repeated x's attention on the y after its earlier copies)")
     out = Image.new("RGB", (max(small.width, big.width), small.height + big.height + 8), "white")
     out.paste(small, (0, 0))
     out.paste(big, ((out.width - big.width) // 2, small.height + 8))

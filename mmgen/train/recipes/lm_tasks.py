@@ -5,24 +5,24 @@ from . import Recipe, register_recipe
 
 # Two layers is the least an induction head needs (a previous-token head, then a head that
 # looks up the token after an earlier copy of the query).
-ICL_MODEL = dict(vocab_size=259, context=64, dim=64, depth=2, num_heads=4, pos="rope")
+ICL_MODEL = dict(vocab_size=259, context=32, dim=64, depth=2, num_heads=4, pos="rope")
 register_recipe(Recipe(
     name="icl_gpt",
     model="gpt_tiny",
     data="icl",
     model_overrides=ICL_MODEL,
-    data_kwargs=dict(num_pairs=32, num_x=16, num_y=16),
-    train=dict(steps=6000, batch_size=32, lr=3e-3, min_lr=3e-4, warmup=100, weight_decay=0.1, clip=1.0,
-               eval_every=250, eval_batches=8, log_every=100, save_every=1000, progress=False),
-    description="2-layer 64-wide GPT on sequences of 32 (x, f(x)) letter pairs, f drawn fresh per sequence "
-                "(16 x 16 letters): it can only score by reading f from the context.",
+    data_kwargs=dict(num_pairs=16, num_x=8, num_y=16),
+    train=dict(steps=5000, batch_size=64, lr=5e-3, min_lr=5e-4, warmup=100, weight_decay=0.1, clip=1.0,
+               eval_every=250, eval_batches=4, log_every=100, save_every=2000, progress=False),
+    description="2-layer 64-wide RoPE GPT on sequences of 16 (x, f(x)) letter pairs, f drawn fresh per sequence "
+                "(8 x letters -> 16 y letters): it can only score by reading f from the context.",
     expected="see docs/llm.md (in-context learning)",
 ))
 
 # Chain of thought: the same GPT and the same rows of 128 tokens per step for both formats,
 # so equal steps are equal compute; the plain rows simply hold more (shorter) examples.
 COT_MODEL = dict(vocab_size=259, context=128, dim=96, depth=4, num_heads=4)
-COT_TRAIN = dict(steps=1500, batch_size=32, lr=2e-3, min_lr=2e-4, warmup=50, weight_decay=0.1, clip=1.0,
+COT_TRAIN = dict(steps=1000, batch_size=32, lr=2e-3, min_lr=2e-4, warmup=50, weight_decay=0.1, clip=1.0,
                  eval_every=100, eval_batches=4, log_every=50, save_every=500, progress=False)
 for _name, _pad in (("cot_plain", False), ("cot_scratchpad", True)):
     register_recipe(Recipe(
