@@ -135,13 +135,14 @@ def draw_icl_attention(model, ds, index: int, scores: dict, path: str | Path) ->
         for h in range(m.shape[1]):
             t = (f"L{li} H{h}: ind {scores['induction'][li][h]:.2f} "
                  f"prev {scores['previous_token'][li][h]:.2f}")
-            tiles.append(heatmap(m[0, h].numpy(), cell=4, title=t))
-    small = grid(tiles, maps[0].shape[1], title="attention of every head (rows: queries, columns: keys)")
+            tiles.append(heatmap(m[0, h].numpy(), cell=max(4, 200 // m.shape[-1]), title=t))
+    small = grid(tiles, maps[0].shape[1], title="attention of every head on one test sequence (rows: queries, "
+                                                "columns: keys); ind = induction score, prev = previous-token score")
     li, h = max(((li, h) for li in range(len(maps)) for h in range(maps[li].shape[1])),
                 key=lambda lh: scores["induction"][lh[0]][lh[1]])
-    big = heatmap(maps[li][0, h].numpy(), cell=9, labels=list(text),
-                  title=f"layer {li} head {h}, the highest induction score ({scores['induction'][li][h]:.2f}: the share "
-                        f"of a repeated x's attention on the y after its earlier copies)")
+    big = heatmap(maps[li][0, h].numpy(), cell=max(9, 440 // len(text)), labels=list(text),
+                  title=f"layer {li} head {h}: the highest induction score, {scores['induction'][li][h]:.2f} "
+                        f"(1 = a repeated x attends only to the y after its earlier copies)")
     out = Image.new("RGB", (max(small.width, big.width), small.height + big.height + 8), "white")
     out.paste(small, (0, 0))
     out.paste(big, ((out.width - big.width) // 2, small.height + 8))

@@ -95,7 +95,10 @@ def heatmap(m: np.ndarray, *, cell: int = 5, title: str = "", labels: Sequence[s
     rgb = (255 - v[..., None] * np.array([225, 160, 75])).astype(np.uint8)  # white -> dark blue
     core = Image.fromarray(rgb, "RGB").resize((m.shape[1] * cell, m.shape[0] * cell), Image.NEAREST)
     pad_t, pad_l = 18, (10 if labels else 0)
-    img = Image.new("RGB", (core.width + pad_l + 2, core.height + pad_t + (10 if labels else 0) + 2), "white")
+    title_w = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=_font(11))) + 8
+    width = max(core.width + pad_l + 2, title_w)
+    img = Image.new("RGB", (width, core.height + pad_t + (10 if labels else 0) + 2), "white")
+    pad_l = (width - core.width) // 2 if labels is None else pad_l + (width - core.width - pad_l - 2) // 2
     img.paste(core, (pad_l, pad_t))
     d = ImageDraw.Draw(img)
     d.rectangle([pad_l - 1, pad_t - 1, pad_l + core.width, pad_t + core.height], outline=(120, 120, 120))
@@ -104,7 +107,7 @@ def heatmap(m: np.ndarray, *, cell: int = 5, title: str = "", labels: Sequence[s
         f = _font(max(cell, 7))
         for i, ch in enumerate(labels):
             if cell >= 7 or i % 2 == 0:
-                d.text((pad_l / 2, pad_t + i * cell + cell / 2), ch, fill="black", font=f, anchor="mm")
+                d.text((pad_l - 5, pad_t + i * cell + cell / 2), ch, fill="black", font=f, anchor="mm")
                 d.text((pad_l + i * cell + cell / 2, pad_t + core.height + 5), ch, fill="black", font=f, anchor="mm")
     return img
 

@@ -110,7 +110,7 @@ def _fixed_batches(ds, n: int, bs: int, seed: int) -> list[dict]:
 
 # ---- GPT: Shakespeare base -> another corpus -------------------------------------------------
 def finetune_gpt(base_dir: str, out: str, *, steps: int = 150, batch_size: int = 16, source: str = "emoji",
-                 rank: int = 8, seed: int = 0, methods: list[str] | None = None) -> dict:
+                 rank: int = 8, seed: int = 0, methods: list[str] | None = None, lr: float | None = None) -> dict:
     import mmgen
     from mmgen.data import build_dataset
     from mmgen.finetune import PrefixGPT, apply_lora, quantize_model, save_adapter, trainable_summary
@@ -147,16 +147,17 @@ def finetune_gpt(base_dir: str, out: str, *, steps: int = 150, batch_size: int =
     print(f"base: captions val {results['before']['val_loss']:.3f}, shakespeare val "
           f"{results['before']['shakespeare_val_loss']:.3f}", file=sys.stderr)
     for name in methods:
-        build, lr = builders[name]
+        build, method_lr = builders[name]
+        lr_used = lr or method_lr
         torch.manual_seed(seed)
         model = build(copy.deepcopy(base))
         share = trainable_summary(model)
-        print(f"{name}: {share['trainable']:,} trainable of {share['total']:,} (lr {lr})", file=sys.stderr)
+        print(f"{name}: {share['trainable']:,} trainable of {share['total']:,} (lr {lr_used})", file=sys.stderr)
         t0 = time.perf_counter()
-        hist, opt = train_steps(model, lambda s: train_batches[s - 1], steps, lr, log_every=max(steps // 4, 1))
+        hist, opt = train_steps(model, lambda s: train_batches[s - 1], steps, lr_used, log_every=max(steps // 4, 1))
         wall = time.perf_counter() - t0
         mem = training_memory(model, opt, train_batches[0])
-        rec = {"trainable": share["trainable"], "total": share["total"], "share": share["share"], "lr": lr,
+        rec = {"trainable": share["trainable"], "total": share["total"], "share": share["share"], "lr": lr_used,
                "val_loss": eval_loss(model, val), "shakespeare_val_loss": eval_loss(model, shakes),
                "train_loss": hist[-1]["loss"], "wall_s": wall, "memory": mem}
         if name.startswith(("lora", "qlora")):
@@ -351,11 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=None, help="comma-separated subset (gpt: full, lora_r8, lora_r8_attn, "
                                                     "qlora_int4_r8, prefix_16, ptuning_16_mlp, ptuning_16_lstm)")
     ap.add_argument("--source", default="emoji", help="caption corpus to fine-tune on (gpt)")
+    ap.add_argument("--lr", type=float, default=None, help="one learning rate for every method (gpt; default: "
+                                                          "each method's own)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.what == "gpt":
         kw = {"steps": args.steps} if args.steps else {}
-        finetune_gpt(args.base, args.out, source=args.source,
+        finetune_gpt(args.base, args.out, source=args.source, lr=args.lr,
                      methods=args.methods.split(",") if args.methods else None, **kw)
     elif args.what == "clip":
         kw = {"steps": args.steps} if args.steps else {}
