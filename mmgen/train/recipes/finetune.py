@@ -130,8 +130,8 @@ def finetune_gpt(base_dir: str, out: str, *, steps: int = 150, batch_size: int =
         f"qlora_int4_r{rank}": (lambda m: (quantize_model(m, 4, group_size=32),
                                            apply_lora(m, targets=["attn", "mlp"], rank=rank, alpha=2 * rank), m)[2], 3e-3),
         "prefix_16": (lambda m: _prefix(m, 16, train_ds), 1e-2),
-        "ptuning_16_mlp": (lambda m: _ptuning(m, 16, "mlp", train_ds), 3e-3),
-        "ptuning_16_lstm": (lambda m: _ptuning(m, 16, "lstm", train_ds, hidden=64), 3e-3),
+        "ptuning_16_mlp": (lambda m: _ptuning(m, 16, "mlp", train_ds), 1e-2),
+        "ptuning_16_lstm": (lambda m: _ptuning(m, 16, "lstm", train_ds, hidden=64), 1e-2),
     }
     methods = methods or list(builders)
     out_dir = Path(out)
