@@ -153,9 +153,9 @@ class PTuningGPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (B, T) -> logits (B, T, vocab) of the real tokens."""
-        B, T = input_ids.shape
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
         pos = torch.arange(T, device=input_ids.device).expand(B, T)
         return self._run(input_ids, pos, prompt=self.prompt())[:, self.num_virtual:]
 
