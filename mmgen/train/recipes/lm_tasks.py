@@ -13,7 +13,7 @@ register_recipe(Recipe(
     model_overrides=ICL_MODEL,
     data_kwargs=dict(num_pairs=16, num_x=8, num_y=16),
     train=dict(steps=5000, batch_size=64, lr=5e-3, min_lr=5e-4, warmup=100, weight_decay=0.1, clip=1.0,
-               eval_every=250, eval_batches=4, log_every=100, save_every=2000, progress=False),
+               eval_every=250, eval_batches=4, log_every=100, save_every=2000),
     description="2-layer 64-wide RoPE GPT on sequences of 16 (x, f(x)) letter pairs, f drawn fresh per sequence "
                 "(8 x letters -> 16 y letters): it can only score by reading f from the context.",
     expected="mean query accuracy 0.195 (a frequency guess; best possible 0.584, no context 0.062): no induction "
@@ -24,7 +24,7 @@ register_recipe(Recipe(
 # so equal steps are equal compute; the plain rows simply hold more (shorter) examples.
 COT_MODEL = dict(vocab_size=259, context=128, dim=96, depth=4, num_heads=4)
 COT_TRAIN = dict(steps=1000, batch_size=32, lr=2e-3, min_lr=2e-4, warmup=50, weight_decay=0.1, clip=1.0,
-                 eval_every=100, eval_batches=4, log_every=50, save_every=500, progress=False)
+                 eval_every=100, eval_batches=4, log_every=50, save_every=500)
 for _name, _pad in (("cot_plain", False), ("cot_scratchpad", True)):
     register_recipe(Recipe(
         name=_name,
