@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..layers import PatchEmbed, TransformerBlock, TransformerConfig, init_linears, make_norm
+from ..layers import STEMS, TransformerBlock, TransformerConfig, init_linears, make_norm, make_patch_embed
 from ..layers.attention import ATTN_IMPLS
 from ..layers.features import take_indices
 from ..registry import register_model, register_preset
@@ -46,6 +46,8 @@ class SwinConfig:
     depths: tuple[int, ...] = (2, 2, 6, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
     window_size: int = 7
+    stem: str = "patch"  # patch (one stride-p conv) | conv (early convs + BN) | cct (conv-ReLU-maxpool) | spt (shifted patches)
+    stem_width: int = 64  # channels of the conv / cct stems' last hidden conv
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     norm_eps: float = 1e-5
@@ -64,6 +66,8 @@ class SwinConfig:
             raise ValueError(f"SwinConfig.global_pool must be 'avg' or 'none', got {self.global_pool!r}")
         if self.augment not in AUGMENTS:
             raise ValueError(f"SwinConfig.augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"SwinConfig.stem must be one of {STEMS}, got {self.stem!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"SwinConfig.attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         if len(self.depths) != len(self.num_heads) or not self.depths:
@@ -282,9 +286,9 @@ class Swin(ImageClassifier):
         super().__init__(config)
         c = config
         self.num_features = c.stage_dim(c.num_stages - 1)
-        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim,
-                                      dynamic_img_size=c.dynamic_img_size,
-                                      norm=make_norm("layernorm", c.embed_dim, eps=c.norm_eps))
+        self.patch_embed = make_patch_embed(c.stem, c.img_size, c.patch_size, c.in_chans, c.embed_dim,
+                                            stem_width=c.stem_width, dynamic_img_size=c.dynamic_img_size,
+                                            norm=make_norm("layernorm", c.embed_dim, eps=c.norm_eps))
         total = sum(c.depths)
         rates = [c.drop_path * k / max(total - 1, 1) for k in range(total)]  # linear over all blocks
         starts = [sum(c.depths[:i]) for i in range(c.num_stages)]
@@ -305,7 +309,7 @@ class Swin(ImageClassifier):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         pe = self.patch_embed
         pe.check_input(x)  # channels, size vs patch / img_size: clear errors
-        x = rearrange(pe.proj(x), "b c h w -> b h w c")  # (B, h, w, C)
+        x = rearrange(pe.forward_map(x), "b c h w -> b h w c")  # (B, h, w, C)
         # under autocast the residual stream stays in the conv's bf16, as in timm on CPU (the
         # norms still reduce in float32); a float32 stream in stage 0 alone cost ~5 % in casts
         return pe.norm(x)
@@ -399,6 +403,9 @@ register_preset("swin_tiny_patch2_window4_32", Swin,
                 "Swin for 32 px images: patch 2, window 4, 3 stages (16, 8, 4 grids) of width 48-192 (~1.2M)",
                 **_SWIN32)
 register_preset("swin_tiny", Swin, "alias of swin_tiny_patch2_window4_32", **_SWIN32)
+register_preset("swin_tiny_conv_patch2_window4_32", Swin,
+                "swin_tiny_patch2_window4_32 with an early-convolution stem (3x3 convs + BN down to the 16x16 "
+                "grid): the small-data hybrid (~1.3M)", **{**_SWIN32, "stem": "conv"})
 register_preset("swin_tiny_patch4_window7_224", Swin,
                 "Swin-T at 224 px (timm swin_tiny_patch4_window7_224 / torchvision swin_t)",
                 img_size=224, patch_size=4, window_size=7, num_classes=1000, embed_dim=96,

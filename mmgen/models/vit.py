@@ -20,14 +20,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..layers import PatchEmbed, Transformer, TransformerConfig, grid_positions, init_linears, make_norm, sincos_2d
+from ..layers import (STEMS, Transformer, TransformerConfig, grid_positions, init_linears, make_norm,
+                      make_patch_embed, sincos_2d)
 from ..layers.attention import ATTN_IMPLS
 from ..layers.features import take_indices
 from ..layers.mlp import MLPS
 from ..registry import register_model, register_preset
 from ._classify import AUGMENTS, ImageClassifier
 
-GLOBAL_POOLS = ("token", "avg", "none")
+GLOBAL_POOLS = ("token", "avg", "seq", "none")
 POS_KINDS = ("learned", "sincos", "rope", "none")
 
 
@@ -37,13 +38,15 @@ class ViTConfig:
     patch_size: int = 16
     in_chans: int = 3
     num_classes: int = 1000  # 0 = no head (forward returns pooled features)
-    global_pool: str = "token"  # token | avg | none (head on every token)
+    global_pool: str = "token"  # token | avg | seq (CCT's attention-weighted mean) | none (head on every token)
     class_token: bool = True
     reg_tokens: int = 0  # register tokens (Darcet et al., 2023)
     pos: str = "learned"  # learned | sincos (2D, fixed) | rope (2D, in attention) | none
     pos_embed_prefix: bool = True  # learned table also covers cls/register tokens (timm default, torchvision)
     dynamic_img_size: bool = False  # accept any size divisible by the patch; positions are interpolated
     patch_bias: bool = True
+    stem: str = "patch"  # patch (one stride-p conv) | conv (early convs + BN) | cct (conv-ReLU-maxpool) | spt (shifted patches)
+    stem_width: int = 64  # channels of the conv / cct stems' last hidden conv
     norm_pre: bool = False  # a norm before the blocks (CLIP's ln_pre)
     fc_norm: bool | None = None  # norm after pooling instead of before; None = on for avg pooling (timm)
     embed_dim: int = 768
@@ -68,7 +71,7 @@ class ViTConfig:
     def __post_init__(self):
         for name, value, allowed in (("global_pool", self.global_pool, GLOBAL_POOLS), ("pos", self.pos, POS_KINDS),
                                      ("mlp", self.mlp, MLPS), ("attn_impl", self.attn_impl, ATTN_IMPLS),
-                                     ("augment", self.augment, AUGMENTS)):
+                                     ("augment", self.augment, AUGMENTS), ("stem", self.stem, STEMS)):
             if value not in allowed:
                 raise ValueError(f"ViTConfig.{name} must be one of {allowed}, got {value!r}")
         if self.img_size % self.patch_size:
@@ -125,8 +128,8 @@ class ViT(ImageClassifier):
         c = config
         self.num_prefix_tokens = c.num_prefix_tokens
         self.num_features = self.embed_dim = c.embed_dim
-        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, bias=c.patch_bias,
-                                      dynamic_img_size=c.dynamic_img_size)
+        self.patch_embed = make_patch_embed(c.stem, c.img_size, c.patch_size, c.in_chans, c.embed_dim, bias=c.patch_bias,
+                                            stem_width=c.stem_width, dynamic_img_size=c.dynamic_img_size)
         self.grid_size = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, c.reg_tokens, c.embed_dim)) if c.reg_tokens else None
@@ -140,6 +143,7 @@ class ViT(ImageClassifier):
         self.norm_pre = make_norm("layernorm", c.embed_dim, eps=c.norm_eps) if c.norm_pre else nn.Identity()
         self.encoder = Transformer(c.transformer_config())
         self.fc_norm = make_norm("layernorm", c.embed_dim, eps=c.norm_eps) if c.use_fc_norm else nn.Identity()
+        self.seq_pool = nn.Linear(c.embed_dim, 1) if c.global_pool == "seq" else None  # CCT's sequence pooling
         self.head_drop = nn.Dropout(c.head_dropout)
         self.head = nn.Linear(c.embed_dim, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.init_weights()
@@ -200,6 +204,10 @@ class ViT(ImageClassifier):
             return x[:, 0]
         if pool_type == "avg":
             return x[:, self.num_prefix_tokens:].mean(dim=1)
+        if pool_type == "seq":
+            x = x[:, self.num_prefix_tokens:]  # (B, h*w, D)
+            w = self.seq_pool(x).float().softmax(dim=1).to(x.dtype)  # (B, h*w, 1): a weight per token
+            return (w * x).sum(dim=1)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -249,6 +257,8 @@ class ViT(ImageClassifier):
         self.config = dataclasses.replace(self.config, num_classes=num_classes, global_pool=pool,
                                           fc_norm=self.config.use_fc_norm)
         dev = self.patch_embed.proj.weight.device
+        if pool == "seq" and self.seq_pool is None:
+            self.seq_pool = nn.Linear(self.config.embed_dim, 1, device=dev)
         self.head = nn.Linear(self.config.embed_dim, num_classes, device=dev) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
@@ -289,3 +299,15 @@ register_preset("vit_small_patch4_32", ViT, "ViT for 32 px images, patch 4, 6 bl
                 img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=6, num_heads=3)
 register_preset("vit_base_patch16_224", ViT, "ViT-B/16 at 224 px (timm vit_base_patch16_224 / torchvision vit_b_16)",
                 img_size=224, patch_size=16, num_classes=1000, embed_dim=768, depth=12, num_heads=12)
+register_preset("vit_tiny_conv_patch4_32", ViT, "vit_tiny_patch4_32 with an early-convolution stem (3x3 convs + BN "
+                "down to the 8x8 grid) and mean pooling: the small-data hybrid (~0.84M)",
+                img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=4, num_heads=4, stem="conv",
+                global_pool="avg")
+register_preset("vit_tiny_cct_patch4_32", ViT, "vit_tiny_patch4_32 with CCT's tokenizer (2 x conv 3x3 + ReLU + "
+                "max-pool) and sequence pooling, no cls token: the small-data hybrid that trains best here (~0.88M)",
+                img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=4, num_heads=4, stem="cct",
+                global_pool="seq", class_token=False)
+register_preset("vit_cct7_3x1_32", ViT, "CCT-7/3x1 (Hassani et al., 2021) for 32 px: one 3x3 conv + max-pool "
+                "tokenizer (16x16 tokens), 7 blocks of width 256, MLP ratio 2, sequence pooling (~3.7M)",
+                img_size=32, patch_size=2, num_classes=10, stem="cct", embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.0,
+                global_pool="seq", class_token=False, attn_dropout=0.1, drop_path=0.1)
