@@ -242,3 +242,23 @@ def test_bf16_autocast_trains(tmp_path):
                   log_every=1)
     assert math.isfinite(s["loss"]) and s["step"] == 4
     assert next(m.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
+
+
+def test_save_every_min_saves_by_time_and_plain_progress_lines(tmp_path, capsys, monkeypatch):
+    from mmgen.train.config import TrainConfig
+    from mmgen.train.loop import Trainer
+    saved = []
+    real_save = Trainer.save
+    monkeypatch.setattr(Trainer, "save", lambda self: (saved.append(self.step), real_save(self)))
+    torch.manual_seed(0)
+    kw = dict(steps=3, batch_size=4, progress=False, log_every=1, save_every=0)
+    train.fit(mmgen.create_model("train_toy_tiny"), toy_data(n=16), out=tmp_path / "off", **kw)
+    assert saved == [3]  # steps only: the final save
+    saved.clear()
+    train.fit(mmgen.create_model("train_toy_tiny"), toy_data(n=16), out=tmp_path / "on", save_every_min=1e-9, **kw)
+    assert saved == [1, 2, 3]  # the time limit passes before every step ends
+    err = capsys.readouterr().err
+    assert "train: step 2/3 loss" in err and "train: saved" in err
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(ValueError, match="save_every_min"):
+            TrainConfig(save_every_min=bad)

@@ -205,10 +205,11 @@ def dataset_zero_shot(model, name: str, *, split: str = "test", limit: int | Non
 
 
 def dataset_linear_probe(model, name: str, *, train_split: str = "train", test_split: str = "test",
-                         n_train: int = 5000, n_test: int | None = 1000, data_kwargs: dict | None = None,
+                         n_train: int | None = 5000, n_test: int | None = 1000, data_kwargs: dict | None = None,
                          pre_projection: bool = True) -> dict:
     """Linear-probe accuracy on a labelled dataset: logistic regression on the frozen image
-    features of the first n_train train items, scored on the test split."""
+    features of the first n_train train items (None: all), scored on the first n_test items
+    of the test split (None: all)."""
     _, xtr, _, ytr = _load_split(name, train_split, n_train, data_kwargs)
     _, xte, _, yte = _load_split(name, test_split, n_test, data_kwargs)
     ftr = encode_images(model, xtr, pre_projection=pre_projection)

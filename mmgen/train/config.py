@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 AMP_MODES = ("auto", "bf16", "fp32")
@@ -43,7 +44,8 @@ class TrainConfig:
     num_samples: int = 16
     log_every: int = 10
     save_every: int = 500
-    progress: bool = True  # tqdm progress bar (rank 0)
+    save_every_min: float = 0.0  # also save whenever this many minutes passed since the last save (0 = off)
+    progress: bool = True  # tqdm progress bar (rank 0); False: one plain line per log / eval record
     # data loading
     num_workers: int = 0
     # distributed (under torchrun)
@@ -68,6 +70,9 @@ class TrainConfig:
             raise ValueError(f"train.ema must be a decay in [0, 1) (0 = off), got {self.ema}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= train.min_lr <= train.lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if not (self.save_every_min >= 0 and math.isfinite(self.save_every_min)):
+            raise ValueError(f"train.save_every_min must be a finite number of minutes >= 0 (0 = off), "
+                             f"got {self.save_every_min}")
         if self.clip < 0:
             raise ValueError(f"train.clip must be >= 0 (0 = off), got {self.clip}")
         self.betas = tuple(self.betas)

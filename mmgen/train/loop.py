@@ -549,6 +549,8 @@ class Trainer:
         window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
         summary: dict = {}
         t_start = time.perf_counter()
+        t_saved = t_start  # for save_every_min
+        say = (lambda line: print(line, file=sys.stderr, flush=True)) if info.is_main and not cfg.progress else None
         try:
             while self.step < cfg.steps:
                 loss, logs, grad_norm, examples = self.train_step(stream)
@@ -572,6 +574,9 @@ class Trainer:
                     if info.is_main:
                         if bar is not None:
                             bar.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}", refresh=False)
+                    if say is not None:
+                        say(f"train: step {self.step}/{cfg.steps} loss {rec['loss']:.4g} lr {rec['lr']:.3g} "
+                            f"{rec['examples_per_s']:.1f} ex/s, {(time.perf_counter() - t_start) / 60:.1f} min")
                     window = {"loss": 0.0, "n": 0, "examples": 0, "t0": time.perf_counter(), "logs": {}}
                 do_eval = self.val_ds is not None and cfg.eval_batches > 0 and (
                     last or (cfg.eval_every and self.step % cfg.eval_every == 0))
@@ -588,12 +593,20 @@ class Trainer:
                             rec["samples"] = str(self.sample().relative_to(self.out))
                         summary.update(rec)
                         metrics.write(rec)
+                        line = f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in rec.items()
+                                                                  if isinstance(v, float))
                         if bar is not None and do_eval:
-                            bar.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in rec.items()
-                                                                          if isinstance(v, float)))
+                            bar.write(line)
+                        elif say is not None and do_eval:
+                            say("train: " + line)
                     D.barrier(info)
-                if last or (cfg.save_every and self.step % cfg.save_every == 0):
+                by_time = bool(cfg.save_every_min) and D.any_true(
+                    time.perf_counter() - t_saved >= 60.0 * cfg.save_every_min, info, self.device)
+                if last or by_time or (cfg.save_every and self.step % cfg.save_every == 0):
                     self.save()
+                    t_saved = time.perf_counter()
+                    if say is not None and not last:
+                        say(f"train: saved {self.out} at step {self.step}")
                 window["t0"] += time.perf_counter() - t_side
                 if kill_at and self.step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
