@@ -568,6 +568,7 @@ class Trainer:
                     rec = {"step": self.step, "loss": window["loss"] / window["n"], "lr": self.scheduler.get_last_lr()[0],
                            "grad_norm": grad_norm, "examples_per_s": window["examples"] * info.world_size / max(dt, 1e-9),
                            "steps_per_s": window["n"] / max(dt, 1e-9), "epoch": self._epoch(),
+                           "elapsed_s": time.perf_counter() - t_start,  # wall time of this process, evals included
                            **{k: v / window["n"] for k, v in window["logs"].items()}}
                     summary.update(rec)
                     metrics.write(rec)
@@ -586,7 +587,7 @@ class Trainer:
                 if do_eval or do_sample:
                     self.sync_eval_model()
                     if info.is_main:
-                        rec = {"step": self.step}
+                        rec = {"step": self.step, "elapsed_s": time.perf_counter() - t_start}
                         if do_eval:
                             rec.update(self.evaluate())
                         if do_sample:
