@@ -423,6 +423,35 @@ def test_linear_probe_separates_separable_features():
     assert rand["test_acc"] < 0.9
 
 
+def test_linear_probe_recovers_a_known_linear_boundary():
+    # Unclustered Gaussian features labelled by a known linear rule (argmax of x @ W): the
+    # probe must find that rule (test accuracy near 1, weights aligned with W), and fails on
+    # labels the features cannot predict (shuffled).
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(12, 4, generator=g)
+    x = torch.randn(1200, 12, generator=g)
+    y = (x @ W).argmax(1)
+    m = linear_probe(x[:1000], y[:1000], x[1000:], y[1000:], max_iter=300)
+    assert m["test_acc"] >= 0.95 and m["train_acc"] >= 0.97
+    shuffled = y[torch.randperm(1200, generator=g)]
+    assert linear_probe(x[:1000], shuffled[:1000], x[1000:], shuffled[1000:])["test_acc"] < 0.45
+
+
+def test_augment_field_changes_training_images_only():
+    model = make_clip(vision=dict(img_size=8, dim=32), augment="crop_flip")
+    b = model.example_batch(4)
+    seen = []
+    inner = model.visual.forward_features
+    model.visual.forward_features = lambda x: (seen.append(x.clone()), inner(x))[1]
+    model.train()
+    model.loss(b)
+    model.eval()
+    model.loss(b)
+    assert not torch.equal(seen[0], b["image"]) and torch.equal(seen[1], b["image"])
+    with pytest.raises(ValueError, match="augment must be one of"):
+        make_clip(augment="rotate")
+
+
 # ---------------------------------------------------------------- CLI
 
 def _png(path, value):
@@ -455,6 +484,19 @@ def test_cli_zero_shot_and_retrieve(tmp_path, capsys):
     assert main(["zero-shot", str(tmp_path / "missing.png"), "--labels", "a,b", "--checkpoint",
                  str(tmp_path / "ck")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_zero_shot_with_linear_probe(tmp_path, capsys):
+    from mmgen.cli import main
+    make_clip(vision=dict(img_size=32, dim=32)).save_pretrained(tmp_path / "ck")
+    assert main(["zero-shot", "--dataset", "animal_mnist", "--limit", "60", "--template", "a {}.", "--probe",
+                 "--probe-train", "200",
+                 "--checkpoint", str(tmp_path / "ck")]) == 0
+    out = dict(line.split(": ") for line in capsys.readouterr().out.strip().splitlines())
+    assert out["probe_n_train"] == "200" and out["n"] == "60"
+    assert abs(float(out["zero_shot_over_probe"]) - float(out["top1"]) / float(out["probe_top1"])) < 2e-3
+    assert main(["zero-shot", "--probe", "x.png", "--labels", "a,b", "--checkpoint", str(tmp_path / "ck")]) == 2
+    assert "--probe needs --dataset" in capsys.readouterr().err
 
 
 def test_lit_starts_from_a_trained_image_tower(tmp_path):

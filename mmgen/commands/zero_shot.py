@@ -18,6 +18,11 @@ def register(sub) -> None:
                         "or the dataset's own templates with --dataset)")
     p.add_argument("--templates", choices=["simple", "cifar"], default=None,
                    help="a template set: simple ('a photo of a {}.') or cifar (the CLIP paper's 18)")
+    p.add_argument("--probe", action="store_true",
+                   help="with --dataset: also fit a linear probe (logistic regression on the frozen image-tower "
+                        "features of the train split, scored on --split) and print zero-shot / probe")
+    p.add_argument("--probe-train", type=int, default=None, metavar="N",
+                   help="train items for the probe (default: the whole train split)")
     p.add_argument("--top-k", type=int, default=3, help="classes to print per image")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
@@ -44,9 +49,17 @@ def run(args) -> int:
         m = dataset_zero_shot(model, args.dataset, split=args.split, limit=args.limit, templates=templates,
                               data_kwargs=parse_kv(args.data_set),
                               classnames=split_list(args.labels) if args.labels else None)
+        if args.probe:
+            from mmgen.metrics.clip_eval import dataset_linear_probe
+            p = dataset_linear_probe(model, args.dataset, test_split=args.split, n_train=args.probe_train,
+                                     n_test=args.limit, data_kwargs=parse_kv(args.data_set))
+            m.update({"probe_train_acc": p["train_acc"], "probe_top1": p["test_acc"], "probe_n_train": p["n_train"],
+                      "zero_shot_over_probe": m["top1"] / max(p["test_acc"], 1e-12)})
         for k, v in m.items():
             print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
         return 0
+    if args.probe:
+        raise ValueError("--probe needs --dataset (a labelled dataset with a train split)")
     if not args.images or not args.labels:
         raise ValueError("give IMAGE files and --labels 'cat,dog,horse' (or --dataset NAME)")
     labels = split_list(args.labels)

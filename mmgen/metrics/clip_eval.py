@@ -169,11 +169,14 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
                 "test_acc": float((lin(xte).argmax(1) == yte).float().mean())}
 
 
-def _load_split(name: str, split: str, limit: int | None, data_kwargs: dict | None):
+def _load_split(name: str, split: str, limit: int | None, data_kwargs: dict | None, *, spread: bool = False):
+    """The first `limit` items, or with spread=True `limit` items evenly spaced over the split
+    (splits stored in class order need this for a subset to hold every class)."""
     from ..data import build_dataset
     ds = build_dataset(name, split=split, **(data_kwargs or {}))
     n = len(ds) if limit is None else min(limit, len(ds))
-    items = [ds[i] for i in range(n)]
+    idx = torch.linspace(0, len(ds) - 1, n).round().long().tolist() if spread and n < len(ds) else range(n)
+    items = [ds[i] for i in idx]
     return ds, torch.stack([it["image"] for it in items]), [it["caption"] for it in items], \
         torch.tensor([int(it.get("label", -1)) for it in items])
 
@@ -205,11 +208,13 @@ def dataset_zero_shot(model, name: str, *, split: str = "test", limit: int | Non
 
 
 def dataset_linear_probe(model, name: str, *, train_split: str = "train", test_split: str = "test",
-                         n_train: int = 5000, n_test: int | None = 1000, data_kwargs: dict | None = None,
+                         n_train: int | None = 5000, n_test: int | None = 1000, data_kwargs: dict | None = None,
                          pre_projection: bool = True) -> dict:
     """Linear-probe accuracy on a labelled dataset: logistic regression on the frozen image
-    features of the first n_train train items, scored on the test split."""
-    _, xtr, _, ytr = _load_split(name, train_split, n_train, data_kwargs)
+    features of n_train train items (None: all; a subset is spread evenly over the split, which
+    may be stored in class order), scored on the first n_test items of the test split (None:
+    all; the same items zero-shot evaluation with that limit uses)."""
+    _, xtr, _, ytr = _load_split(name, train_split, n_train, data_kwargs, spread=True)
     _, xte, _, yte = _load_split(name, test_split, n_test, data_kwargs)
     ftr = encode_images(model, xtr, pre_projection=pre_projection)
     fte = encode_images(model, xte, pre_projection=pre_projection)

@@ -32,6 +32,7 @@ from ..config import config_from_dict, config_to_dict, merge_overrides, rename_f
 from ..losses import ClipLoss, SigLipLoss
 from ..registry import get_family, get_preset, register_model, register_preset
 from ..text.captions import CaptionTokenizer, build_tokenizer, check_vocabulary_resolved, resolve_vocabulary
+from ._classify import AUGMENTS, augment_images
 from .base import Model, eval_mode
 from .text_encoders import CLIPTextConfig, TextTower
 
@@ -62,6 +63,7 @@ class CLIPConfig:
     truncate: bool = False  # cut over-long captions with a warning instead of raising
     loss: str = "clip"  # clip (softmax InfoNCE) | siglip (sigmoid)
     label_aware: bool = False  # same-class captions are not negatives (class-template captions)
+    augment: str = "none"  # training images: none | flip | crop | crop_flip (reflect-pad-4 translation, as ViT/Swin)
     local_loss: bool = False  # DDP: this rank's rows against the gathered columns
     gather_with_grad: bool = True  # DDP: differentiable all-gather (exact global gradient)
     logit_scale_init: float | None = None  # None: ln(1/0.07) for clip, ln(10) for siglip
@@ -74,7 +76,8 @@ class CLIPConfig:
     init_image_from: str = ""
 
     def __post_init__(self):
-        for name, value, allowed in (("loss", self.loss, LOSSES), ("lock_image", self.lock_image, LOCKS)):
+        for name, value, allowed in (("loss", self.loss, LOSSES), ("lock_image", self.lock_image, LOCKS),
+                                     ("augment", self.augment, AUGMENTS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.embed_dim < 1:
@@ -297,6 +300,8 @@ class CLIP(Model):
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         self.post_step()  # safety: the clamp holds even if the loop has no post-step hook
         image = batch["image"].to(self.logit_scale.device)
+        if self.training and self.config.augment != "none":
+            image = augment_images(image, self.config.augment)
         labels = batch.get("label")
         if self.config.label_aware and labels is None:
             raise ValueError("label_aware=True needs 'label' in the batch")

@@ -119,7 +119,8 @@ class GPT(Model):
         """Token (+ learned position) embeddings: ids (B, T), positions (B, T) -> (B, T, dim)."""
         x = self.tok_embed(input_ids)
         if self.pos_embed is not None:
-            if int(positions.max()) >= self.config.context_length:
+            # (skipped under torch.compile, where it would break the graph; the lookup still fails)
+            if not torch.compiler.is_compiling() and int(positions.max()) >= self.config.context_length:
                 raise ValueError(f"position {int(positions.max())} is outside the learned table of "
                                  f"context_length={self.config.context_length} positions")
             x = x + self.pos_embed.weight[positions].to(x.dtype)
@@ -166,7 +167,7 @@ class GPT(Model):
             raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
         logits = self(input_ids)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}  # a tensor: no host sync (and no graph break under compile)
 
     @torch.no_grad()
     def evaluate(self, batch: dict) -> dict[str, float]:

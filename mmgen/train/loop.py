@@ -259,7 +259,7 @@ class Trainer:
         self.model.train()
         window = Window()
         summary: dict = {}
-        t_start = self.last_save_time = time.perf_counter()
+        t_start = self.t_start = self.last_save_time = time.perf_counter()
         try:
             while self.step < cfg.steps:
                 loss, logs, grad_norm, examples = self.train_step(stream)
@@ -269,7 +269,8 @@ class Trainer:
                 last = self.step == cfg.steps
                 if cfg.log_every and (self.step % cfg.log_every == 0 or last):
                     rec = {"step": self.step, **window.means(info.world_size), "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": grad_norm, "epoch": self._epoch()}
+                           "grad_norm": grad_norm, "epoch": self._epoch(),
+                           "elapsed_s": time.perf_counter() - t_start}  # this process's wall time, evals included
                     summary.update(rec)
                     metrics.write(rec)
                     progress.set_postfix(loss=f"{rec['loss']:.4g}", ex_s=f"{rec['examples_per_s']:.0f}")
@@ -304,7 +305,7 @@ class Trainer:
         if not (do_eval or do_sample):
             return {}
         self.sync_eval_model()
-        rec = {"step": self.step}
+        rec = {"step": self.step, "elapsed_s": time.perf_counter() - self.t_start}
         if self.info.is_main:
             if do_eval:
                 rec.update(self.evaluate())
