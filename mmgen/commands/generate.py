@@ -22,10 +22,10 @@ SCHEDULER_CHOICES = ("ddpm", "ddim", "dpm++", "euler")
 
 
 def checkpoint_roots() -> list[Path]:
-    """Where shipped checkpoints are looked for: ./checkpoints, then the one beside the package."""
-    here = Path.cwd() / "checkpoints"
-    repo = Path(__file__).resolve().parents[2] / "checkpoints"
-    return [here] if here.resolve() == repo.resolve() else [here, repo]
+    """Where shipped checkpoints are looked for: ./checkpoints, then mmgen's own (see
+    mmgen.checkpoint.find_checkpoint: a wheel's package data or the repository's folder)."""
+    from mmgen.checkpoint import shipped_roots
+    return [Path.cwd() / "checkpoints", *shipped_roots()]
 
 
 def resolve_model(name: str) -> Path:
