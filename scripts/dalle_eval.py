@@ -13,7 +13,7 @@ Every figure is printed as one JSON line (and appended to --log when given).
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import sys
 import time
@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import mmgen  # noqa: E402
+from mmgen.commands._args import (OneLineParser, finite_float, non_negative_float, non_negative_int,  # noqa: E402
+                                  positive_int, unit_float)
 
 
 def _emit(record: dict, log: str | None) -> None:
@@ -33,6 +35,28 @@ def _emit(record: dict, log: str | None) -> None:
     if log:
         with open(log, "a") as f:
             f.write(line + "\n")
+
+
+@contextlib.contextmanager
+def _progress(model, rows: int, desc: str, quiet: bool = False):
+    """A progress bar with an estimate over the `rows` token grids that model.generate samples
+    (sampling is nearly all of the time). It counts the model's sample_tokens calls, so the
+    samples, and the figures, are exactly those of an unobserved run."""
+    from tqdm import tqdm
+    bar = tqdm(total=rows, unit="img", desc=desc, disable=quiet, file=sys.stderr, dynamic_ncols=True)
+    inner = model.sample_tokens
+
+    def counted(text, **kw):
+        out = inner(text, **kw)
+        bar.update(len(text))
+        return out
+
+    model.sample_tokens = counted  # instance attribute: shadows the method for this run only
+    try:
+        yield bar
+    finally:
+        del model.sample_tokens
+        bar.close()
 
 
 def _gen_kwargs(args) -> dict:
@@ -60,8 +84,9 @@ def eval_shapes(args) -> None:
                        round(float(model.clip_scores(ims, captions).clamp(min=0).mean()), 3)}, args.log)
         for cands in args.candidates:
             t0 = time.time()
-            images, scores = model.generate(captions, num_images=1, num_candidates=cands, rerank=cands > 1,
-                                            seed=args.seed, **_gen_kwargs(args))
+            with _progress(model, len(captions) * cands, f"{split}, {cands} candidate(s)", args.quiet):
+                images, scores = model.generate(captions, num_images=1, num_candidates=cands, rerank=cands > 1,
+                                                seed=args.seed, **_gen_kwargs(args))
             res = check_batch(images, captions)
             _emit({"eval": "shapes", "model": str(args.model), "split": split, "n": args.n, "candidates": cands,
                    "rerank": cands > 1, "seed": args.seed, **_gen_kwargs(args),
@@ -98,8 +123,9 @@ def eval_emoji(args) -> None:
     warnings.simplefilter("ignore")  # unseen words in test names: expected, counted above
     for cands in args.candidates:
         t0 = time.time()
-        images, scores = model.generate(captions, num_images=1, num_candidates=cands, rerank=cands > 1,
-                                        seed=args.seed, truncate=True, **_gen_kwargs(args))
+        with _progress(model, len(captions) * cands, f"{cands} candidate(s)", args.quiet):
+            images, scores = model.generate(captions, num_images=1, num_candidates=cands, rerank=cands > 1,
+                                            seed=args.seed, truncate=True, **_gen_kwargs(args))
         _emit({"eval": "emoji", "model": str(args.model), "split": args.splits[0], "n": n, "skipped": skipped,
                "candidates": cands,
                "rerank": cands > 1, "seed": args.seed, **_gen_kwargs(args),
@@ -208,20 +234,21 @@ layout right far more often than exact shapes. Reranking by CLIP mostly fixes co
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="scripts/dalle_eval.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn in (("shapes", eval_shapes), ("emoji", eval_emoji)):
         e = sub.add_parser(name)
         e.add_argument("--model", required=True)
-        e.add_argument("--n", type=int, default=200)
-        e.add_argument("--candidates", type=int, nargs="+", default=[1, 8])
+        e.add_argument("--n", type=positive_int, default=200)
+        e.add_argument("--candidates", type=positive_int, nargs="+", default=[1, 8])
         e.add_argument("--splits", nargs="+", default=["heldout_test"] if name == "shapes" else ["test"])
         e.add_argument("--seed", type=int, default=0)
-        e.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's")
-        e.add_argument("--temperature", type=float, default=None)
-        e.add_argument("--top-k", type=int, default=None, help="0 = off; default: the checkpoint's")
-        e.add_argument("--top-p", type=float, default=None, help="0 = off; default: the checkpoint's")
+        e.add_argument("--guidance", type=finite_float, default=None, help="default: the checkpoint's")
+        e.add_argument("--temperature", type=non_negative_float, default=None)
+        e.add_argument("--top-k", type=non_negative_int, default=None, help="0 = off; default: the checkpoint's")
+        e.add_argument("--top-p", type=unit_float, default=None, help="0 = off; default: the checkpoint's")
         e.add_argument("--log", default=None)
+        e.add_argument("--quiet", action="store_true", help="no progress bar")
         e.add_argument("--reference", action="store_true", help="shapes: also score the real images and their "
                                                                 "VQ reconstructions (the ceiling)")
         e.set_defaults(func=fn)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ._args import device, finite_float, non_negative_float, non_negative_int, positive_int, unit_float
+
 # short name -> checkpoint directory, relative to the repository's checkpoints/ folder.
 # Other generators add their shipped checkpoint here.
 MODELS: dict[str, str] = {
@@ -56,21 +58,21 @@ def register(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"one of {sorted(MODELS)} (shipped checkpoints) or a checkpoint directory "
                         f"(default: {DEFAULT_MODEL})")
-    p.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("-n", "--num-images", type=positive_int, default=4, help="images per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (model default)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (model default)")
+    p.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance scale (model default)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (model default)")
     p.add_argument("--scheduler", choices=SCHEDULER_CHOICES, default=None, help="diffusion sampler (DDPM models)")
-    p.add_argument("--candidates", type=int, default=None,
+    p.add_argument("--candidates", type=positive_int, default=None,
                    help="autoregressive models (DALL-E): sample N per prompt and keep the best --num-images by "
                         "CLIP score (default: 8 when the model has a CLIP reranker)")
     p.add_argument("--no-rerank", action="store_true", help="DALL-E: keep the first --num-images candidates")
-    p.add_argument("--temperature", type=float, default=None, help="DALL-E: sampling temperature (model default)")
-    p.add_argument("--top-k", type=int, default=None, help="DALL-E: top-k filter, 0 = off (model default)")
-    p.add_argument("--top-p", type=float, default=None, help="DALL-E: nucleus filter, 0 = off (model default)")
+    p.add_argument("--temperature", type=non_negative_float, default=None, help="DALL-E: sampling temperature (model default)")
+    p.add_argument("--top-k", type=non_negative_int, default=None, help="DALL-E: top-k filter, 0 = off (model default)")
+    p.add_argument("--top-p", type=unit_float, default=None, help="DALL-E: nucleus filter, 0 = off (model default)")
     p.add_argument("--truncate", action="store_true",
                    help="DALL-E: cut a prompt longer than the model's text context (with a warning) instead of refusing")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--device", type=device, default=None, help="cpu | cuda | cuda:N | mps (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+from ._args import device, positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("retrieve", help="image-text retrieval (ranking or recall@K) with a CLIP checkpoint")
@@ -17,11 +19,11 @@ def register(sub) -> None:
     p.add_argument("--texts-file", help="file with one caption per line for --image")
     p.add_argument("--dataset", help="evaluate recall@K on a captioned dataset (mmgen.data name)")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=1000, help="items of the dataset to use")
+    p.add_argument("--limit", type=positive_int, default=1000, help="items of the dataset to use")
     p.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset keyword argument (repeatable), e.g. holdout=default for shapes' heldout_test")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--device", type=device, default="cpu", help="cpu | cuda | cuda:N | mps | auto")
     p.set_defaults(func=run)
 
 

@@ -2,6 +2,8 @@
 with a CLIP checkpoint from class names alone (prompt templates averaged, as in CLIP)."""
 from __future__ import annotations
 
+from ._args import device, positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("zero-shot", help="classify images with a CLIP checkpoint from class names")
@@ -10,7 +12,7 @@ def register(sub) -> None:
                    '--dataset: its classes)')
     p.add_argument("--dataset", help="instead of IMAGEs: report accuracy on a labelled dataset split")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="items of the dataset to use")
+    p.add_argument("--limit", type=positive_int, default=None, help="items of the dataset to use")
     p.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE", help="dataset keyword argument")
     p.add_argument("--checkpoint", required=True, help="CLIP checkpoint directory")
     p.add_argument("--template", action="append", default=None,
@@ -18,8 +20,8 @@ def register(sub) -> None:
                         "or the dataset's own templates with --dataset)")
     p.add_argument("--templates", choices=["simple", "cifar"], default=None,
                    help="a template set: simple ('a photo of a {}.') or cifar (the CLIP paper's 18)")
-    p.add_argument("--top-k", type=int, default=3, help="classes to print per image")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes to print per image")
+    p.add_argument("--device", type=device, default="cpu", help="cpu | cuda | cuda:N | mps | auto")
     p.set_defaults(func=run)
 
 
