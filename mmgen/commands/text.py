@@ -20,8 +20,9 @@ def register(sub) -> None:
     p.add_argument("--repetition-penalty", type=positive_float, default=1.0)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--overflow", choices=("error", "slide"), default="error",
-                   help="what to do when prompt + max-new-tokens exceeds the context")
+    p.add_argument("--overflow", choices=("slide", "error"), default="slide",
+                   help="when prompt + --max-new-tokens exceeds the model's context: slide (default: keep "
+                        "generating from the most recent tokens) or error")
     p.add_argument("--device", type=device, default="cpu", help="cpu | cuda | cuda:N | mps | auto")
     p.set_defaults(func=run)
 
@@ -51,9 +52,14 @@ def run(args) -> int:
                          "pick the tokenizer the model was trained with (--tokenizer)")
     ids = tok.encode(args.prompt) or [tok.bos_id]
     ctx = model.config.context
-    if args.overflow == "error" and len(ids) + args.max_new_tokens > ctx:
-        raise ValueError(f"prompt of {len(ids)} tokens + --max-new-tokens {args.max_new_tokens} exceeds the "
-                         f"context of {ctx} tokens; lower --max-new-tokens or pass --overflow slide")
+    if len(ids) > ctx:
+        raise ValueError(f"the prompt is {len(ids)} tokens, longer than the model's context of {ctx}; shorten it")
+    if len(ids) + args.max_new_tokens > ctx:
+        if args.overflow == "error":
+            raise ValueError(f"prompt of {len(ids)} tokens + --max-new-tokens {args.max_new_tokens} exceeds the "
+                             f"context of {ctx} tokens; lower --max-new-tokens or pass --overflow slide")
+        print(f"mmgen text: note: prompt + {args.max_new_tokens} new tokens exceed the model's {ctx}-token context; "
+              f"the window slides (each new token sees the latest {ctx // 2} to {ctx} tokens)", file=sys.stderr)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()

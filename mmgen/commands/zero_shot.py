@@ -42,9 +42,9 @@ def run(args) -> int:
     if args.dataset:
         from mmgen.metrics.clip_eval import dataset_zero_shot
 
-        from ._clip_common import parse_kv
+        from ._clip_common import dataset_kwargs
         m = dataset_zero_shot(model, args.dataset, split=args.split, limit=args.limit, templates=templates,
-                              data_kwargs=parse_kv(args.data_set),
+                              data_kwargs=dataset_kwargs(args.dataset, args.split, args.data_set),
                               classnames=split_list(args.labels) if args.labels else None)
         for k, v in m.items():
             print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
