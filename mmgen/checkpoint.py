@@ -123,7 +123,9 @@ def _read_json(file: Path) -> Any:
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
+    """The config.json of a checkpoint directory (or of a shipped checkpoint named as in
+    find_checkpoint), checked: valid JSON, an mmgen config, a format this version reads."""
+    path = find_checkpoint(path)
     if not path.is_dir():
         if path.is_file() and path.name in (CONFIG_NAME, WEIGHTS_NAME):
             raise FileNotFoundError(f"{str(path)!r} is a file: pass the checkpoint directory that holds it "

@@ -43,9 +43,10 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_FENCES = ("bash", "sh", "shell", "console")
 SUBPROCESS = os.environ.get("MMGEN_DOC_SUBPROCESS") == "1"
 
-# Appended to every command that trains (the engine: a later --set of the same field wins).
+# Appended to every command that trains (the engine: a later --set of the same field wins). No
+# sample grids: a diffusion recipe's grid alone takes 50 guided sampling steps (~30 CPU-s).
 TRAIN_OVERRIDES = ["--set", "train.steps=2", "--set", "train.batch_size=4", "--set", "train.eval_batches=1",
-                   "--set", "train.num_samples=2", "--set", "train.progress=false", "--set", "train.log_every=1"]
+                   "--set", "train.num_samples=0", "--set", "train.progress=false", "--set", "train.log_every=1"]
 # Paths documented commands read that no documented command trains: how to make a tiny one.
 PREREQUISITES = {
     "runs/clip_animal_mnist": "python -m train --recipe clip_animal_mnist --out runs/clip_animal_mnist",
@@ -77,8 +78,8 @@ RULES = [
          append=["--steps", "2"]),
     Rule(r"mmgen\.metrics\.evaluate\b", "4 samples, 2 sampling steps instead of 200 x 25",
          append=["--n", "4", "--steps", "2", "--batch", "4", "--quiet"]),
-    Rule(r"scripts/dalle_eval\.py (shapes|emoji)\b", "8 captions instead of 200",
-         append=["--n", "8", "--quiet"]),
+    Rule(r"scripts/dalle_eval\.py (shapes|emoji)\b", "8 captions and 1 or 2 candidates instead of 200 and 1 or 8",
+         append=["--n", "8", "--candidates", "1", "2", "--quiet"]),
     Rule(r"scripts/ae_report\.py", "the first 16 test images instead of the whole split",
          append=["--limit", "16"]),
     Rule(r"^mmgen retrieve .*--dataset\b", "recall@K on 64 items instead of 1,000", append=["--limit", "64"]),
