@@ -16,7 +16,7 @@ setup(
     + [f"mmgen.shipped.{name}" for name in SHIPPED],
     package_dir={"mmgen.shipped": "checkpoints"},
     package_data={
-        "mmgen": ["data/assets/*"],
+        "mmgen": ["data/assets/*", "web/static/*"],
         **{f"mmgen.shipped.{name}": ["*"]
            for name in SHIPPED},
     },

@@ -20,15 +20,48 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give a file (0666) or directory (0777) the permissions the user's umask allows, as a
+    plain open() or mkdir() would. Temporary files (mkstemp: 0600, mkdtemp: 0700) and some
+    writers (safetensors: 0600) are private; what we rename into place must not be."""
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A fresh uniquely named directory in `parent` (for an atomic rename into a sibling)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    apply_umask(tmp)
+    return tmp
+
+
 def atomic_write_dir(target: str | os.PathLike, write_fn) -> Path:
     """Write a directory's files into a temporary sibling, then swap it into place, so a
     crash never leaves a half-written checkpoint. Files already in `target` that
-    write_fn does not write (e.g. a model card, train_state.pt) are kept."""
+    write_fn does not write (e.g. a model card, train_state.pt) are kept. What write_fn
+    writes gets the permissions of the user's umask (0644 / 0755 under umask 022)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = make_temp_dir(target.parent, f".{target.name}.")
     try:
         write_fn(tmp)
+        for dirpath, dirnames, filenames in os.walk(tmp):
+            for name in dirnames + filenames:
+                apply_umask(os.path.join(dirpath, name))
         if target.exists():
             for f in target.iterdir():
                 if not (tmp / f.name).exists():
@@ -46,13 +79,15 @@ def atomic_write_dir(target: str | os.PathLike, write_fn) -> Path:
 
 
 def atomic_save_file(obj_bytes_fn, path: str | os.PathLike) -> None:
-    """Write a file via a temp file + rename (obj_bytes_fn(tmp_path) writes it)."""
+    """Write a file via a temp file + rename (obj_bytes_fn(tmp_path) writes it); the file
+    gets the permissions of the user's umask (0644 under umask 022)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         obj_bytes_fn(tmp)
+        apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -222,3 +257,54 @@ def load_pretrained(path: str | os.PathLike, **kwargs):
     from .registry import get_family
     path = find_checkpoint(path)
     return get_family(read_config(path)["model_type"]).from_pretrained(path, **kwargs)
+
+
+# ------------------------------------------------------------------ companion checkpoints
+def shipped_root() -> Path:
+    """The folder of the checkpoints that ship with mmgen: the package's own shipped/ in an
+    installed wheel, else the repository's checkpoints/ (see shipped_roots for the search)."""
+    pkg = Path(__file__).resolve().parent
+    return pkg / "shipped" if (pkg / "shipped").is_dir() else pkg.parent / "checkpoints"
+
+
+def resolve_companion(value: str | os.PathLike, ckpt_dir: str | os.PathLike | None, what: str) -> Path:
+    """The checkpoint directory that a companion path in a config names (e.g. DALL-E's vq_path).
+
+    Tried in order: an absolute path; relative to the naming checkpoint's own directory (what
+    `save_pretrained` writes); a shipped checkpoint name (also an old "checkpoints/<name>" or
+    "../<name>" value, so moved or installed copies keep working); relative to the working
+    directory (what a training recipe gives before anything is saved)."""
+    p = Path(value).expanduser()
+    tried: list[Path] = []
+    if p.is_absolute():
+        tried.append(p)
+    else:
+        if ckpt_dir is not None:
+            tried.append(Path(ckpt_dir) / p)
+        parts = p.parts
+        if len(parts) == 1 or parts[-2] in ("checkpoints", ".."):
+            tried += [root / parts[-1] for root in shipped_roots()]
+        tried.append(Path.cwd() / p)
+    for cand in tried:
+        if (cand / CONFIG_NAME).is_file():
+            return cand.resolve()
+    raise FileNotFoundError(f"the {what} checkpoint {str(value)!r} named in the config was not found (looked in "
+                            f"{', '.join(str(c) for c in dict.fromkeys(tried))})")
+
+
+def relative_companion(value: str, old_dir: str | os.PathLike | None, new_dir: str | os.PathLike, what: str) -> str:
+    """The companion path to store when a checkpoint is written to new_dir: the shipped name
+    for a shipped companion (e.g. "vq_shapes"; "../vq_shapes" beside another shipped
+    checkpoint), else the path relative to new_dir (the directories then move together), or
+    the value unchanged if it cannot be found now."""
+    if not value:
+        return value
+    try:
+        target = resolve_companion(value, old_dir, what)
+    except FileNotFoundError:
+        return value
+    new = Path(new_dir).resolve()
+    roots = {root.resolve() for root in shipped_roots()}
+    if target.parent in roots and new.parent not in roots:
+        return target.name
+    return os.path.relpath(target, new)

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:  # the engine parses its own flags, --help included
         from mmgen.train import main as train_main
 
-        return train_main(argv[1:])
+        return train_main(argv[1:], prog="mmgen train")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -62,6 +63,9 @@ def main(argv=None) -> int:
     sums: dict[str, float] = {}
     tokens = []
     first = None
+    checks, confusion = [], None  # shapes only: what the strict checker reads back from reconstructions
+    if args.data == "shapes":
+        from mmgen.data import shapes as S
     for start in range(0, n, args.batch_size):
         images = torch.stack([ds[i]["image"] for i in range(start, min(start + args.batch_size, n))])
         if first is None:
@@ -71,13 +75,27 @@ def main(argv=None) -> int:
             sums[k] = sums.get(k, 0.0) + v * images.shape[0]
         if not isinstance(model, VAE):
             tokens.append(model.encode_tokens(images))
+        if args.data == "shapes":
+            with torch.no_grad():
+                rec = model.reconstruct(images)
+            idx = range(start, start + images.shape[0])
+            scenes = [ds.scene(i) for i in idx]
+            checks += [S.check(r, c) for r, (_, _, c) in zip(rec, scenes)]
+            m = S.confusion(list(rec), scenes)
+            confusion = m if confusion is None else confusion + m
     out = {k: v / n for k, v in sums.items()}
     out.pop("usage", None), out.pop("perplexity", None)  # per-batch figures; the split-wide ones follow
     if tokens:
         out.update(codebook_stats(torch.cat(tokens), model.codebook_size))
     out = {"checkpoint": args.checkpoint, "data": args.data, "split": args.split, "images": n,
            **{k: round(v, 4) for k, v in out.items()}}
+    if checks:  # the reconstruction ceiling: no generator on this tokenizer can draw better
+        for k in ("count", "colour", "shape", "correct"):
+            out[f"recon_{k}"] = round(float(np.mean([c[k] for c in checks])), 4)
+        out["recon_relation"] = round(float(np.mean([c["relation"] for c in checks if c["relation"] is not None])), 4)
     print(json.dumps(out))
+    if confusion is not None:
+        print(S.format_confusion(confusion))
     if args.png:
         k = args.n
         x = first[:k]

@@ -13,7 +13,6 @@ Every figure is printed as one JSON line (and appended to --log when given).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -37,56 +36,46 @@ def _emit(record: dict, log: str | None) -> None:
             f.write(line + "\n")
 
 
-@contextlib.contextmanager
-def _progress(model, rows: int, desc: str, quiet: bool = False):
-    """A progress bar with an estimate over the `rows` token grids that model.generate samples
-    (sampling is nearly all of the time). It counts the model's sample_tokens calls, so the
-    samples, and the figures, are exactly those of an unobserved run."""
-    from tqdm import tqdm
-    bar = tqdm(total=rows, unit="img", desc=desc, disable=quiet, file=sys.stderr, dynamic_ncols=True)
-    inner = model.sample_tokens
-
-    def counted(text, **kw):
-        out = inner(text, **kw)
-        bar.update(len(text))
-        return out
-
-    model.sample_tokens = counted  # instance attribute: shadows the method for this run only
-    try:
-        yield bar
-    finally:
-        del model.sample_tokens
-        bar.close()
-
-
 def _gen_kwargs(args) -> dict:
-    """Sampling options given on the command line (the others take the checkpoint's defaults)."""
-    kw = dict(guidance_scale=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    """Sampling options given on the command line (guidance / temperature: the checkpoint's by
+    default; top-k / top-p: off by default and with 0)."""
+    kw = dict(guidance=args.guidance, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     return {k: (None if v == 0 and k in ("top_k", "top_p") else v) for k, v in kw.items() if v is not None}
+
+
+def _generate(pipe, captions, cands: int, args, **kw):
+    """One image per caption, the best of `cands` by CLIP: (float images in [-1, 1], scores or None)."""
+    from mmgen.pipelines.base import to_float
+    out = pipe(captions, num_images=1, candidates=cands, rerank=cands > 1, seed=args.seed, progress=not args.quiet,
+               **_gen_kwargs(args), **kw)
+    return to_float(out.images[:, 0]), None if out.scores is None else out.scores[:, 0]
+
+
+def _clip_score(pipe, images, captions):
+    from mmgen.pipelines.base import clip_scores
+    return None if pipe.clip is None else round(float(clip_scores(pipe.clip, images, captions).clamp(min=0).mean()), 3)
 
 
 def eval_shapes(args) -> None:
     from mmgen.data import build_dataset
     from mmgen.data.shapes import check_batch
-    model = mmgen.load_pretrained(args.model)
+    from mmgen.pipelines import DALLEPipeline
+    pipe = DALLEPipeline.from_pretrained(args.model)
     for split in args.splits:
         kw = {"holdout": "default"}
         ds = build_dataset("shapes", split=split, **kw)
         captions = [ds.scene(i)[2] for i in range(args.n)]
         if args.reference:  # the ceiling: the checker on the real images and on their VQ reconstructions
             real = torch.stack([ds[i]["image"] for i in range(args.n)])
-            recon = model.vq.reconstruct(real.to(model.vq.device)).cpu()
+            recon = pipe.vq.reconstruct(real.to(pipe.vq.device)).cpu()
             for name, ims in (("real", real), ("vq_recon", recon)):
                 res = check_batch(ims, captions)
                 _emit({"eval": "shapes", "reference": name, "split": split, "n": args.n,
                        **{k: round(v, 4) for k, v in res.items() if k != "n"},
-                       "clip_score": None if model.clip is None else
-                       round(float(model.clip_scores(ims, captions).clamp(min=0).mean()), 3)}, args.log)
+                       "clip_score": _clip_score(pipe, ims, captions)}, args.log)
         for cands in args.candidates:
             t0 = time.time()
-            with _progress(model, len(captions) * cands, f"{split}, {cands} candidate(s)", args.quiet):
-                images, scores = model.generate(captions, num_images=1, num_candidates=cands, rerank=cands > 1,
-                                                seed=args.seed, **_gen_kwargs(args))
+            images, scores = _generate(pipe, captions, cands, args)
             res = check_batch(images, captions)
             _emit({"eval": "shapes", "model": str(args.model), "split": split, "n": args.n, "candidates": cands,
                    "rerank": cands > 1, "seed": args.seed, **_gen_kwargs(args),
@@ -97,8 +86,8 @@ def eval_shapes(args) -> None:
 
 def eval_emoji(args) -> None:
     from mmgen.data import build_dataset
-    model = mmgen.load_pretrained(args.model)
-    import warnings
+    from mmgen.pipelines import DALLEPipeline
+    pipe = DALLEPipeline.from_pretrained(args.model)
     ds = build_dataset("emoji", split=args.splits[0], image_size=32)
     captions, real, skipped = [], [], 0
     for i in range(len(ds)):  # the first n captions the model can read (>= 1 word seen in training)
@@ -106,9 +95,7 @@ def eval_emoji(args) -> None:
             break
         item = ds[i]
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model.check_prompts([item["caption"]])
+            pipe.check_prompts([item["caption"]], truncate=True)  # warnings (unseen words) are expected
         except ValueError:
             skipped += 1
             continue
@@ -117,15 +104,12 @@ def eval_emoji(args) -> None:
     n = len(captions)
     real = torch.stack(real)
     if args.reference:
-        for name, ims in (("real", real), ("vq_recon", model.vq.reconstruct(real.to(model.vq.device)).cpu())):
+        for name, ims in (("real", real), ("vq_recon", pipe.vq.reconstruct(real.to(pipe.vq.device)).cpu())):
             _emit({"eval": "emoji", "reference": name, "split": args.splits[0], "n": n, "skipped": skipped,
-                   "clip_score": round(float(model.clip_scores(ims, captions).clamp(min=0).mean()), 3)}, args.log)
-    warnings.simplefilter("ignore")  # unseen words in test names: expected, counted above
+                   "clip_score": _clip_score(pipe, ims, captions)}, args.log)
     for cands in args.candidates:
         t0 = time.time()
-        with _progress(model, len(captions) * cands, f"{cands} candidate(s)", args.quiet):
-            images, scores = model.generate(captions, num_images=1, num_candidates=cands, rerank=cands > 1,
-                                            seed=args.seed, truncate=True, **_gen_kwargs(args))
+        images, scores = _generate(pipe, captions, cands, args, truncate=True)
         _emit({"eval": "emoji", "model": str(args.model), "split": args.splits[0], "n": n, "skipped": skipped,
                "candidates": cands,
                "rerank": cands > 1, "seed": args.seed, **_gen_kwargs(args),
@@ -134,18 +118,20 @@ def eval_emoji(args) -> None:
 
 
 def ship(args) -> None:
-    """A DALL-E run directory -> a self-contained shipped checkpoint (weights in fp16; the VQ and
-    CLIP checkpoints named relative to the new directory)."""
+    """A DALL-E run directory -> a shipped checkpoint (weights in fp16; the VQ and CLIP
+    checkpoints named relative to the new directory)."""
+    from mmgen.pipelines import DALLEPipeline
     model = mmgen.load_pretrained(args.run)
     if model.model_type != "dalle":
         raise SystemExit(f"{args.run} holds a {model.model_type!r} model; use `copy` for non-DALL-E checkpoints")
-    model.config.vq_path, model.config.clip_path = args.vq, args.clip or ""
     out = Path(args.out)
+    # --vq / --clip are given relative to OUT; save_pretrained stores them relative to OUT again
+    model.config.vq_path = str((out / args.vq).resolve())
+    model.config.clip_path = str((out / args.clip).resolve()) if args.clip else ""
     model.save_pretrained(out, dtype=torch.float16)
-    loaded = mmgen.load_pretrained(out)
-    loaded.vq  # the helper paths resolve from the new place
+    pipe = DALLEPipeline.from_pretrained(out)  # the companion paths resolve from the new place
     if args.clip:
-        assert loaded.clip is not None
+        assert pipe.clip is not None
     print(f"shipped {args.run} -> {out} ({sum(f.stat().st_size for f in out.iterdir()) / 2**20:.2f} MiB)")
 
 
@@ -209,7 +195,7 @@ python scripts/dalle_eval.py ship {rc['argv'][rc['argv'].index('--out') + 1]} ch
 ```
 
 * **Sampling defaults** (config): guidance scale {c.guidance_scale}, temperature {c.temperature}, top-k {c.top_k},
-  top-p {c.top_p}; `mmgen generate` samples 8 candidates per image and keeps the best by CLIP score.
+  top-p {c.top_p}; `mmgen generate` draws 8 samples per prompt (at least 2 per image) and keeps the best by CLIP score.
 
 ## Results
 
@@ -248,7 +234,7 @@ def main(argv=None) -> int:
         e.add_argument("--top-k", type=non_negative_int, default=None, help="0 = off; default: the checkpoint's")
         e.add_argument("--top-p", type=unit_float, default=None, help="0 = off; default: the checkpoint's")
         e.add_argument("--log", default=None)
-        e.add_argument("--quiet", action="store_true", help="no progress bar")
+        e.add_argument("--quiet", action="store_true", help="no progress bar (default: one with the time left)")
         e.add_argument("--reference", action="store_true", help="shapes: also score the real images and their "
                                                                 "VQ reconstructions (the ceiling)")
         e.set_defaults(func=fn)

@@ -1,6 +1,6 @@
 """DALL-E: the joint sequence layout, the 1:7 loss, KV-cached vs full sampling, guidance,
-CLIP reranking, prompt checks, save/load with helper paths, and the CLI on the shipped
-checkpoints."""
+CLIP reranking and prompt checks (through DALLEPipeline), save/load with companion paths, and
+the CLI on the shipped checkpoints."""
 import subprocess
 import sys
 import warnings
@@ -13,6 +13,10 @@ from torch import nn
 
 import mmgen
 from mmgen.models.dalle import DALLE
+from mmgen.pipelines import DALLEPipeline
+from mmgen.pipelines.base import clip_scores, to_float
+from mmgen.pipelines.dalle import guided_logits, sample_image_tokens
+from mmgen.text.sampling import SamplingParams, make_generator
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "checkpoints" / "dalle_shapes"
@@ -146,7 +150,7 @@ def test_overfit_two_captions_then_sample_them():
         loss.backward()
         opt.step()
     m.eval()
-    assert torch.equal(m.sample_tokens(text, temperature=0.0), grids)
+    assert torch.equal(sample_image_tokens(m, text, params=SamplingParams(temperature=0.0)), grids)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -154,8 +158,9 @@ def test_overfit_two_captions_then_sample_them():
 def test_cached_sampling_equals_uncached(guidance):
     m = tiny()
     text = m.tokenize(["a red circle", "a blue square", "green"])
-    a = m.sample_tokens(text, guidance_scale=guidance, seed=3, top_k=20)
-    b = m.sample_tokens(text, guidance_scale=guidance, seed=3, top_k=20, use_cache=False)
+    kw = dict(guidance=guidance, params=SamplingParams(top_k=20))
+    a = sample_image_tokens(m, text, generator=make_generator(3), **kw)
+    b = sample_image_tokens(m, text, generator=make_generator(3), use_cache=False, **kw)
     assert torch.equal(a, b)
     # and the cached next-token logits match the full forward at every image position
     seq = torch.cat([text, a.flatten(1)], 1)
@@ -170,84 +175,99 @@ def test_cached_sampling_equals_uncached(guidance):
 def test_guidance_scale_one_is_plain_conditional_sampling():
     m = tiny()
     text = m.tokenize(["a red circle", "a star"])
-    plain = m.sample_tokens(text, guidance_scale=1.0, seed=5)
-    with_null = m.sample_tokens(text, guidance_scale=1.0, seed=5, force_null_rows=True)
+    def run(t, g, **kw):
+        return sample_image_tokens(m, t, guidance=g, generator=make_generator(5), **kw)
+    plain = run(text, 1.0)
+    with_null = run(text, 1.0, force_null_rows=True)
     assert torch.equal(plain, with_null)
     # guidance 0 is unconditional: the same as sampling the null caption
-    uncond = m.sample_tokens(text, guidance_scale=0.0, seed=5)
-    assert torch.equal(uncond, m.sample_tokens(m.null_text(2), guidance_scale=1.0, seed=5))
+    assert torch.equal(run(text, 0.0), run(m.null_text(2), 1.0))
     # the mixing rule itself
     logits = torch.randn(4, 7)
-    torch.testing.assert_close(m._guided_logits(logits, 2, 2.5), logits[2:] + 2.5 * (logits[:2] - logits[2:]))
+    torch.testing.assert_close(guided_logits(logits, 2, 2.5), logits[2:] + 2.5 * (logits[:2] - logits[2:]))
 
 
 def test_seeded_generation_is_reproducible_and_seeds_differ():
-    m = tiny().attach(vq=FakeVQ())
-    a, _ = m.generate(["a red circle"], num_images=2, seed=0)
-    b, _ = m.generate(["a red circle"], num_images=2, seed=0)
-    c, _ = m.generate(["a red circle"], num_images=2, seed=1)
-    assert a.shape == (2, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    pipe = DALLEPipeline(tiny(), vq=FakeVQ())
+    a = pipe(["a red circle"], num_images=2, seed=0)
+    b = pipe(["a red circle"], num_images=2, seed=0)
+    c = pipe(["a red circle"], num_images=2, seed=1)
+    assert a.images.shape == (1, 2, 3, 16, 16) and a.images.dtype == torch.uint8 and a.scores is None
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    d = pipe(["a red circle"], num_images=2)  # seed=None draws a seed and reports it: it reproduces the images
+    assert isinstance(d.seed, int) and torch.equal(pipe(["a red circle"], num_images=2, seed=d.seed).images, d.images)
 
 
 def test_reranking_orders_by_clip_score():
-    m = tiny().attach(vq=FakeVQ(), clip=FakeCLIP())
+    pipe = DALLEPipeline(tiny(), vq=FakeVQ(), clip=FakeCLIP())
     prompts = ["a red circle", "a blue square"]
-    everything, all_scores = m.generate(prompts, num_images=6, num_candidates=6, rerank=False, seed=0)
-    best, scores = m.generate(prompts, num_images=2, num_candidates=6, rerank=True, seed=0)
-    assert best.shape == (4, 3, 16, 16) and scores.shape == (4,)
+    every = pipe(prompts, num_images=6, candidates=1, rerank=False, seed=0)  # the same 6 draws per prompt ...
+    best = pipe(prompts, num_images=2, candidates=3, rerank=True, seed=0)  # ... the best 2 of them
+    assert best.images.shape == (2, 2, 3, 16, 16) and best.scores.shape == (2, 2)
     for p in range(2):
-        s = all_scores[p * 6:(p + 1) * 6]
-        top = s.argsort(descending=True)[:2]
-        torch.testing.assert_close(scores[p * 2:(p + 1) * 2], s[top])
-        torch.testing.assert_close(best[p * 2:(p + 1) * 2], everything[p * 6:(p + 1) * 6][top])
-        assert scores[p * 2] >= scores[p * 2 + 1]
-    # the scores are the CLIP score 100 * cos(image, text) of the returned images
-    torch.testing.assert_close(scores, m.clip_scores(best, [prompts[0]] * 2 + [prompts[1]] * 2))
+        top = every.scores[p].argsort(descending=True)[:2]
+        torch.testing.assert_close(best.scores[p], every.scores[p, top])
+        assert torch.equal(best.images[p], every.images[p, top])
+        assert best.scores[p, 0] >= best.scores[p, 1]
+    # the scores are the CLIP score 100 * cos(image, text) of the returned images (up to uint8 rounding)
+    ref = clip_scores(FakeCLIP(), to_float(best.images.flatten(0, 1)), [prompts[0]] * 2 + [prompts[1]] * 2)
+    torch.testing.assert_close(best.scores.flatten(), ref, atol=0.5, rtol=0)
 
 
 # ----------------------------------------------------------------------------- bad input
-def trained_tiny() -> DALLE:
+def trained_tiny() -> DALLEPipeline:
     m = tiny()
     m.record_captions(["a red circle above a blue square"])
-    m.seen_text[:128] = True  # every ASCII byte seen
-    return m.attach(vq=FakeVQ())
+    return DALLEPipeline(m, vq=FakeVQ())
 
 
 def test_prompt_checks():
-    m = trained_tiny()
+    pipe = trained_tiny()
     with pytest.raises(ValueError, match="empty prompt"):
-        m.generate(["  "])
-    with pytest.raises(ValueError, match=r"is \d+ tokens with BOS/EOS; this model reads at most 16"):
-        m.generate(["a red circle above a blue square"])
-    with pytest.warns(UserWarning, match="cut to the model's 16"):
-        m.generate(["a red circle above a blue square"], truncate=True)
-    with pytest.warns(UserWarning, match=r"words never seen in training.*'zebra'"):
-        m.generate(["a red zebra"])
-    with pytest.raises(ValueError, match="no word this model saw in training"):
-        m.generate(["红色的圆"])
-    with pytest.raises(ValueError, match="num_candidates"):
-        m.generate(["a red circle"], num_images=4, num_candidates=2)
-    with pytest.raises(ValueError, match="reranking needs a CLIP"):
-        m.generate(["a red circle"], num_images=1, num_candidates=4)
-    with pytest.raises(ValueError, match="guidance_scale"):
-        m.generate(["a red circle"], guidance_scale=-1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        m.generate(["a red circle"])  # known words: no warning
+        pipe(["  "])
+    with pytest.raises(ValueError, match=r"is \d+ tokens with BOS/EOS; the DALL-E generator reads at most 16"):
+        pipe(["a red circle above a blue square"])
+    out = pipe(["a red circle above a blue square"], truncate=True)
+    assert any("cut to the 16" in w for w in out.warnings)
+    out = pipe(["a red zebra"])
+    assert out.warnings == ["prompt 'a red zebra': 'zebra' is not in the vocabulary of the DALL-E generator; "
+                            "it will likely be ignored"]
+    with pytest.raises(ValueError, match="has no word the DALL-E generator can read"):
+        pipe(["红色的圆"])
+    with pytest.raises(ValueError, match="no CLIP reranker"):
+        pipe(["a red circle"], num_images=1, candidates=4)
+    for bad in ({"guidance": -1.0}, {"guidance": float("nan")}, {"guidance": float("inf")}, {"num_images": 0},
+                {"candidates": 0}, {"temperature": float("nan")}, {"top_p": 1.5}, {"top_k": 0}):
+        with pytest.raises(ValueError):
+            pipe(["a red circle"], **bad)
+    with pytest.raises(TypeError, match="diffusion"):
+        pipe(["a red circle"], scheduler="ddim")
+    # known words, and punctuation the tokenizer reads: no warning
+    assert pipe(["a red circle."]).warnings == [] and pipe.check_prompts(["a red circle"]) == []
+
+
+def test_bad_arguments_are_refused_before_any_work(monkeypatch):
+    pipe = trained_tiny()
+    monkeypatch.setattr(DALLEPipeline, "_generate", lambda *a, **k: pytest.fail("sampled before checking"))
+    for bad in ({"guidance": float("nan")}, {"num_images": 0}, {"candidates": 0}, {"guidance": -0.5}):
+        with pytest.raises(ValueError):
+            pipe(["a red circle"], **bad)
 
 
 def test_save_load_keeps_vocabulary_and_resolves_helper_paths(tmp_path):
-    m = trained_tiny()
+    m = trained_tiny().model
     m.config.vq_path = "../vq"
     m.save_pretrained(tmp_path / "dalle")
     loaded = mmgen.load_pretrained(tmp_path / "dalle")
     assert torch.equal(loaded.seen_words, m.seen_words) and bool(loaded.seen_words.any())
     with pytest.raises(FileNotFoundError, match="vq checkpoint '../vq'"):
         loaded.vq
+    with pytest.raises(FileNotFoundError, match="vq checkpoint '../vq'"):
+        DALLEPipeline.from_pretrained(tmp_path / "dalle")
     # a checkpoint of another model where the VQ should be
     tiny().save_pretrained(tmp_path / "vq")
     with pytest.raises(ValueError, match="holds a 'dalle' checkpoint; DALL-E needs a 'vq'"):
-        mmgen.load_pretrained(tmp_path / "dalle").vq
+        DALLEPipeline.from_pretrained(tmp_path / "dalle")
 
 
 # ----------------------------------------------------------------------------- shipped checkpoints + CLI
@@ -256,36 +276,45 @@ needs_ckpt = pytest.mark.skipif(not (SHIPPED / "config.json").exists(),
 
 
 @needs_ckpt
-def test_cli_writes_a_png_grid_from_the_shipped_checkpoints(tmp_path):
+def test_cli_writes_a_png_grid_from_the_shipped_checkpoints(tmp_path, capsys):
     from PIL import Image
 
     from mmgen.cli import main
-    out = tmp_path / "grid.png"
-    rc = main(["generate", "a red circle above a blue square", "-o", str(out), "-n", "4", "--seed", "1",
-               "--candidates", "8", "--model", "dalle"])
-    assert rc == 0 and out.is_file()
+    out, raw = tmp_path / "grid.png", tmp_path / "raw.png"
+    args = ["generate", "a red circle above a blue square", "-n", "2", "--seed", "1", "--candidates", "1",
+            "--model", "dalle", "--quiet"]
+    assert main([*args, "-o", str(out)]) == 0 and out.is_file()
+    assert "seed 1" in capsys.readouterr().out
     img = Image.open(out)
     img.verify()
     img = Image.open(out)
     assert img.format == "PNG" and img.mode == "RGB"
-    # 4 images of 32 px in one row, with 2 px padding
-    assert img.size == (4 * 32 + 5 * 2, 32 + 2 * 2)
+    # 2 images of 32 px in one row, 2 px padding, upscaled 8x; a caption line and a score line
+    assert img.size == ((2 * 32 + 3 * 2) * 8, (32 + 2 * 2) * 8 + 2 * 14)
+    assert main([*args, "-o", str(raw), "--raw"]) == 0
+    assert Image.open(raw).size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # the model's own pixels
+    # the same seed gives the same images, upscaled or not
+    small = torch.tensor(__import__("numpy").array(Image.open(raw)))
+    big = torch.tensor(__import__("numpy").array(Image.open(out)))
+    assert torch.equal(big[16 + 14 + 4:16 + 14 + 4 + 256:8, 16 + 4:16 + 256:8], small[2:34, 2:34])
 
 
 @needs_ckpt
 def test_cli_bad_input_gives_messages_not_tracebacks(tmp_path, capsys):
     from mmgen.cli import main
     out = str(tmp_path / "x.png")
-    for args, msg in [([""], "empty prompt"), (["红色的圆"], "no word this model saw"),
+    for args, msg in [([""], "empty prompt"), (["红色的圆"], "no word the DALL-E generator"),
                       (["a red circle " * 10], "reads at most"),
-                      (["a red circle", "--model", str(ROOT / "checkpoints" / "vq_shapes")], "not an image generator")]:
+                      (["a red circle", "--model", str(ROOT / "checkpoints" / "vq_shapes")], "not an image generator"),
+                      (["a red circle", "--steps", "5"], "diffusion options")]:
         assert main(["generate", *args, "-o", out]) == 2, args
         err = capsys.readouterr().err
         assert msg in err and "Traceback" not in err, (args, err)
-    # unseen words: a clean warning line, and the PNG is still written
-    assert main(["generate", "a red zebra", "-o", out, "-n", "1", "--candidates", "1"]) == 0
+    # unseen words: a clean warning line naming the word and the model part, and the PNG is still written
+    assert main(["generate", "a red zebra", "-o", out, "-n", "1", "--candidates", "1", "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "warning: prompt 'a red zebra': words never seen in training" in err and Path(out).is_file()
+    assert "warning: prompt 'a red zebra': 'zebra' is not in the vocabulary of the DALL-E generator" in err
+    assert Path(out).is_file()
     # end to end in a fresh process: the message, exit status 2, no traceback
     r = subprocess.run([sys.executable, "-m", "mmgen.cli", "generate", "", "-o", out], capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
@@ -322,3 +351,10 @@ def test_collate_tokenises_captions_and_vq_encodes_images_once():
     m.train()
     loss, logs = m.loss(batch)
     assert torch.isfinite(loss) and bool(m.seen_words.any())
+
+
+def test_training_sample_grid_hook_draws_through_the_pipeline():
+    m = tiny().attach(vq=FakeVQ()).train()
+    images = m.sample_images(6, seed=0)
+    assert images.shape == (6, 3, 16, 16) and m.training  # the model's mode is left as it was
+    assert torch.equal(images, m.sample_images(6, seed=0))

@@ -55,17 +55,49 @@ def test_shapes_stream_is_endless_and_seeded():
     assert a == b and len(a) == 5
 
 
+@pytest.mark.parametrize("split", ["test", "heldout_test"])
+def test_checker_reads_all_rendered_ground_truth(split):
+    ds = build_dataset("shapes", split=split, seed=3, length=300,
+                       **({"holdout": "default"} if split.startswith("heldout") else {}))
+    scenes = [ds.scene(i) for i in range(300)]
+    rs = [S.check(S.render(o), c) for o, _, c in scenes]
+    assert all(r["correct"] for r in rs), [c for r, (_, _, c) in zip(rs, scenes) if not r["correct"]][:5]
+
+
+def test_checker_rejects_or_names_near_misses():
+    """The kept near-miss set: stretched, rounded, blurred, merged and star-like objects are
+    unknown (or, for a plus sign, a cross); never a square, circle or diamond."""
+    cases = S.near_misses()
+    assert len(cases) == 20
+    for name, img, allowed in cases:
+        got = [o["shape"] for o in S.detect(img)]
+        assert got and all(g in allowed for g in got), (name, got)
+        assert "diamond" not in got
+    # and so a caption about any of them is never judged correct
+    for name, img, allowed in cases:
+        for shape in set(S.SHAPES) - allowed:
+            assert not S.check(img, f"a red {shape}")["correct"], (name, shape)
+
+
+def test_checker_keeps_mildly_soft_shapes_and_confusion_matrix():
+    """A slight blur (sigma 0.5 px) keeps every shape readable; the confusion matrix has the
+    drawn shapes on its diagonal for clean renders."""
+    ds = build_dataset("shapes", split="test", seed=5, length=120)
+    scenes = [ds.scene(i) for i in range(120)]
+    from PIL import Image, ImageFilter
+    soft = [np.asarray(Image.fromarray(S.render(o)).filter(ImageFilter.GaussianBlur(0.5))) for o, _, _ in scenes]
+    assert all(S.check(im, c)["correct"] for im, (_, _, c) in zip(soft, scenes))
+    m = S.confusion([S.render(o) for o, _, _ in scenes], scenes)
+    assert m.shape == (5, 7) and m.sum() == sum(len(o) for o, _, _ in scenes)
+    assert (np.diag(m[:, :5]) == m.sum(1)).all()
+
+
 def test_checker_ground_truth_and_shuffled():
     n = 500
     ds = build_dataset("shapes", split="test", seed=3, length=n)
     scenes = [ds.scene(i) for i in range(n)]
     found = [S.detect(S.render(o)) for o, _, _ in scenes]
     caps = [c for _, _, c in scenes]
-    gt = [S.check(None, c, f) for c, f in zip(caps, found)]
-    assert np.mean([r["correct"] for r in gt]) >= 0.99
-    for k in ("count", "colour", "shape"):
-        assert np.mean([r[k] for r in gt]) >= 0.99
-    assert np.mean([r["relation"] for r in gt if r["relation"] is not None]) >= 0.99
     # shuffled captions: the checker scores what is in fact true, i.e. chance level
     perm = np.random.default_rng(0).permutation(n)
     shuf = [caps[j] for j in perm]

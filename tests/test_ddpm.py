@@ -4,6 +4,7 @@ import torch
 
 import mmgen
 from mmgen.models.ddpm import DDPM, make_scheduler
+from mmgen.pipelines import DDPMPipeline
 from mmgen.models.dit import DiT, DiTConfig
 from mmgen.models.unet import UNet, UNetConfig
 
@@ -31,8 +32,13 @@ def test_add_noise_statistics():
     assert abar[0] > 0.999 and abar[-1] < 1e-3 and (abar[1:] < abar[:-1]).all()
 
 
+def sample(model, prompts=None, **kw):
+    """The pipeline's float samples (N, C, H, W) in [-1, 1] (no reranking, no prompt checks)."""
+    return DDPMPipeline(model, clip=None).sample(prompts, **kw)
+
+
 def _run(model, scheduler, steps, seed, **kw):
-    return model.sample(num_images=2, num_steps=steps, scheduler=scheduler, seed=seed, progress=False, **kw)
+    return sample(model, num_images=2, steps=steps, scheduler=scheduler, seed=seed, **kw)
 
 
 def test_ddim_eta1_over_all_steps_is_ddpm_ancestral():
@@ -154,30 +160,57 @@ def test_overfit_one_batch():
 
 def test_seeded_sampling_is_deterministic():
     model = _wake(mmgen.create_model("ddpm_unet_text_tiny").eval())
-    kw = dict(num_steps=4, scheduler="ddpm", guidance_scale=2.0, progress=False)
-    a = model.sample(["a red circle", "a blue square"], seed=7, **kw)
-    b = model.sample(["a red circle", "a blue square"], seed=7, **kw)
-    c = model.sample(["a red circle", "a blue square"], seed=8, **kw)
+    kw = dict(steps=4, scheduler="ddpm", guidance=2.0)
+    a = sample(model, ["a red circle", "a blue square"], seed=7, **kw)
+    b = sample(model, ["a red circle", "a blue square"], seed=7, **kw)
+    c = sample(model, ["a red circle", "a blue square"], seed=8, **kw)
     assert torch.equal(a, b) and not torch.allclose(a, c)
     assert a.shape == (2, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
 
 
-def test_generate_images_contract_and_errors():
+def test_pipeline_call_contract_and_errors():
     model = mmgen.create_model("ddpm_unet_class_tiny", class_names=tuple(f"c{i}" for i in range(10))).eval()
-    images, scores = model.generate_images(["c3", "7"], num_images=2, seed=0, guidance_scale=3.0, num_steps=2,
-                                           progress=False)
-    assert images.shape == (4, 3, 16, 16) and scores is None
+    out = DDPMPipeline(model)(["c3", "7"], num_images=2, seed=0, guidance=3.0, steps=2)
+    assert out.images.shape == (2, 2, 3, 16, 16) and out.images.dtype == torch.uint8 and out.scores is None
+    assert out.seed == 0 and out.prompts == ["c3", "7"]
     with pytest.raises(ValueError, match="unknown class"):
-        model.sample(["zebra"], num_steps=2, progress=False)
+        sample(model, ["zebra"], steps=2)
     with pytest.raises(ValueError, match=r"\[0, 10\)"):
-        model.sample([12], num_steps=2, progress=False)
+        sample(model, [12], steps=2)
     text = mmgen.create_model("ddpm_unet_text_tiny").eval()
     with pytest.raises(ValueError, match="prompts"):
-        text.sample([], num_steps=2, progress=False)
+        sample(text, [], steps=2)
     with pytest.raises(ValueError, match="scheduler must be one of"):
-        text.sample(["a red circle"], num_steps=2, scheduler="heun", progress=False)
+        sample(text, ["a red circle"], steps=2, scheduler="heun")
     with pytest.raises(ValueError, match="prediction must be one of"):
         mmgen.create_model("ddpm_unet_tiny", prediction="score")
+
+
+def test_bad_arguments_are_refused_before_any_work(monkeypatch):
+    pipe = DDPMPipeline(mmgen.create_model("ddpm_unet_text_tiny").eval())
+    monkeypatch.setattr(DDPMPipeline, "denoise", lambda *a, **k: pytest.fail("sampled before checking"))
+    for bad, msg in (({"guidance": float("nan")}, "finite"), ({"guidance": float("inf")}, "finite"),
+                     ({"guidance": -1.0}, ">= 0"), ({"steps": 1001}, "1000 timesteps"), ({"num_images": 0}, ">= 1"),
+                     ({"candidates": 0}, ">= 1"), ({"candidates": 2}, "no CLIP reranker"),
+                     ({"scheduler": "heun"}, "scheduler must be one of")):
+        with pytest.raises(ValueError, match=msg):
+            pipe(["a red circle"], **bad)
+
+
+def test_candidates_rerank_by_clip(tmp_path):
+    """DDPM candidates are reranked by CLIP as DALL-E's: here the CLIP whose text tower conditions
+    the model, which the pipeline takes as its reranker."""
+    clip = mmgen.create_model("clip_tiny").eval()
+    clip.save_pretrained(tmp_path / "clip")
+    model = _wake(mmgen.create_model("ddpm_unet_text_tiny", text_encoder="clip",
+                                     text_encoder_path=str(tmp_path / "clip")).eval())
+    pipe = DDPMPipeline(model)
+    assert pipe.clip is model.text_encoder.model
+    every = pipe(["a red circle"], num_images=4, candidates=1, rerank=False, seed=2, steps=2)
+    best = pipe(["a red circle"], num_images=2, candidates=2, rerank=True, seed=2, steps=2)
+    top = every.scores[0].argsort(descending=True)[:2]
+    torch.testing.assert_close(best.scores[0], every.scores[0, top])
+    assert torch.equal(best.images[0], every.images[0, top]) and best.scores[0, 0] >= best.scores[0, 1]
 
 
 def test_half_precision_checkpoint_round_trip(tmp_path):
@@ -185,8 +218,8 @@ def test_half_precision_checkpoint_round_trip(tmp_path):
     model.save_pretrained(tmp_path / "m", dtype=torch.float16)
     loaded = mmgen.load_pretrained(tmp_path / "m")
     assert isinstance(loaded, DDPM) and next(loaded.parameters()).dtype == torch.float32
-    kw = dict(num_steps=3, seed=1, progress=False)
-    torch.testing.assert_close(loaded.sample(["a red circle"], **kw), model.sample(["a red circle"], **kw),
+    kw = dict(steps=3, seed=1)
+    torch.testing.assert_close(sample(loaded, ["a red circle"], **kw), sample(model, ["a red circle"], **kw),
                                atol=2e-2, rtol=0)
 
 
@@ -196,31 +229,46 @@ def test_generate_cli(tmp_path, capsys):
     model.save_pretrained(tmp_path / "ckpt", dtype=torch.float16)
     out = tmp_path / "grid.png"
     rc = main(["generate", "a red circle", "a blue square", "-o", str(out), "--model", str(tmp_path / "ckpt"),
-               "--num-images", "2", "--steps", "2", "--scheduler", "dpm++", "--guidance", "2", "--quiet"])
+               "--num-images", "2", "--steps", "2", "--scheduler", "dpm++", "--guidance", "2", "--quiet", "--raw"])
     assert rc == 0 and out.is_file()
     from PIL import Image
     assert Image.open(out).size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)  # 2x2 grid with 2 px padding
     for argv, msg in ((["   "], "empty prompt"), (["x", "--model", "nosuchmodel"], "unknown model"),
                       (["x", "--model", str(tmp_path / "missing/")], "does not exist"),
-                      (["x", "--model", str(tmp_path)], "no config.json")):
-        assert main(["generate", *argv, "-o", str(out)]) == 2
-        assert msg in capsys.readouterr().err
+                      (["x", "--model", str(tmp_path)], "no config.json"),
+                      (["x", "--model", str(tmp_path / "ckpt"), "--steps", "5000"], "1000 timesteps"),
+                      (["x", "--model", str(tmp_path / "ckpt"), "--guidance", "nan"], "finite"),
+                      (["x", "--model", str(tmp_path / "ckpt"), "--top-k", "5"], "DALL-E option")):
+        with pytest.raises(SystemExit) if "nan" in argv else _nothing():
+            assert main(["generate", *argv, "-o", str(out)]) == 2
+        assert msg in capsys.readouterr().err, argv
     mmgen.create_model("ddpm_unet_tiny").save_pretrained(tmp_path / "uncond")
     assert main(["generate", "x", "--model", str(tmp_path / "uncond"), "--steps", "1", "--num-images", "1",
                  "-o", str(out), "--quiet"]) == 0
 
 
-def test_generate_cli_rejects_non_generators(tmp_path, capsys, monkeypatch):
+def _nothing():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def test_generate_cli_checks_the_output_before_any_work(tmp_path, capsys, monkeypatch):
     from mmgen.cli import main
-    from mmgen.commands import generate
-    model = mmgen.create_model("ddpm_unet_tiny")
-    model.save_pretrained(tmp_path / "m")
-    monkeypatch.setattr(DDPM, "generate_images", None)
+    from mmgen.pipelines import Pipeline
+    monkeypatch.setattr(Pipeline, "__call__", lambda *a, **k: pytest.fail("generated before checking -o"))
+    (tmp_path / "somedir").mkdir()
+    for o, msg in ((tmp_path / "somedir", "is a directory"), (tmp_path / "noext", "no image file extension")):
+        assert main(["generate", "a red circle", "--model", "ddpm", "-o", str(o)]) == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_generate_cli_rejects_non_generators(tmp_path, capsys):
+    from mmgen.cli import main
+    mmgen.create_model("clip_tiny").save_pretrained(tmp_path / "m")
     assert main(["generate", "x", "--model", str(tmp_path / "m"), "-o", str(tmp_path / "o.png")]) == 2
     assert "not an image generator" in capsys.readouterr().err
-    monkeypatch.setitem(generate.MODELS, "ghost", "no_such_dir")
     assert main(["generate", "x", "--model", "ghost", "-o", str(tmp_path / "o.png")]) == 2
-    assert "checkpoints/no_such_dir" in capsys.readouterr().err
+    assert "unknown model 'ghost'" in capsys.readouterr().err
 
 
 def test_latent_dit_on_vae_latents(tmp_path):
@@ -231,14 +279,14 @@ def test_latent_dit_on_vae_latents(tmp_path):
     loss.backward()
     assert all(p.grad is None for p in model.vae.parameters())
     model.eval()
-    lat = model.sample([1, 2], num_steps=2, seed=0, progress=False, return_latents=True)
+    lat = sample(model, [1, 2], steps=2, seed=0, return_latents=True)
     assert lat.shape == (2, *model.vae.latent_shape)
-    img = model.sample([1, 2], num_steps=2, seed=0, progress=False)
+    img = sample(model, [1, 2], steps=2, seed=0)
     assert img.shape == (2, 3, 16, 16)
     torch.testing.assert_close(img, model.vae.decode_latents(lat).clamp(-1, 1))
     model.save_pretrained(tmp_path / "ldm")  # the VAE travels inside the checkpoint
     loaded = mmgen.load_pretrained(tmp_path / "ldm")
-    torch.testing.assert_close(loaded.sample([1, 2], num_steps=2, seed=0, progress=False), img)
+    torch.testing.assert_close(sample(loaded, [1, 2], steps=2, seed=0), img)
     with pytest.raises(ValueError, match="clip_sample=False"):
         mmgen.create_model("ddpm_dit_latent_tiny", clip_sample=True)
 
@@ -265,8 +313,8 @@ def test_gpt_hidden_states_as_text_encoder(tmp_path):
     shutil.rmtree(tmp_path / "gpt")  # self-contained: no reference to the GPT directory is needed
     loaded = mmgen.load_pretrained(tmp_path / "ddpm").eval()
     model.eval()
-    kw = dict(num_steps=2, seed=0, progress=False)
-    torch.testing.assert_close(loaded.sample(["a red circle"], **kw), model.sample(["a red circle"], **kw))
+    kw = dict(steps=2, seed=0)
+    torch.testing.assert_close(sample(loaded, ["a red circle"], **kw), sample(model, ["a red circle"], **kw))
     with pytest.raises(TypeError, match="needs a 'clip' checkpoint"):
         mmgen.create_model("ddpm_unet_text_tiny", text_encoder="clip", text_encoder_meta=model.config.text_encoder_meta)
 
@@ -292,7 +340,7 @@ def test_every_sampler_lands_on_the_data_with_a_perfect_denoiser(scheduler, pred
     model = mmgen.create_model("ddpm_unet_tiny", prediction=prediction).eval()
     x0 = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
     model.net = _Oracle(x0, model.alphas_cumprod, prediction)
-    out = model.sample(num_images=2, num_steps=8, scheduler=scheduler, seed=0, progress=False)
+    out = sample(model, num_images=2, steps=8, scheduler=scheduler, seed=0)
     torch.testing.assert_close(out, x0.expand_as(out), atol=2e-3, rtol=0)
 
 
@@ -333,19 +381,27 @@ def test_clip_text_tower_as_text_encoder(tmp_path):
     shutil.rmtree(tmp_path / "clip")
     loaded = mmgen.load_pretrained(tmp_path / "ddpm")
     assert loaded.config.text_encoder_meta["model_type"] == "clip"
-    assert loaded.sample(prompts, num_steps=2, progress=False).shape == (2, 3, 16, 16)
+    assert sample(loaded, prompts, steps=2).shape == (2, 3, 16, 16)
 
 
 def test_prompt_the_pruned_text_encoder_cannot_read_is_refused():
     """The shipped shapes model reads text through a CLIP with a pruned vocabulary: a prompt
-    with none of its words would be ignored (an unconditional sample), so sample() refuses it;
-    one known word is enough."""
-    from pathlib import Path
-    model = mmgen.load_pretrained(Path(__file__).resolve().parents[1] / "checkpoints" / "ddpm_shapes")
-    tok = model.text_encoder.model.tokenizer
+    with none of its words would be ignored (an unconditional sample), so the pipeline refuses
+    it; one known word is enough (with a warning naming the unknown word)."""
+    from mmgen.pipelines import load_pipeline
+    pipe = load_pipeline("ddpm_shapes")
+    tok = pipe.model.text_encoder.model.tokenizer
     with pytest.warns(UserWarning, match="read as <unk>"):
-        ids = model.text_encoder.model.tokenize(["圆", "a red 圆", "zzzz qqqq"])
+        ids = pipe.model.text_encoder.model.tokenize(["圆", "a red 圆", "zzzz qqqq"])
     assert tok.unreadable(ids).tolist() == [True, False, True]
-    with pytest.raises(ValueError, match="no word this model's text encoder knows"):
-        model.sample(["a red circle", "圆"], num_steps=1, progress=False)
-    model.text_encoder.check_prompts(["a red 圆", "a blue square"])  # known words: accepted
+    with pytest.raises(ValueError, match="no word the CLIP text encoder can read"):
+        pipe(["a red circle", "圆"], steps=1, num_images=1)
+    notes = pipe.check_prompts(["a red 圆", "a blue square."])  # known words: accepted; a full stop is no word
+    assert len(notes) == 1 and "'圆' is not in the vocabulary of the CLIP text encoder" in notes[0]
+
+
+def test_training_sample_grid_hook_draws_through_the_pipeline():
+    model = mmgen.create_model("ddpm_unet_text_tiny", sample_steps=3).train()
+    images = model.sample_images(3, seed=0)
+    assert images.shape == (3, 3, 16, 16) and model.training
+    torch.testing.assert_close(images, model.sample_images(3, seed=0))

@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 
 import mmgen
-from tests.train_toy import launch  # also registers train_toy_tiny for load_pretrained
-from mmgen.train.loop import KILL_ENV
+from tests.train_toy import SIGKILL_ENV, launch  # also registers train_toy_tiny for load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["train_toy_tiny", "--data", "tests.train_toy:toy_data", "--data-set", "n=32", "--set", "model.dropout=0",
@@ -39,7 +38,7 @@ def test_ddp_and_fsdp_follow_the_single_process_curve(tmp_path):
     assert json.loads((tmp_path / "ddp" / "run_config.json").read_text())["world_size"] == 2
 
     fsdp = ARGS + ["--set", "train.distributed=fsdp", "--out", str(tmp_path / "fsdp")]
-    assert launch(2, fsdp, **{KILL_ENV: "4"}) == [-9, -9]  # both ranks killed after step 4
+    assert launch(2, fsdp, **{SIGKILL_ENV: "9"}) == [-9, -9]  # both ranks killed after step 4 (grad_accum=2)
     assert torch.load(tmp_path / "fsdp" / "train_state.pt", weights_only=True)["step"] == 3
     assert launch(2, ["--resume", "--out", str(tmp_path / "fsdp")]) == [0, 0]
     loss, val = _records(tmp_path / "fsdp")
@@ -58,3 +57,33 @@ def test_a_signal_on_one_rank_stops_every_rank_after_a_save(tmp_path):
     # rank 0 alone gets SIGTERM during its 3rd loss call (step 2 with grad_accum=2)
     assert launch(2, ARGS + ["--set", "model.sigterm_at=3", "--out", str(out)]) == [143, 143]
     assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 2
+
+
+def test_fsdp_trains_a_clip(tmp_path):
+    """FSDP on CLIP, whose logit_scale is a 0-d parameter fully_shard cannot shard: the engine
+    leaves it replicated and averages its gradient, so two FSDP ranks follow the curve of one
+    process (a small CLIP on toy captions)."""
+    args = ["clip_tiny", "--data", "tests.train_toy:captions", "--set", 'model.vision={"dim": 32, "depth": 1, '
+            '"num_heads": 2}', "--set", "model.text.depth=1",
+            "--set", "model.text.width=32", "--set", "model.text.heads=2", "--set", "model.embed_dim=32",
+            "--set", "model.text.context_length=16", "--set", "train.steps=3", "--set", "train.batch_size=8",
+            "--set", "train.warmup=1", "--set", "train.eval_batches=1", "--set", "train.progress=false",
+            "--set", "train.lr=1e-2", "--set", "train.log_every=1"]
+    assert launch(1, args + ["--out", str(tmp_path / "single")]) == [0]
+    assert launch(2, args + ["--set", "train.distributed=fsdp", "--out", str(tmp_path / "fsdp")]) == [0, 0]
+    ref, _ = _records(tmp_path / "single")
+    got, _ = _records(tmp_path / "fsdp")
+    assert len(got) == 3 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    model = mmgen.load_pretrained(tmp_path / "fsdp")
+    assert model.logit_scale.shape == ()
+    torch.testing.assert_close(model.logit_scale, mmgen.load_pretrained(tmp_path / "single").logit_scale)
+
+
+def test_ranks_agree_on_the_default_run_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the forked ranks start here
+    # no --out: rank 0 names runs/NAME-TIME and the other rank receives it (clocks may differ)
+    assert launch(2, ARGS + ["--set", "train.steps=1", "--set", "train.eval_batches=0"]) == [0, 0]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("train_toy_tiny-")
+    assert json.loads((runs[0] / "run_config.json").read_text())["world_size"] == 2

@@ -16,17 +16,17 @@ from torch.utils.data import default_collate
 
 import mmgen
 from mmgen import train
-from tests.train_toy import ToyStream, launch, toy_data
+from tests.train_toy import SIGKILL_ENV, ToyStream, launch, toy_data
 from tests.train_toy import byte_text as make_byte_text
 from mmgen.train.data import ResumableBatchSampler, batch_stream
-from mmgen.train.loop import KILL_ENV, lr_factor, param_groups
+from mmgen.train.optim import lr_factor, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["train_toy_tiny", "--data", "tests.train_toy:toy_data"]
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    env = {k: v for k, v in os.environ.items() if k != SIGKILL_ENV}
     return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "PYTHONPATH": str(ROOT), **extra}
 
@@ -90,8 +90,9 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
                     "--set", "train.eval_every=4", "--set", "train.eval_batches=1", "--data-set", "n=24"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert launch(1, common + ["--out", str(full)]) == [0]  # forked child running train.main
-    # the real `python -m train` in a fresh interpreter, SIGKILLed mid-run after step 5
-    r = _cli(common + ["--out", str(killed)], **{KILL_ENV: "5"})
+    # the real `python -m train` in a fresh interpreter, SIGKILLed mid-run after step 5 (in the
+    # first loss call of step 6: grad_accum=2)
+    r = _cli(common + ["--out", str(killed)], **{SIGKILL_ENV: "11"})
     assert r.returncode == -9, r.stderr
     assert torch.load(killed / "train_state.pt", weights_only=True)["step"] == 3
     assert launch(1, ["--resume", "--out", str(killed)]) == [0]  # the rest comes from run_config.json
@@ -242,3 +243,154 @@ def test_bf16_autocast_trains(tmp_path):
                   log_every=1)
     assert math.isfinite(s["loss"]) and s["step"] == 4
     assert next(m.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_never_writes_over_a_checkpoint_it_did_not_make(tmp_path, monkeypatch, capsys):
+    # a checkpoint as shipped: config.json + model.safetensors (+ a card), no train_state.pt
+    ckpt = tmp_path / "shipped_like"
+    mmgen.create_model("train_toy_tiny").save_pretrained(ckpt)
+    (ckpt / "README.md").write_text("a model card\n")
+    before = _snapshot(ckpt)
+    quick = TOY + ["--set", "train.steps=2", "--set", "train.progress=false"]
+    for extra in ([], ["--resume"]):
+        assert train.main(quick + ["--out", str(ckpt)] + extra) == 2
+        err = capsys.readouterr().err
+        assert str(ckpt) in err and "choose another --out" in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(ckpt) == before
+    with pytest.raises(ValueError, match="no training run wrote"):  # the Python API refuses too
+        train.fit(mmgen.create_model("train_toy_tiny"), toy_data(n=8), out=ckpt, steps=1, batch_size=4,
+                  progress=False)
+    assert _snapshot(ckpt) == before
+    # the repository's shipped checkpoints are read-only to training, whatever they hold
+    shipped = ROOT / "checkpoints" / "clip_shapes"
+    assert train.main(quick + ["--out", str(shipped / "sub")]) == 2
+    assert "shipped" in capsys.readouterr().err
+    # without --out: a fresh, timestamped run directory under runs/, named on stderr
+    monkeypatch.chdir(tmp_path)
+    assert train.main(quick) == 0
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("train_toy_tiny-")
+    assert (runs[0] / "train_state.pt").is_file() and str(runs[0].relative_to(tmp_path)) in capsys.readouterr().err
+    assert train.main(["--resume"]) == 2  # --resume names the run it continues
+    assert "--resume needs --out" in capsys.readouterr().err
+
+
+def test_timed_saves_let_a_killed_run_resume(tmp_path, capsys):
+    """save_every=0 (as vit_tiny_animal_mnist): the time-based save still bounds what a SIGKILL loses."""
+    args = TOY + ["--set", "train.steps=8", "--set", "train.batch_size=8", "--set", "train.save_every=0",
+                  "--set", "train.save_every_minutes=1e-9", "--set", "train.progress=false",
+                  "--set", "train.eval_batches=0", "--data-set", "n=24", "--out", str(tmp_path / "run")]
+    assert launch(1, args, **{SIGKILL_ENV: "6"}) == [-9]  # killed in step 6
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 5
+    assert launch(1, ["--resume", "--out", str(tmp_path / "run")]) == [0]
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 8
+    # every recipe saves by time, and shows its progress
+    for r in train.list_recipes():
+        cfg = train.TrainConfig(**r.train)
+        assert cfg.save_every_minutes > 0 and cfg.progress, r.name
+    assert 0 < train.TrainConfig().save_every_minutes <= 5
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(TOY + ["--set", "train.steps=2", "--set", "train.progress=false", "--out", str(out)]) == 0
+    capsys.readouterr()
+    cases = [(["--resume", "--out", str(out), "--set", "model.depth=1"], "model.depth"),
+             (TOY + ["--device", "tpu", "--out", str(tmp_path / "x")], "tpu"),
+             (TOY + ["--set", "train.device=tpu", "--out", str(tmp_path / "x")], "tpu"),
+             (TOY + ["--set", "train.lr=nan", "--out", str(tmp_path / "x")], "train.lr"),
+             (TOY + ["--set", "train.betas=0.9,inf", "--out", str(tmp_path / "x")], "train.betas"),
+             (TOY + ["--set", "model.dropout=inf", "--out", str(tmp_path / "x")], "model.dropout"),
+             (["train_toy_tiny", "--data", "no_such_module:fn", "--out", str(tmp_path / "x")], "no_such_module"),
+             (["train_toy_tiny", "--data", "tests.train_toy:nope", "--out", str(tmp_path / "x")], "nope")]
+    if not torch.cuda.is_available():
+        cases.append((TOY + ["--device", "cuda", "--out", str(tmp_path / "x")], "no CUDA GPU"))
+    for args, needle in cases:
+        assert train.main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("train: error:") and needle in err[-1], err
+        assert not any("Traceback" in line for line in err)
+    # a train_state.pt that does not fit the model is a one-line error too, not a state_dict dump
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    state["model"] = {k + "_renamed": v for k, v in state["model"].items()}
+    torch.save(state, out / "train_state.pt")
+    assert train.main(["--resume", "--out", str(out), "--set", "train.steps=3"]) == 2
+    assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_progress_lines_without_a_terminal(tmp_path, capsys):
+    import io
+    from mmgen.train.progress import Progress
+    buf = io.StringIO()  # not a terminal: plain lines, the first step and the last one at least
+    p = Progress(4, enabled=True, every_s=3600, stream=buf)
+    for s in range(1, 5):
+        p.update(s, loss=1.0 / s, examples=8)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("train: step 1/4") and lines[1].startswith("train: step 4/4")
+    assert all("loss" in l and "steps/s" in l and "ETA" in l for l in lines)
+    train.fit(mmgen.create_model("train_toy_tiny"), toy_data(n=16), out=tmp_path / "p", steps=3, batch_size=4,
+              progress_every_s=0)  # pytest's captured stderr is not a terminal
+    err = capsys.readouterr().err
+    assert "train: step 1/3" in err and "train: step 3/3" in err and "ETA" in err
+
+
+def test_evaluation_is_a_fixed_random_subset_not_the_first_items():
+    from mmgen.train.data import eval_batches
+    sorted_by_class = [{"x": torch.zeros(1), "label": i // 10} for i in range(100)]  # 10 classes, sorted
+    seen = [b["label"] for b in eval_batches(sorted_by_class, 8, 2)]
+    again = [b["label"] for b in eval_batches(sorted_by_class, 8, 2)]
+    labels = torch.cat(seen)
+    assert len(labels) == 16 and len(set(labels.tolist())) >= 6  # the first 16 items hold classes 0-1 only
+    assert all(torch.equal(a, b) for a, b in zip(seen, again))  # the same items every evaluation
+    whole = torch.cat([b["label"] for b in eval_batches(sorted_by_class, 32, 10)])
+    assert sorted(whole.tolist()) == [i // 10 for i in range(100)]  # enough batches: every item once
+
+
+def test_evaluation_means_are_per_example(tmp_path):
+    ds = toy_data("val", n=10)  # batches of 4, 4, 2: the last batch weighs 2, not 4
+    m = mmgen.create_model("train_toy_tiny")
+    s = train.fit(m, toy_data(n=8), out=tmp_path / "e", val_ds=ds, steps=1, batch_size=4, eval_batches=3,
+                  progress=False)
+    with torch.no_grad():
+        e = mmgen.load_pretrained(tmp_path / "e").eval()
+        full = default_collate([ds[i] for i in range(10)])
+        expected = torch.nn.functional.mse_loss(e(full["x"]), full["y"]).item()
+    assert s["val/loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        train.fit(mmgen.create_model("train_toy_tiny"), toy_data(n=8), out=tmp_path / "run", steps=2, batch_size=4,
+                  progress=False, num_samples=2)
+        mmgen.create_model("train_toy_tiny").save_pretrained(tmp_path / "saved")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    for name in ("run/model.safetensors", "run/config.json", "run/train_state.pt", "run/run_config.json",
+                 "run/metrics.jsonl", "run/samples/step_000002.png", "saved/model.safetensors", "saved/config.json"):
+        assert modes[name] == 0o644, (name, oct(modes[name]))
+    for name in ("run", "run/samples", "saved"):
+        assert modes[name] == 0o755, (name, oct(modes[name]))
+
+
+def test_usage_names_the_command_it_was_called_by(capsys):
+    from mmgen.cli import main as mmgen_main
+    with pytest.raises(SystemExit):
+        mmgen_main(["train", "--help"])
+    assert capsys.readouterr().out.startswith("usage: mmgen train")
+    with pytest.raises(SystemExit):
+        train.main(["--help"], prog="python -m train")
+    assert capsys.readouterr().out.startswith("usage: python -m train")
+
+
+def test_docs_recipe_table_is_the_registry():
+    from mmgen.train.recipes import TABLE_BEGIN, TABLE_END, markdown_table
+    text = (ROOT / "docs" / "training.md").read_text()
+    table = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert table == markdown_table(), ("docs/training.md's recipe table is stale: replace it with the output of "
+                                       "`python -m train --list-recipes markdown`")

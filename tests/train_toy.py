@@ -17,6 +17,11 @@ from mmgen.models.base import Model
 from mmgen.registry import register_model, register_preset
 
 
+# the kill/resume tests: each process SIGKILLs itself at this loss call (an environment variable,
+# not a model field, so the resumed run, which reads the model fields back, does not inherit it)
+SIGKILL_ENV = "TRAIN_TOY_SIGKILL_AT_CALL"
+
+
 @dataclass
 class ToyConfig:
     dim: int = 16
@@ -51,6 +56,9 @@ class ToyModel(Model):
         if self.config.sigterm_at and self.calls == self.config.sigterm_at and os.environ.get("RANK", "0") == "0":
             import signal
             os.kill(os.getpid(), signal.SIGTERM)
+        if self.calls == int(os.environ.get(SIGKILL_ENV, "0")):  # every rank: as if the machine died
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.config.nan_after and self.calls > self.config.nan_after:
             loss = loss * float("nan")
         return loss, {"mae": (pred - batch["y"]).abs().mean().item()}
@@ -102,6 +110,31 @@ class ToyStream(torch.utils.data.IterableDataset):
             d = _items(1, self.seed * 100_003 + i, ToyConfig())
             yield {"x": d["x"][0], "y": d["y"][0]}
             i += 1
+
+
+class ToyCaptions(torch.utils.data.Dataset):
+    """{"image" (3, 32, 32), "label", "caption"}: a colour field with a caption naming it (a CLIP
+    stand-in that needs no rendering)."""
+    COLOURS = {"red": (1, -1, -1), "green": (-1, 1, -1), "blue": (-1, -1, 1), "yellow": (1, 1, -1)}
+
+    def __init__(self, split="train", n=32):
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        names = list(self.COLOURS)
+        self.labels = torch.randint(0, len(names), (n,), generator=g).tolist()
+        self.noise = 0.3 * torch.randn(n, 3, 32, 32, generator=g)
+        self.names = names
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        c = self.labels[i]
+        image = (torch.tensor(self.COLOURS[self.names[c]], dtype=torch.float)[:, None, None] + self.noise[i]).clamp(-1, 1)
+        return {"image": image, "label": c, "caption": self.names[c]}
+
+
+def captions(split="train", n=32):
+    return ToyCaptions(split, n)
 
 
 def toy_data(split="train", n=64, stream=False):

@@ -1,136 +1,156 @@
-"""`mmgen generate PROMPT [PROMPT ...] -o out.png`: images from text with any image generator.
+"""`mmgen generate PROMPT [PROMPT ...] -o grid.png`: images from text with a DALL-E or DDPM
+checkpoint, through mmgen.pipelines.
 
-`--model` is a short name from MODELS (a checkpoint shipped in checkpoints/) or the path of
-any mmgen checkpoint directory whose model has `generate_images(prompts, num_images=...,
-seed=..., guidance_scale=..., **kw) -> (images in [-1, 1], scores or None)`. The result is
-one PNG grid: a row per prompt, `--num-images` columns."""
+`--model` is a shipped checkpoint name (dalle_shapes, dalle_emoji, ddpm_shapes; `dalle` and
+`ddpm` are short for the shapes ones) or a checkpoint directory. The result is one image: a
+row per prompt with the prompt as its caption, `--num-images` images per row, upscaled
+`--scale` times for viewing (`--raw`: the images at the model's own 32 px, no captions)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from ._args import device, finite_float, non_negative_float, non_negative_int, positive_int, unit_float
+from ._args import device, finite_float, non_negative_float, non_negative_int, unit_float
 
-# short name -> checkpoint directory, relative to the repository's checkpoints/ folder.
-# Other generators add their shipped checkpoint here.
-MODELS: dict[str, str] = {
-    "dalle": "dalle_shapes",
-    "dalle_shapes": "dalle_shapes",
-    "dalle_emoji": "dalle_emoji",
-    "ddpm": "ddpm_shapes",
-}
-DEFAULT_MODEL = "dalle"
+DEFAULT_MODEL = "dalle_shapes"
 SCHEDULER_CHOICES = ("ddpm", "ddim", "dpm++", "euler")
+MAX_NUM_IMAGES = 1024  # images per prompt in one grid row
+MAX_GRID_SIDE = 16_384  # pixels: beyond this the upscale is lowered
+ESTIMATE_ABOVE = 64  # samples: print a time estimate before starting
 
 
-def checkpoint_roots() -> list[Path]:
-    """Where shipped checkpoints are looked for: ./checkpoints, then mmgen's own (see
-    mmgen.checkpoint.find_checkpoint: a wheel's package data or the repository's folder)."""
-    from mmgen.checkpoint import shipped_roots
-    return [Path.cwd() / "checkpoints", *shipped_roots()]
-
-
-def resolve_model(name: str) -> Path:
-    """A MODELS name or a checkpoint path -> an existing checkpoint directory."""
-    if name in MODELS:
-        for root in checkpoint_roots():
-            path = root / MODELS[name]
-            if (path / "config.json").is_file():
-                return path
-        raise FileNotFoundError(
-            f"model {name!r} is the shipped checkpoint checkpoints/{MODELS[name]}, which was not found under "
-            f"{', '.join(str(r) for r in checkpoint_roots())}; run from the repository root or pass a checkpoint path")
-    path = Path(name)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{name!r} is not an mmgen checkpoint directory (no config.json in it)")
-        return path
-    if "/" in name or name.startswith("."):
-        raise FileNotFoundError(f"checkpoint directory {name!r} does not exist")
-    raise ValueError(f"unknown model {name!r}: expected one of {sorted(MODELS)} or a checkpoint directory")
+def check_output(path: str) -> Path:
+    """The output file, refused before any work when an image cannot be written there."""
+    from PIL import Image
+    out = Path(path)
+    exts = {e for e, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if out.is_dir() or path.endswith(("/", "\\")):
+        raise ValueError(f"-o {path!r} is a directory; give an image file name, e.g. {str(out / 'grid.png')!r}")
+    if out.suffix.lower() not in exts:
+        raise ValueError(f"-o {path!r} has no image file extension; use .png (or .jpg, .webp, ...)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"-o {path!r}: {str(parent)!r} is a file, not a directory")
+            break
+    return out
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate images from text prompts (DDPM, DALL-E, ...)",
+    p = sub.add_parser("generate", help="generate images from text prompts (DALL-E, DDPM)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="text prompt(s); class names for class models")
-    p.add_argument("-o", "--output", default="out.png", help="PNG grid to write (default: out.png)")
+    p.add_argument("-o", "--output", default="out.png", help="image file to write (default: out.png)")
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"one of {sorted(MODELS)} (shipped checkpoints) or a checkpoint directory "
-                        f"(default: {DEFAULT_MODEL})")
-    p.add_argument("-n", "--num-images", type=positive_int, default=4, help="images per prompt (default 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance scale (model default)")
-    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (model default)")
-    p.add_argument("--scheduler", choices=SCHEDULER_CHOICES, default=None, help="diffusion sampler (DDPM models)")
-    p.add_argument("--candidates", type=positive_int, default=None,
-                   help="autoregressive models (DALL-E): sample N per prompt and keep the best --num-images by "
-                        "CLIP score (default: 8 when the model has a CLIP reranker)")
-    p.add_argument("--no-rerank", action="store_true", help="DALL-E: keep the first --num-images candidates")
-    p.add_argument("--temperature", type=non_negative_float, default=None, help="DALL-E: sampling temperature (model default)")
-    p.add_argument("--top-k", type=non_negative_int, default=None, help="DALL-E: top-k filter, 0 = off (model default)")
-    p.add_argument("--top-p", type=unit_float, default=None, help="DALL-E: nucleus filter, 0 = off (model default)")
+                   help=f"a shipped checkpoint (dalle_shapes, dalle_emoji, ddpm_shapes) or a checkpoint directory "
+                        f"(default: {DEFAULT_MODEL}); `mmgen vocab MODEL` lists the words it reads")
+    p.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
+    p.add_argument("--guidance", type=finite_float, default=None,
+                   help="classifier-free guidance scale >= 0 (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, default=None, help="DDPM: sampling steps (default: the checkpoint's)")
+    p.add_argument("--scheduler", choices=SCHEDULER_CHOICES, default=None, help="DDPM: the sampler")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="draw N candidates per image and keep the best by CLIP score (default: 1 for DDPM; for "
+                        "DALL-E with a reranker, enough for 8 per prompt and at least 2 per image)")
+    p.add_argument("--no-rerank", action="store_true", help="keep the images in the order drawn")
+    p.add_argument("--temperature", type=non_negative_float, default=None, help="DALL-E: sampling temperature")
+    p.add_argument("--top-k", type=non_negative_int, default=None, help="DALL-E: top-k filter, 0 = off")
+    p.add_argument("--top-p", type=unit_float, default=None, help="DALL-E: nucleus filter, 0 = off")
     p.add_argument("--truncate", action="store_true",
-                   help="DALL-E: cut a prompt longer than the model's text context (with a warning) instead of refusing")
+                   help="cut a prompt longer than the model's text context (with a warning) instead of refusing")
+    p.add_argument("--scale", type=int, default=8, help="upscale each image N times for viewing (default 8)")
+    p.add_argument("--raw", action="store_true", help="write the images at the model's own size, no captions")
+    p.add_argument("--no-captions", action="store_true", help="no prompt captions above the rows")
     p.add_argument("--device", type=device, default=None, help="cpu | cuda | cuda:N | mps (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def _say(msg: str) -> None:
+    print(f"mmgen generate: {msg}", file=sys.stderr, flush=True)
+
+
 def run(args) -> int:
     import torch
-    from torchvision.utils import save_image
 
-    import mmgen
+    from mmgen.pipelines import load_pipeline, make_grid, raw_grid
+    from mmgen.pipelines.base import draw_seed
 
+    # everything that can be checked without the model, before loading it
+    out_path = check_output(args.output)
     prompts = [p.strip() for p in args.prompts]
-    if not prompts or any(not p for p in prompts):
+    if any(not p for p in prompts):
         raise ValueError("empty prompt: every PROMPT must contain some text, e.g. 'a red circle'")
-    if args.num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    path = resolve_model(args.model)
-    model = mmgen.load_pretrained(path)
-    if not callable(getattr(model, "generate_images", None)):
-        raise TypeError(f"{str(path)!r} holds a {model.model_type!r} model, which is not an image generator "
-                        f"(it has no generate_images); pick a DDPM or DALL-E checkpoint")
+    if not 1 <= args.num_images <= MAX_NUM_IMAGES:
+        raise ValueError(f"--num-images must be in [1, {MAX_NUM_IMAGES}] (images per prompt in one grid), got "
+                         f"{args.num_images}; for more, run again with another --seed")
+    for flag, value in (("--steps", args.steps), ("--candidates", args.candidates)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.guidance is not None and args.guidance < 0:
+        raise ValueError(f"--guidance must be >= 0 (1 = no guidance), got {args.guidance}")
+    if args.scale < 1:
+        raise ValueError(f"--scale must be >= 1, got {args.scale}")
+
+    pipe = load_pipeline(args.model)
+    dalle_opts = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p") if getattr(args, k) is not None}
+    if pipe.kind == "ddpm" and dalle_opts:
+        raise ValueError(f"--{sorted(dalle_opts)[0].replace('_', '-')} is a DALL-E option; {args.model!r} is a "
+                         f"diffusion model (its options: --steps, --scheduler, --guidance)")
+    if pipe.kind == "dalle" and (args.steps is not None or args.scheduler is not None):
+        raise ValueError(f"--steps / --scheduler are diffusion options; {args.model!r} is a DALL-E model")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).eval()
-    kw = {}
-    if args.guidance is not None:
-        kw["guidance_scale"] = args.guidance
-    if args.steps is not None:
-        kw["num_steps"] = args.steps
+    pipe.to(device)
+    candidates = args.candidates
+    if candidates is None:
+        candidates = max(2, -(-8 // args.num_images)) if (pipe.kind == "dalle" and pipe.clip is not None
+                                                          and not args.no_rerank) else 1
+    for note in pipe.check_prompts(prompts, truncate=args.truncate):  # before the work starts
+        _say(f"warning: {note}")
+    seed = draw_seed() if args.seed is None else args.seed
+    kw = dict(num_images=args.num_images, seed=seed, guidance=args.guidance, candidates=candidates,
+              rerank=not args.no_rerank, steps=args.steps, temperature=args.temperature,
+              top_k=args.top_k or None, top_p=args.top_p or None, truncate=args.truncate)
     if args.scheduler is not None:
         kw["scheduler"] = args.scheduler
-    if args.quiet:
-        kw["progress"] = False
-    if args.candidates is not None:
-        if args.candidates < args.num_images:
-            raise ValueError(f"--candidates ({args.candidates}) must be >= --num-images ({args.num_images})")
-        kw["num_candidates"] = args.candidates
-    if args.no_rerank:
-        kw["rerank"] = False
-    for name in ("temperature", "top_k", "top_p"):
-        value = getattr(args, name)
-        if value is not None:
-            kw[name] = None if (value == 0 and name != "temperature") else value
-    if args.truncate:
-        kw["truncate"] = True
+    pipe.check_args(prompts, args.num_images, candidates, args.guidance, args.steps, args.temperature,
+                    kw["top_k"], kw["top_p"], True)
+    pipe.check_options(**({"steps": args.steps, "scheduler": args.scheduler} if pipe.kind == "ddpm" else {}))
+    total = len(prompts) * args.num_images * candidates
+    if total >= ESTIMATE_ABOVE:
+        secs = pipe.estimate_seconds(len(prompts), args.num_images, candidates, guidance=args.guidance,
+                                     steps=args.steps)
+        _say(f"{total:,} samples ({len(prompts)} prompt(s) x {args.num_images} image(s) x {candidates} "
+             f"candidate(s)): about {_duration(secs)} on {device}")
+    _say(f"seed {seed} (pass --seed {seed} to get the same images again)")
     import warnings
-    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        images, scores = model.generate_images(prompts, num_images=args.num_images, seed=args.seed, **kw)
-    for w in caught:  # prompt warnings (unseen words, truncation) as one clean line each
-        if issubclass(w.category, UserWarning):
-            print(f"mmgen generate: warning: {w.message}", file=sys.stderr)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_image((images.float().cpu() + 1) / 2, out, nrow=args.num_images, padding=2)
-    print(f"wrote {out} ({len(prompts)} prompt(s) x {args.num_images} image(s), model {path})")
-    if scores is not None:
-        for i, p in enumerate(prompts):
-            row = scores[i * args.num_images:(i + 1) * args.num_images]
-            print(f"  {p!r}: scores " + " ".join(f"{float(s):.3f}" for s in row))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # said above, one line each
+        out = pipe(prompts, progress=not args.quiet, **kw)
+    if args.raw:
+        grid = raw_grid(out.images)
+    else:
+        P, N, _, H, W = out.images.shape
+        scale = args.scale
+        while scale > 1 and max(N * W + (N + 1) * 2, P * H + (P + 1) * 2) * scale > MAX_GRID_SIDE:
+            scale -= 1
+        if scale != args.scale:
+            _say(f"warning: --scale {args.scale} would make a grid wider than {MAX_GRID_SIDE} px; using {scale}")
+        grid = make_grid(out, scale=scale, captions=not args.no_captions)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out_path)
+    print(f"wrote {out_path} ({len(prompts)} prompt(s) x {args.num_images} image(s), model {args.model}, "
+          f"seed {out.seed})")
+    if out.scores is not None:
+        for p, row in zip(prompts, out.scores):
+            print(f"  {p!r}: CLIP scores " + " ".join(f"{float(s):.1f}" for s in row))
     return 0
+
+
+def _duration(secs: float) -> str:
+    if secs < 90:
+        return f"{secs:.0f} s"
+    if secs < 5400:
+        return f"{secs / 60:.0f} min"
+    return f"{secs / 3600:.1f} h"

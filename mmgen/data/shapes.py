@@ -47,7 +47,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 COLOURS = {
     "red": (255, 0, 0),
@@ -347,35 +347,70 @@ def _components(labels: np.ndarray):
     return out
 
 
-@lru_cache(maxsize=4096)
-def _template(shape: str, w: int, h: int, ox: int, oy: int, bw: int, bh: int):
-    """Binary mask of ``shape`` drawn in a (w, h) box at offset (ox, oy) of a (bw, bh) crop:
-    returns (the part inside the crop, its total area including what falls outside)."""
-    P = 3  # pad so template pixels outside the crop count against the match
-    im = Image.new("L", ((bw + 2 * P) * SS, (bh + 2 * P) * SS))
-    x0, y0 = (ox + P) * SS, (oy + P) * SS
-    _draw_shape(ImageDraw.Draw(im), shape, (x0, y0, x0 + w * SS, y0 + h * SS), 255)
-    full = np.asarray(im.resize((bw + 2 * P, bh + 2 * P), Image.BOX)) >= 128
-    return full[P:P + bh, P:P + bw], int(full.sum())
+# Strictness of the checker. Rendered ground truth matches its template exactly (soft IoU 1.0);
+# an object counts as a shape only when it is clearly that shape: a soft IoU of at least
+# SHAPE_MIN_IOU with the best template and SHAPE_MIN_MARGIN more than with any other shape.
+# Shapes are drawn in square boxes, so a visible box whose sides differ by more than
+# MAX_BOX_SKEW px (stretched shapes, bars, merged objects) is unknown before any matching.
+SHAPE_MIN_IOU = 0.80
+SHAPE_MIN_MARGIN = 0.05
+MAX_BOX_SKEW = 2
+UNKNOWN = "unknown"
+# Templates are also matched slightly blurred (Gaussian sigma in px), so a soft-edged but
+# unmistakable shape, as decoders draw them, is still named; heavier blur is unknown.
+TEMPLATE_BLURS = (0.0, 0.7)
+_PAD = 2  # coverage is compared over the object's box plus this margin (antialiased fringe)
 
 
-def classify_shape(mask: np.ndarray) -> tuple[str, float]:
-    """Best-matching shape for a binary mask cropped to its bounding box, by IoU against
-    rendered templates (box sizes and offsets searched over two pixels of slack, since
-    antialiased edges that fall under half coverage shrink the visible box)."""
-    bh, bw = mask.shape
-    area = int(mask.sum())
-    best, best_iou = SHAPES[0], -1.0
+@lru_cache(maxsize=8192)
+def _template(shape: str, s: int, ox: int, oy: int, bw: int, bh: int, blur: float = 0.0):
+    """Antialiased coverage (float, [0, 1]) of ``shape`` drawn in an (s, s) box at offset
+    (ox, oy) from the top-left of a (bw, bh) object box, over that box plus _PAD px each side;
+    returns (coverage inside that crop, total coverage including what falls outside it)."""
+    Q = s + _PAD  # canvas margin so no part of the template is clipped away
+    W, H = bw + 2 * Q, bh + 2 * Q
+    im = Image.new("L", (W * SS, H * SS))
+    x0, y0 = (ox + Q) * SS, (oy + Q) * SS
+    _draw_shape(ImageDraw.Draw(im), shape, (x0, y0, x0 + s * SS, y0 + s * SS), 255)
+    if blur:
+        im = im.filter(ImageFilter.GaussianBlur(blur * SS))
+    full = np.asarray(im.resize((W, H), Image.BOX), dtype=np.float32) / 255.0
+    m = Q - _PAD
+    return full[m:m + bh + 2 * _PAD, m:m + bw + 2 * _PAD], float(full.sum())
+
+
+def shape_scores(coverage: np.ndarray, bw: int, bh: int) -> dict[str, float]:
+    """Best soft IoU (sum of minima over sum of maxima) of each shape's template with an
+    object's ``coverage``: a (bh + 2*_PAD, bw + 2*_PAD) float map in [0, 1] around its
+    visible (bw, bh) box. Square template sizes from the box's longer side up to two pixels
+    more (antialiased edges under half coverage shrink the visible box) and every offset
+    that keeps the template over the box are searched."""
+    area = float(coverage.sum())
+    best = {}
     for shape in SHAPES:
-        for dw, dh in ((0, 0), (1, 1), (2, 2), (1, 0), (0, 1), (2, 1), (1, 2)):
-            for ox in range(-dw, 1):
-                for oy in range(-dh, 1):
-                    t, t_area = _template(shape, bw + dw, bh + dh, ox, oy, bw, bh)
-                    inter = int(np.logical_and(t, mask).sum())
-                    iou = inter / max(area + t_area - inter, 1)
-                    if iou > best_iou:
-                        best, best_iou = shape, float(iou)
-    return best, best_iou
+        top = 0.0
+        for blur in TEMPLATE_BLURS:
+            for s in range(max(bw, bh), max(bw, bh) + 3):
+                for ox in range(bw - s, 1):
+                    for oy in range(bh - s, 1):
+                        t, t_area = _template(shape, s, ox, oy, bw, bh, blur)
+                        inter = float(np.minimum(t, coverage).sum())
+                        top = max(top, inter / max(area + t_area - inter, 1e-6))
+        best[shape] = top
+    return best
+
+
+def classify_shape(coverage: np.ndarray, bw: int, bh: int) -> tuple[str, float]:
+    """The shape an object clearly is, with its soft IoU, or ("unknown", best IoU): see
+    SHAPE_MIN_IOU, SHAPE_MIN_MARGIN and MAX_BOX_SKEW."""
+    if abs(bw - bh) > MAX_BOX_SKEW:
+        return UNKNOWN, 0.0
+    scores = shape_scores(coverage, bw, bh)
+    ranked = sorted(scores, key=scores.get, reverse=True)
+    first, second = scores[ranked[0]], scores[ranked[1]]
+    if first < SHAPE_MIN_IOU or first - second < SHAPE_MIN_MARGIN:
+        return UNKNOWN, first
+    return ranked[0], first
 
 
 def detect(image, min_area: int | None = None) -> list[dict]:
@@ -383,7 +418,10 @@ def detect(image, min_area: int | None = None) -> list[dict]:
     palette colour nearest to their brightness-normalised RGB; 8-connected same-colour
     components of at least ``min_area`` px (default 12 at 32x32, scaled with image area)
     become objects ``{"colour", "shape", "iou", "bbox": (x0, y0, x1, y1), "centre": (x, y), "area"}``,
-    largest first."""
+    largest first. ``shape`` is "unknown" unless the object is clearly one of SHAPES
+    (classify_shape), judged on its soft coverage: the pixels of its colour around its box,
+    brightness relative to the object's own median, so blurred or fringed objects are not
+    squared off by the 50 % threshold."""
     img = _to_uint8_hwc(image).astype(np.float32) / 255.0  # (H, W, 3)
     H, W, _ = img.shape
     if min_area is None:
@@ -392,7 +430,10 @@ def detect(image, min_area: int | None = None) -> list[dict]:
     fg = v >= 0.5
     norm = img / np.maximum(v, 1e-6)[..., None]
     d = ((norm[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1)  # (H, W, 6)
-    labels = np.where(fg, d.argmin(-1), -1)
+    nearest = d.argmin(-1)  # (H, W) palette index of every pixel, dim ones included
+    labels = np.where(fg, nearest, -1)
+    vpad = np.pad(v, _PAD)
+    npad = np.pad(nearest, _PAD, constant_values=-1)
     objs = []
     for col, pix in _components(labels):
         if len(pix) < min_area:
@@ -400,9 +441,13 @@ def detect(image, min_area: int | None = None) -> list[dict]:
         y0, x0 = pix.min(0)
         y1, x1 = pix.max(0) + 1
         x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
-        mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-        mask[pix[:, 0] - y0, pix[:, 1] - x0] = True
-        shape, iou = classify_shape(mask)
+        ref = float(np.median(v[pix[:, 0], pix[:, 1]]))
+        # (y1 - y0 + 2*_PAD, x1 - x0 + 2*_PAD): this colour's coverage around the box; the
+        # object's own pixels count fully wherever they are, other colours never
+        crop_v = vpad[y0:y1 + 2 * _PAD, x0:x1 + 2 * _PAD]
+        crop_n = npad[y0:y1 + 2 * _PAD, x0:x1 + 2 * _PAD]
+        coverage = np.where(crop_n == col, np.clip(crop_v / ref, 0.0, 1.0), 0.0).astype(np.float32)
+        shape, iou = classify_shape(coverage, x1 - x0, y1 - y0)
         objs.append({"colour": COLOUR_NAMES[col], "shape": shape, "iou": iou,
                      "bbox": (x0, y0, x1, y1),
                      "centre": ((x0 + x1) / 2, (y0 + y1) / 2),  # bbox centre (a triangle's
@@ -475,14 +520,85 @@ def _truth(objs, rel, caption) -> dict:
     return check(None, caption, found=found)
 
 
-def evaluate_checker(n: int = 2000, seed: int = 1, split: str = "test", noise: float = 0.0) -> dict:
+def near_misses(colour: str = "red") -> list[tuple[str, np.ndarray, set[str]]]:
+    """The kept set of near-miss renderings the checker must reject or name correctly:
+    ``(name, (32, 32, 3) uint8 image, shapes it may be called)`` with "unknown" always
+    allowed. Each case is drawn sharp and blurred (Gaussian sigma 1.5 px), as decoders and
+    samplers soften edges."""
+    fill = COLOURS[colour]
+    k = SS
+
+    def star(r_out, r_in):  # four-pointed star around the centre (16, 16)
+        pts = []
+        for i in range(8):
+            r = r_out if i % 2 == 0 else r_in
+            a = np.pi / 2 * (i // 2) + (np.pi / 4 if i % 2 else 0.0) - np.pi / 2
+            pts.append(((16 + r * np.cos(a)) * k, (16 + r * np.sin(a)) * k))
+        return lambda d: d.polygon(pts, fill=fill)
+
+    cases = {
+        "stretched square (2:1 bar)": (lambda d: d.rectangle([8 * k, 12 * k, 24 * k - 1, 20 * k - 1], fill=fill), set()),
+        "stretched square (3:2)": (lambda d: d.rectangle([8 * k, 10 * k, 23 * k - 1, 20 * k - 1], fill=fill), set()),
+        "stretched circle": (lambda d: d.ellipse([6 * k, 10 * k, 26 * k - 1, 19 * k - 1], fill=fill), set()),
+        "rounded square": (lambda d: d.rounded_rectangle([8 * k, 8 * k, 22 * k - 1, 22 * k - 1], radius=4 * k, fill=fill), set()),
+        "four-pointed star": (star(12, 2.8), {"cross"}),  # thin points: blurred, it is a plus
+        "fat four-pointed star": (star(10, 4.2), set()),
+        "fat plus sign": (lambda d: (d.rectangle([8 * k, 13 * k, 24 * k - 1, 19 * k - 1], fill=fill),
+                                      d.rectangle([12 * k, 8 * k, 20 * k - 1, 24 * k - 1], fill=fill)), {"cross"}),
+        "blob (two overlapping discs)": (lambda d: (d.ellipse([8 * k, 8 * k, 20 * k, 18 * k], fill=fill),
+                                                    d.ellipse([12 * k, 12 * k, 24 * k, 24 * k], fill=fill)), set()),
+        "two merged squares": (lambda d: (d.rectangle([6 * k, 10 * k, 16 * k - 1, 20 * k - 1], fill=fill),
+                                          d.rectangle([16 * k, 12 * k, 26 * k - 1, 22 * k - 1], fill=fill)), set()),
+        "circle merged into a square": (lambda d: (d.rectangle([6 * k, 8 * k, 18 * k - 1, 20 * k - 1], fill=fill),
+                                                   d.ellipse([14 * k, 12 * k, 26 * k - 1, 24 * k - 1], fill=fill)), set()),
+    }
+    out = []
+    for name, (draw_fn, allowed) in cases.items():
+        im = Image.new("RGB", (IMAGE_SIZE * k, IMAGE_SIZE * k))
+        draw_fn(ImageDraw.Draw(im))
+        for tag, img in (("", im), (", blurred", im.filter(ImageFilter.GaussianBlur(1.5 * k)))):
+            out.append((name + tag, np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)), allowed | {UNKNOWN}))
+    return out
+
+
+def confusion(images, scenes, max_dist: float = 3.0) -> np.ndarray:
+    """Shape confusion counts: rows are the drawn shapes (SHAPES), columns what the checker
+    calls the object found at each drawn object's place (SHAPES, "unknown", "missing": no
+    detected object's box centre within ``max_dist`` px of it)."""
+    cols = SHAPES + [UNKNOWN, "missing"]
+    m = np.zeros((len(SHAPES), len(cols)), dtype=np.int64)
+    for img, (objs, _, _) in zip(images, scenes):
+        found = detect(img)
+        for o in objs:
+            cx, cy = o["x"] + o["size"] / 2, o["y"] + o["size"] / 2
+            near = [f for f in found if abs(f["centre"][0] - cx) <= max_dist and abs(f["centre"][1] - cy) <= max_dist]
+            got = min(near, key=lambda f: abs(f["centre"][0] - cx) + abs(f["centre"][1] - cy))["shape"] if near else "missing"
+            m[SHAPES.index(o["shape"]), cols.index(got)] += 1
+    return m
+
+
+def format_confusion(m: np.ndarray) -> str:
+    cols = SHAPES + [UNKNOWN, "missing"]
+    lines = ["| drawn \\ read | " + " | ".join(cols) + " | correct |", "|---" * (len(cols) + 2) + "|"]
+    for i, s in enumerate(SHAPES):
+        n = max(int(m[i].sum()), 1)
+        lines.append(f"| {s} | " + " | ".join(str(int(v)) for v in m[i]) + f" | {100 * m[i, i] / n:.1f} % |")
+    return "\n".join(lines)
+
+
+def evaluate_checker(n: int = 2000, seed: int = 1, split: str = "test", noise: float = 0.0,
+                     blur: float = 0.0) -> dict:
     """Checker accuracy on ``n`` rendered scenes with their own captions, and with captions
     shuffled across scenes (next to the rate at which a shuffled caption is in fact true,
-    computed from the scene metadata). ``noise`` adds Gaussian noise of that std (in the
-    [-1, 1] image range) before checking."""
-    ds = ShapesDataset(split, seed=seed, length=n)
+    computed from the scene metadata), plus the shape confusion matrix. ``noise`` adds
+    Gaussian noise of that std (in the [-1, 1] image range) and ``blur`` a Gaussian blur of
+    that sigma (px) before checking."""
+    holdout = "default" if split.startswith("heldout") else None
+    ds = ShapesDataset(split, seed=seed, length=n, holdout=holdout)
     scenes = [ds.scene(i) for i in range(n)]
     images = [render(o) for o, _, _ in scenes]
+    if blur > 0:
+        images = [np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(blur))) for im in images]
     if noise > 0:
         g = np.random.default_rng(seed)
         images = [np.clip(im.astype(np.float32) + g.normal(0, noise * 127.5, im.shape), 0, 255)
@@ -503,7 +619,8 @@ def evaluate_checker(n: int = 2000, seed: int = 1, split: str = "test", noise: f
     gt = agg([check(None, c, f) for c, f in zip(caps, found)])
     sh = agg([check(None, c, f) for c, f in zip(shuf, found)])
     sh_true = agg([_truth(o, r, c) for (o, r, _), c in zip(scenes, shuf)])
-    return {"ground_truth": gt, "shuffled": sh, "shuffled_truth": sh_true, "n": n}
+    return {"ground_truth": gt, "shuffled": sh, "shuffled_truth": sh_true, "n": n,
+            "confusion": confusion(images, scenes)}
 
 
 def main(argv=None):
@@ -511,12 +628,21 @@ def main(argv=None):
                                              "and on shuffled captions")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--split", default="test", choices=["test", "heldout_test", "val", "heldout_val"])
     ap.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std in [-1, 1] units")
+    ap.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma in px")
     args = ap.parse_args(argv)
-    r = evaluate_checker(args.n, args.seed, noise=args.noise)
-    print(f"n={r['n']} noise={args.noise:<5g}{'':8s} " + " ".join(f"{k:>9s}" for k in r["ground_truth"]))
+    r = evaluate_checker(args.n, args.seed, split=args.split, noise=args.noise, blur=args.blur)
+    print(f"n={r['n']} split={args.split} noise={args.noise:g} blur={args.blur:g}")
+    print(f"{'':>26s} " + " ".join(f"{k:>9s}" for k in r["ground_truth"]))
     for name in ("ground_truth", "shuffled", "shuffled_truth"):
         print(f"{name:>26s} " + " ".join(f"{v:9.4f}" for v in r[name].values()))
+    print(format_confusion(r["confusion"]))
+    print("\nnear misses (must be unknown or a named allowed shape):")
+    for name, img, allowed in near_misses():
+        got = [o["shape"] for o in detect(img)]
+        ok = all(g in allowed for g in got)
+        print(f"  {'ok ' if ok else 'BAD'} {name:40s} read as {got}")
 
 
 if __name__ == "__main__":

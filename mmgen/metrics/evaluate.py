@@ -60,9 +60,12 @@ def evaluate(args) -> int:
 
     from . import clip_score, fd_kid
 
+    from mmgen.pipelines import load_pipeline
+    from mmgen.pipelines.base import to_float
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = mmgen.load_pretrained(args.model).eval()
+    pipe = load_pipeline(args.model)
     clip = mmgen.load_pretrained(args.clip).eval() if args.clip else None
     encoder = mmgen.load_pretrained(args.encoder).eval() if args.encoder else clip
     data_kwargs = {}
@@ -111,12 +114,12 @@ def evaluate(args) -> int:
         t0 = time.perf_counter()
         chunks = []
         bar.set_description(f"sampling, guidance {g:g}")
+        diffusion = {"steps": args.steps, "scheduler": args.scheduler} if pipe.kind == "ddpm" else {}
         for i in range(0, args.n, args.batch):
-            imgs, _ = model.generate_images(captions[i:i + args.batch], num_images=1, seed=args.seed + i,
-                                            guidance_scale=g, num_steps=args.steps, scheduler=args.scheduler,
-                                            progress=False)
-            chunks.append(imgs.float().cpu())
-            bar.update(len(imgs))
+            res = pipe(captions[i:i + args.batch], num_images=1, seed=args.seed + i, guidance=g, rerank=False,
+                       truncate=True, progress=False, **diffusion)
+            chunks.append(to_float(res.images[:, 0]))  # (b, 3, H, W) in [-1, 1]
+            bar.update(len(chunks[-1]))
         fake = torch.cat(chunks)
         rec = {"guidance": g, "sample_s": round(time.perf_counter() - t0, 1)}
         if shapes:

@@ -1,8 +1,12 @@
 r"""DALL-E (Ramesh et al. 2021), small: one causal transformer over the sequence
 [text tokens; image tokens], the image tokens coming from a frozen VQ-VAE / dVAE.
 
-    dalle = mmgen.load_pretrained("checkpoints/dalle_shapes")  # finds ../vq_shapes, ../clip_shapes
-    images, scores = dalle.generate(["a red circle above a blue square"], num_candidates=8, rerank=True)
+    from mmgen.pipelines import load_pipeline
+    pipe = load_pipeline("dalle_shapes")  # the model + its VQ (../vq_shapes) + CLIP reranker (../clip_shapes)
+    out = pipe(["a red circle above a blue square"], num_images=4, candidates=8)
+
+This file holds the model (config, modules, `loss`, presets); sampling, reranking, prompt
+checks and loading the companion models live in `mmgen.pipelines.dalle`.
 
 Sequence layout (positions 0 .. text_len + h*w - 1):
 
@@ -20,22 +24,15 @@ Sequence layout (positions 0 .. text_len + h*w - 1):
   / (sum of the weights), 1:7 by default (DALL-E's weighting); padding targets are ignored.
 * Classifier-free guidance: in training the caption of each row is replaced, with
   probability cond_drop, by the null condition (the empty caption [BOS EOS PAD ..]); its text
-  loss is skipped. Sampling runs the conditional and null rows side by side on the KV cache
-  and mixes the next-token logits null + s * (cond - null); s = 1 is plain conditional
-  sampling (the null rows are not even computed).
-* Sampling uses the shared logits pipeline of mmgen.text.sampling (temperature, top-k, top-p)
-  and reranks N candidates per prompt by the CLIP score 100 * cos(image, text) of our CLIP.
+  loss is skipped. The pipeline samples with null + s * (cond - null) on the next-token logits.
 
 The VQ tokenizer and the CLIP reranker are not stored in this checkpoint: config fields
-`vq_path` / `clip_path` name their checkpoint directories, relative to this checkpoint's
-directory (e.g. "../vq_shapes") or to the working directory, or absolute. `attach(vq=..., clip=...)`
-sets them in code.
+`vq_path` / `clip_path` name their checkpoint directories (written relative to this
+checkpoint's directory by `save_pretrained`, e.g. "../vq_shapes"). Training needs the VQ
+(`collate` encodes images with it); `attach(vq=...)` sets it in code.
 
-Prompts: empty prompts are refused; a prompt longer than text_len tokens (with BOS/EOS)
-raises a ValueError unless truncate=True, which cuts it with a warning; words never seen in
-training captions get a warning, and a prompt with no known word at all is refused (the
-model would ignore it). The words seen are recorded during training in a hashed bitmap buffer
-(`seen_words`), so every checkpoint knows its own vocabulary.
+The words of the training captions are recorded in a hashed bitmap buffer (`seen_words`),
+so every checkpoint knows its own vocabulary (the pipeline warns about other words).
 """
 from __future__ import annotations
 
@@ -53,7 +50,6 @@ from torch import nn
 
 from ..layers import KVCache, LearnedPositions, Transformer, TransformerConfig
 from ..registry import register_model, register_preset
-from ..text.sampling import SamplingParams, make_generator, sample_next
 from .base import Model, eval_mode
 
 WORD_BUCKETS = 1 << 16  # hashed bitmap of the words seen in training captions
@@ -84,10 +80,10 @@ class DALLEConfig:
     cond_drop: float = 0.15  # probability of training a row on the null caption (for guidance)
     embed_dropout: float = 0.0
     init_std: float = 0.02
-    vq_path: str = ""  # VQ checkpoint dir: relative to this checkpoint's dir, else to the cwd
+    vq_path: str = ""  # VQ checkpoint dir (mmgen.checkpoint.resolve_companion: relative to this checkpoint's dir)
     clip_path: str = ""  # CLIP checkpoint dir for reranking ("" = no reranking)
     train_data: str = ""  # the dataset the model was trained on, named in prompt errors
-    # sampling defaults of generate() (a shipped checkpoint carries the values it was measured with)
+    # sampling defaults of the pipeline (a shipped checkpoint carries the values it was measured with)
     guidance_scale: float = 3.0
     temperature: float = 1.0
     top_k: int | None = None
@@ -163,19 +159,6 @@ def build_tokenizer(c: DALLEConfig):
     return get_tokenizer(c.tokenizer)
 
 
-def _resolve(path: str, base: Path | None, what: str) -> Path:
-    """A checkpoint path from the config: absolute, else relative to the DALL-E checkpoint's
-    directory, else to the working directory."""
-    p = Path(path)
-    tried = []
-    for cand in ([p] if p.is_absolute() else ([base / p] if base is not None else []) + [Path.cwd() / p]):
-        tried.append(str(cand))
-        if (cand / "config.json").is_file():
-            return cand.resolve()
-    raise FileNotFoundError(f"the {what} checkpoint {path!r} named in the DALL-E config was not found "
-                            f"(looked in {', '.join(tried)}); set {what}_path or call attach()")
-
-
 @register_model("dalle")
 class DALLE(Model):
     """Text-to-image transformer over [text; image tokens]. See the module docstring."""
@@ -208,37 +191,21 @@ class DALLE(Model):
         self.transformer.init_weights(std=c.init_std, residual_scale=True)
         for emb in (self.text_embed, self.image_embed, self.text_head, self.image_head):
             nn.init.normal_(emb.weight, std=c.init_std)
-        self._vq = None  # frozen helpers, not part of this checkpoint's weights
-        self._clip = None
+        self._vq = None  # the frozen VQ, not part of this checkpoint's weights
         self._ckpt_dir: Path | None = None
 
-    # ------------------------------------------------------------------ helpers (VQ, CLIP)
-    def attach(self, vq=None, clip=None) -> "DALLE":
-        """Use these VQ / CLIP models (kept frozen, outside this model's state dict)."""
+    # ------------------------------------------------------------------ the VQ tokenizer (training)
+    def attach(self, vq=None) -> "DALLE":
+        """Use this VQ tokenizer (kept frozen, outside this model's state dict)."""
         if vq is not None:
-            for name, want in (("vocab_size", self.config.image_vocab),):
-                if getattr(vq, name, None) != want:
-                    raise ValueError(f"the VQ tokenizer has {name}={getattr(vq, name, None)}, this DALL-E "
-                                     f"expects {want}")
+            if getattr(vq, "vocab_size", None) != self.config.image_vocab:
+                raise ValueError(f"the VQ tokenizer has vocab_size={getattr(vq, 'vocab_size', None)}, this DALL-E "
+                                 f"expects {self.config.image_vocab}")
             if tuple(vq.token_shape) != self.config.image_grid:
                 raise ValueError(f"the VQ tokenizer makes {tuple(vq.token_shape)} token grids, this DALL-E "
                                  f"expects {self.config.image_grid}")
             object.__setattr__(self, "_vq", vq.eval().requires_grad_(False))  # not a submodule
-        if clip is not None:
-            if not (hasattr(clip, "encode_image") and hasattr(clip, "encode_text")):
-                raise TypeError(f"reranking needs a CLIP model (encode_image / encode_text), got "
-                                f"{type(clip).__name__}")
-            object.__setattr__(self, "_clip", clip.eval().requires_grad_(False))
         return self
-
-    def _load_helper(self, path: str, what: str, model_type: str):
-        from ..checkpoint import load_pretrained, read_config
-        ckpt = _resolve(path, self._ckpt_dir, what)
-        found = read_config(ckpt)["model_type"]
-        if found != model_type:
-            raise ValueError(f"{what}_path {path!r} holds a {found!r} checkpoint; DALL-E needs a {model_type!r} "
-                             f"one there")
-        return load_pretrained(ckpt).to(self.device)
 
     @property
     def vq(self):
@@ -246,21 +213,34 @@ class DALLE(Model):
         if self._vq is None:
             if not self.config.vq_path:
                 raise ValueError("this DALL-E has no VQ tokenizer: set config vq_path or call attach(vq=...)")
-            self.attach(vq=self._load_helper(self.config.vq_path, "vq", "vq"))
+            from ..checkpoint import load_pretrained, read_config, resolve_companion
+            path = resolve_companion(self.config.vq_path, self._ckpt_dir, "vq")
+            found = read_config(path)["model_type"]
+            if found != "vq":
+                raise ValueError(f"vq_path {self.config.vq_path!r} holds a {found!r} checkpoint; DALL-E needs a "
+                                 f"'vq' one there")
+            self.attach(vq=load_pretrained(path).to(self.device))
         return self._vq
-
-    @property
-    def clip(self):
-        """The frozen CLIP reranker (None without `clip_path`)."""
-        if self._clip is None and self.config.clip_path:
-            self.attach(clip=self._load_helper(self.config.clip_path, "clip", "clip"))
-        return self._clip
 
     @classmethod
     def from_pretrained(cls, path, **kwargs):
         model = super().from_pretrained(path, **kwargs)
         model._ckpt_dir = Path(path).resolve()
         return model
+
+    def save_pretrained(self, path, **kwargs):
+        """As every model, with vq_path / clip_path rewritten relative to `path`, so the
+        checkpoint finds its companions from any working directory."""
+        import dataclasses
+        from ..checkpoint import relative_companion
+        kept = self.config
+        self.config = dataclasses.replace(  # what config.json holds; the model's own config is left as it was
+            kept, vq_path=relative_companion(kept.vq_path, self._ckpt_dir, path, "vq"),
+            clip_path=relative_companion(kept.clip_path, self._ckpt_dir, path, "clip"))
+        try:
+            return super().save_pretrained(path, **kwargs)
+        finally:
+            self.config = kept
 
     # ------------------------------------------------------------------ text
     def null_text(self, batch: int = 1) -> torch.Tensor:
@@ -294,34 +274,6 @@ class DALLE(Model):
                 ids = ids[:L - 1] + [tok.eos_id]
             rows.append(ids)
         return self._pad(rows)
-
-    def check_prompts(self, prompts: Sequence[str]) -> None:
-        """Refuse empty prompts and prompts with no word seen in training; warn about unseen
-        words and characters (the model knows nothing of them and will likely ignore them)."""
-        trained = bool(self.seen_words.any())
-        data = f" (trained on {self.config.train_data} captions)" if self.config.train_data else ""
-        for p in prompts:
-            if not isinstance(p, str):
-                raise TypeError(f"prompts must be str, got {type(p).__name__}")
-            if not p.strip():
-                raise ValueError("empty prompt: describe the image, e.g. 'a red circle above a blue square'")
-            if not trained:
-                continue
-            words = prompt_words(p)
-            unseen = [w for w in words if not bool(self.seen_words[word_bucket(w)])]
-            odd = []  # characters (bytes) never seen: only meaningful for the byte-level tokenizer
-            if self.config.tokenizer == "byte" and not self.config.tokenizer_state:
-                odd = sorted({ch for ch in p if not all(bool(self.seen_text[i]) for i in self.tokenizer.encode(ch))})
-            if not words or len(unseen) == len(words):
-                raise ValueError(f"prompt {p[:50]!r} has no word this model saw in training{data}, so it would "
-                                 f"ignore the prompt; never-seen words: {unseen[:8]}"
-                                 + (f", never-seen characters: {''.join(odd[:12])!r}" if odd else ""))
-            if unseen or odd:
-                warnings.warn(f"prompt {p[:50]!r}: "
-                              + (f"words never seen in training{data}: {unseen[:8]}" if unseen else "")
-                              + ("; " if unseen and odd else "")
-                              + (f"characters never seen in training: {''.join(odd[:12])!r}" if odd else "")
-                              + "; the model will likely ignore them", UserWarning, stacklevel=3)
 
     @torch.no_grad()
     def record_captions(self, captions: Sequence[str], text: torch.Tensor | None = None) -> None:
@@ -464,149 +416,11 @@ class DALLE(Model):
             _, logs = self.loss(batch)
         return logs  # the loop files them under val/
 
-    # ------------------------------------------------------------------ sampling
-    def _guided_logits(self, logits: torch.Tensor, B: int, guidance_scale: float) -> torch.Tensor:
-        """(2B, V) [cond; null] -> (B, V) null + s * (cond - null); (B, V) unchanged without guidance."""
-        if logits.shape[0] == B:
-            return logits
-        cond, null = logits[:B].float(), logits[B:].float()
-        return null + guidance_scale * (cond - null)
-
-    @torch.no_grad()
-    def sample_tokens(self, text: torch.Tensor, *, guidance_scale: float = 1.0, temperature: float = 1.0,
-                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                      generator: torch.Generator | None = None, use_cache: bool = True,
-                      force_null_rows: bool = False) -> torch.Tensor:
-        """Sample image tokens (B, h, w) for text ids (B, text_len), one token per step.
-
-        guidance_scale s: next-token logits null + s * (cond - null) (classifier-free guidance;
-        0 = unconditional, 1 = conditional, > 1 = stronger). With s == 1 the null rows are
-        skipped unless force_null_rows. use_cache=False recomputes the full prefix each step
-        (the reference the KV cache must match)."""
-        c = self.config
-        if text.ndim != 2 or text.shape[1] != c.text_len:
-            raise ValueError(f"text must be (batch, {c.text_len}) ids from tokenize(), got {tuple(text.shape)}")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0 (1 = plain conditional), got {guidance_scale}")
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-        dev = self.text_embed.weight.device
-        gen = generator if generator is not None else make_generator(seed, dev)
-        B = text.shape[0]
-        text = text.to(dev)
-        rows = torch.cat([text, self.null_text(B)]) if (guidance_scale != 1.0 or force_null_rows) else text
-        with eval_mode(self):
-            out = torch.empty(B, 0, dtype=torch.long, device=dev)
-            cache = self.make_cache(rows.shape[0], c.seq_len) if use_cache else None
-            _, logits = self(rows, cache=cache)  # prefill: the last text position predicts image token 0
-            for i in range(c.image_tokens):
-                nxt_logits = self._guided_logits(logits[:, -1], B, guidance_scale)
-                nxt = sample_next(nxt_logits, params, None, gen)  # (B,)
-                out = torch.cat([out, nxt[:, None]], 1)
-                if i == c.image_tokens - 1:
-                    break
-                step = nxt.repeat(rows.shape[0] // B)[:, None]  # the same token for cond and null rows
-                if use_cache:
-                    _, logits = self(step, cache=cache, start=c.text_len + i)
-                else:
-                    seq = torch.cat([rows, out.repeat(rows.shape[0] // B, 1)], 1)
-                    _, logits = self(seq)
-        return out.view(B, *c.image_grid)
-
-    @torch.no_grad()
-    def clip_scores(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """100 * cos(CLIP image embedding, CLIP text embedding) per (image, prompt) pair."""
-        clip = self.clip
-        if clip is None:
-            raise ValueError("no CLIP model for scoring: set config clip_path or call attach(clip=...)")
-        dev = clip.logit_scale.device
-        img = clip.encode_image(images.to(dev), normalize=True)
-        txt = clip.encode_text(clip.tokenize(list(prompts), truncate=True), normalize=True)
-        return 100.0 * (img * txt).sum(-1).float().cpu()
-
-    @torch.no_grad()
-    def generate(self, prompts: str | Sequence[str], *, num_images: int = 1, num_candidates: int | None = None,
-                 rerank: bool = True, guidance_scale: float | None = None, temperature: float | None = None,
-                 top_k: Any = "default", top_p: Any = "default", seed: int | None = 0,
-                 truncate: bool = False, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Text -> images. For each prompt, samples num_candidates (default: num_images) token
-        grids, decodes them with the VQ, scores them with CLIP (when a CLIP model is set) and,
-        with rerank=True, keeps the num_images best. Returns (images (P * num_images, C, H, W)
-        in [-1, 1], prompt-major and best first when reranked; scores (P * num_images,) CLIP
-        scores, or None without CLIP). guidance_scale / temperature / top_k / top_p default to
-        the config's values (what the checkpoint was measured with)."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise ValueError("no prompts given")
-        c = self.config  # unset sampling options take the checkpoint's defaults (top_k/top_p: None = off)
-        guidance_scale = c.guidance_scale if guidance_scale is None else guidance_scale
-        temperature = c.temperature if temperature is None else temperature
-        top_k = c.top_k if isinstance(top_k, str) and top_k == "default" else top_k
-        top_p = c.top_p if isinstance(top_p, str) and top_p == "default" else top_p
-        if num_images < 1:
-            raise ValueError(f"num_images must be >= 1, got {num_images}")
-        n_cand = num_images if num_candidates is None else num_candidates
-        if n_cand < num_images:
-            raise ValueError(f"num_candidates ({n_cand}) must be >= num_images ({num_images})")
-        if rerank and n_cand > num_images and self.clip is None:
-            raise ValueError("reranking needs a CLIP model: set config clip_path, attach(clip=...), or pass "
-                             "rerank=False")
-        self.check_prompts(prompts)
-        text = self.tokenize(prompts, truncate=truncate)  # (P, text_len)
-        text = text.repeat_interleave(n_cand, 0)  # (P * n_cand, text_len), prompt-major
-        gen = make_generator(seed, self.text_embed.weight.device)
-        tokens = torch.cat([self.sample_tokens(text[i:i + batch_size], guidance_scale=guidance_scale,
-                                               temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
-                            for i in range(0, len(text), batch_size)])
-        vq = self.vq
-        images = torch.cat([vq.decode_tokens(tokens[i:i + batch_size].to(vq.device)).cpu()
-                            for i in range(0, len(tokens), batch_size)])  # (P * n_cand, C, H, W)
-        scores = None
-        if self.clip is not None:
-            scores = torch.cat([self.clip_scores(images[i:i + batch_size],
-                                                 [prompts[j // n_cand] for j in range(i, min(i + batch_size, len(images)))])
-                                for i in range(0, len(images), batch_size)])
-        P = len(prompts)
-        images = images.view(P, n_cand, *images.shape[1:])
-        if scores is not None:
-            scores = scores.view(P, n_cand)
-            if rerank:
-                order = scores.argsort(dim=1, descending=True)  # (P, n_cand) best first
-                images = torch.stack([images[p, order[p]] for p in range(P)])
-                scores = torch.gather(scores, 1, order)
-            scores = scores[:, :num_images].reshape(-1)
-        return images[:, :num_images].reshape(-1, *images.shape[2:]), scores
-
-    GENERATE_OPTIONS = ("num_candidates", "rerank", "temperature", "top_k", "top_p", "truncate", "batch_size")
-
-    def generate_images(self, prompts, num_images: int = 4, seed: int | None = 0, guidance_scale: float | None = None,
-                        progress: bool = False, **kw) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The protocol `mmgen generate` drives: num_images per prompt, prompt-major, the best
-        num_images of num_candidates by CLIP score (default: 8 candidates when a CLIP model is set)."""
-        bad = sorted(set(kw) - set(self.GENERATE_OPTIONS))
-        if bad:
-            raise ValueError(f"DALL-E generation takes no {', '.join(bad)} (that is an option of diffusion models); "
-                             f"its options are {', '.join(self.GENERATE_OPTIONS)}")
-        if "num_candidates" not in kw and kw.get("rerank", True) and self.clip is not None:
-            kw["num_candidates"] = max(num_images, 8)
-        return self.generate(prompts, num_images=num_images, seed=seed, guidance_scale=guidance_scale, **kw)
-
     @torch.no_grad()
     def sample_images(self, n: int = 16, seed: int = 0) -> torch.Tensor:
-        """For the training loop's PNG grids: n images for a few fixed captions (no reranking)."""
-        prompts = list(SAMPLE_PROMPTS.get(self.config.train_data, SAMPLE_PROMPTS["shapes"]))
-        per = max(1, n // len(prompts))
-        text = self.tokenize(prompts, truncate=True).repeat_interleave(per, 0)[:n]
-        c = self.config
-        tokens = self.sample_tokens(text, guidance_scale=c.guidance_scale, temperature=c.temperature, top_k=c.top_k,
-                                    top_p=c.top_p, seed=seed)
-        return self.vq.decode_tokens(tokens.to(self.vq.device)).cpu()
-
-
-SAMPLE_PROMPTS = {
-    "shapes": ("a red circle above a blue square", "a green triangle", "a yellow square left of a magenta circle",
-               "a blue circle"),
-    "emoji": ("red heart", "grinning face", "dog face", "rocket"),
-}
+        """The training loop's sample grid (n images for a few fixed captions), drawn by the pipeline."""
+        from ..pipelines.dalle import training_samples  # generation lives in mmgen.pipelines
+        return training_samples(self, n, seed)
 
 
 # ------------------------------------------------------------------------------ presets

@@ -3,8 +3,9 @@ in pixel space or on a Gaussian VAE's latents, unconditional, class- or text-con
 with classifier-free guidance.
 
 The noise schedule and the samplers are diffusers' schedulers, chosen by name
-(`make_scheduler`); the sampling loop below is short on purpose so it can be read and
-changed. The network predicts eps, v or x0 (`prediction`); the loss is a plain or min-SNR
+(`make_scheduler`); the sampling loop lives in `mmgen.pipelines.ddpm` (DDPMPipeline), short
+on purpose so it can be read and changed. This file holds the model: config, denoiser,
+conditioning, `loss` and presets. The network predicts eps, v or x0 (`prediction`); the loss is a plain or min-SNR
 (gamma = 5) weighted MSE.
 
 Text conditioning comes from one of three encoders (`text_encoder`):
@@ -17,7 +18,6 @@ checkpoint is self-contained: `text_encoder_path` is only read when the model is
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -140,16 +140,6 @@ class FrozenTextEncoder(nn.Module):
         self.model.eval()
         return self
 
-    def check_prompts(self, texts: Sequence[str]) -> None:
-        """Refuse a prompt the frozen CLIP can only read as <unk> (its pruned vocabulary holds
-        none of its words): the model would ignore it and draw an unconditional sample."""
-        if self.kind != "clip":
-            return  # byte-level GPT: every text has tokens
-        bad = [t for t, b in zip(texts, self.model.tokenizer.unreadable(self.model.tokenize(texts))) if b]
-        if bad:
-            raise ValueError(f"prompt {bad[0][:50]!r} has no word this model's text encoder knows (its CLIP "
-                             f"vocabulary is pruned to its training captions), so it would be ignored")
-
     @torch.no_grad()
     def forward(self, texts, device):
         texts = list(texts)
@@ -189,11 +179,11 @@ class DDPMConfig:
     beta_schedule: str = "squaredcos_cap_v2"  # linear | scaled_linear | squaredcos_cap_v2
     clip_sample: bool = True  # clip predicted x0 to [-1, 1] in ddpm/ddim steps (pixel space)
     scheduler: str = "ddim"  # default sampler: ddpm | ddim | dpm++ | euler
-    sample_steps: int = 50
-    guidance_scale: float = 3.0  # default for sample(); 1 = no guidance
+    sample_steps: int = 50  # default of the pipeline
+    guidance_scale: float = 3.0  # default of the pipeline; 1 = no guidance
     conditioning: str = "none"  # none | class | text
     num_classes: int = 10
-    class_names: tuple[str, ...] = ()  # lets sample() take class names as prompts
+    class_names: tuple[str, ...] = ()  # lets the pipeline take class names as prompts
     cond_dim: int = 128  # width of the class / pooled-text vector given to the denoiser
     cond_dropout: float = 0.1  # classifier-free guidance: drop the condition this often in training
     text_encoder: str = "builtin"  # builtin | clip | gpt
@@ -283,9 +273,10 @@ class DDPM(Model):
             setattr(cfg, meta_field, {"model_type": sub.model_type, "config": plain})
             return sub
         if meta is None:  # first build: read the other checkpoint and record its config in ours
-            from ..checkpoint import load_pretrained, read_config
+            from ..checkpoint import load_pretrained, read_config, resolve_companion
             if path is None:
                 raise ValueError(f"DDPMConfig.{path_field} must name a checkpoint directory")
+            path = resolve_companion(path, None, path_field[:-5])  # a path, or a shipped name
             sub = load_pretrained(path)
             full = read_config(path)
             setattr(cfg, meta_field, {"model_type": full["model_type"], "config": full["config"]})
@@ -420,100 +411,15 @@ class DDPM(Model):
         eps = (x - sa * x0) / s1a
         return eps if pred == "eps" else sa * eps - s1a * x0
 
-    @torch.no_grad()
-    def sample(self, prompts=None, num_steps: int | None = None, guidance_scale: float | None = None,
-               scheduler: str | None = None, seed: int | None = 0, *, num_images: int | None = None,
-               eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = True,
-               return_latents: bool = False) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1].
-
-        prompts: text prompts (conditioning='text'), class labels or names ('class'), or None
-        with num_images ('none'). Each prompt gives one image; repeat prompts for more.
-        scheduler: ddpm | ddim | dpm++ | euler (default config.scheduler); eta: DDIM noise.
-        seed: the noise generator's seed (the same seed gives the same images)."""
-        cfg = self.config
-        steps = num_steps or cfg.sample_steps
-        scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
-        if cfg.conditioning == "none":
-            if num_images is None:
-                num_images = len(prompts) if prompts is not None else 1
-            n, cond, uncond = num_images, {}, None
-        else:
-            if prompts is None or isinstance(prompts, (str, int)):
-                prompts = [prompts] if prompts is not None else None
-            if not prompts:
-                raise ValueError(f"this model is {cfg.conditioning}-conditional: pass "
-                                 f"{'prompts' if cfg.conditioning == 'text' else 'class labels'}")
-            n = len(prompts)
-            if cfg.conditioning == "class":
-                cond = self.encode_condition(labels=self._labels_from(prompts))
-            else:
-                if any(not isinstance(p, str) for p in prompts):
-                    raise TypeError("text prompts must be strings")
-                if isinstance(self.text_encoder, FrozenTextEncoder):
-                    self.text_encoder.check_prompts(prompts)
-                cond = self.encode_condition(prompts=prompts)
-            uncond = self.encode_condition(unconditional=True, batch_size=n) if scale != 1.0 else None
-        sched = make_scheduler(scheduler or cfg.scheduler, num_train_timesteps=cfg.num_train_timesteps,
-                               beta_schedule=cfg.beta_schedule, prediction=cfg.prediction,
-                               clip_sample=cfg.clip_sample)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # DPM-Solver's numpy warning
-            sched.set_timesteps(steps, device=self.device)
-        if generator is None:
-            generator = torch.Generator(device="cpu")
-            if seed is not None:
-                generator.manual_seed(int(seed))
-            else:
-                generator.seed()
-        shape = (n, self.latent_chans, self.latent_size, self.latent_size)
-        x = torch.randn(shape, generator=generator).to(self.device) * sched.init_noise_sigma
-        step_kw = {"generator": generator}
-        # ddpm/ddim clip x0 themselves (clip_sample) and dpm++ thresholds it; euler cannot, so
-        # its model output is replaced by the one whose x0 is clipped.
-        clip_x0 = cfg.clip_sample and (scheduler or cfg.scheduler) == "euler"
-        if isinstance(sched, _ddim_cls()):
-            # with clip_sample, recompute eps from the clipped x0 (as DDPM's posterior does)
-            step_kw = {"eta": eta, "use_clipped_model_output": True}
-            if eta > 0:
-                step_kw["generator"] = generator
-        elif isinstance(sched, _dpm_cls()):
-            step_kw = {"generator": generator}
-        for t in _progress(sched.timesteps, progress, desc=f"{scheduler or cfg.scheduler} x{steps}"):
-            xin = sched.scale_model_input(x, t)
-            out = self.guided_prediction(xin, t.to(self.device).float(), cond, uncond, scale)
-            if clip_x0:
-                out = self.clip_prediction(out, xin, t)
-            x = sched.step(out, t, x, **step_kw).prev_sample
-        if return_latents or self.vae is None:
-            return x if return_latents else x.clamp(-1, 1)
-        return self._vae_decode(x)
-
-    def generate_images(self, prompts, num_images: int = 1, seed: int = 0, guidance_scale: float | None = None,
-                        num_steps: int | None = None, scheduler: str | None = None, progress: bool = True, **kw):
-        """The `mmgen generate` contract: num_images per prompt -> (images (N, C, H, W) in [-1, 1], None)."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if self.config.conditioning == "none":
-            n = num_images * max(len(prompts or []), 1)
-            return self.sample(None, num_steps, guidance_scale, scheduler, seed, num_images=n, progress=progress), None
-        prompts = [p for p in prompts for _ in range(num_images)]
-        if self.config.conditioning == "class":
-            prompts = [int(p) if isinstance(p, str) and p.isdigit() else p for p in prompts]
-        return self.sample(prompts, num_steps, guidance_scale, scheduler, seed, progress=progress, **kw), None
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The sampler's result (pixels or VAE latents) -> images in [-1, 1]."""
+        return x.clamp(-1, 1) if self.vae is None else self._vae_decode(x)
 
     def sample_images(self, n: int = 16, seed: int = 0) -> torch.Tensor:
-        """A grid's worth of samples for training logs (fixed prompts / classes)."""
-        cfg = self.config
-        if cfg.conditioning == "class":
-            prompts = [i % cfg.num_classes for i in range(n)]
-        elif cfg.conditioning == "text":
-            base = list(cfg.sample_prompts) or ["a red circle", "a blue square", "a green triangle"]
-            prompts = [base[i % len(base)] for i in range(n)]
-        else:
-            prompts = None
+        """The training loop's sample grid (fixed prompts / classes), drawn by the pipeline."""
+        from ..pipelines.ddpm import training_samples  # generation lives in mmgen.pipelines
         with eval_mode(self):
-            return self.sample(prompts, num_images=n if prompts is None else None, seed=seed, progress=False)
+            return training_samples(self, n, seed)
 
 
 def _cat_conditions(a: dict, b: dict) -> dict:
@@ -528,26 +434,6 @@ def _cat_conditions(a: dict, b: dict) -> dict:
             x, y = pad(x), pad(y)
         out[k] = torch.cat([x, y])
     return out
-
-
-def _ddim_cls():
-    from diffusers import DDIMScheduler
-    return DDIMScheduler
-
-
-def _dpm_cls():
-    from diffusers import DPMSolverMultistepScheduler
-    return DPMSolverMultistepScheduler
-
-
-def _progress(it, enabled: bool, desc: str):
-    if not enabled:
-        return it
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return it
-    return tqdm(it, desc=desc, leave=False)
 
 
 # ----------------------------------------------------------------------------- presets

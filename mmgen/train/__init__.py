@@ -2,7 +2,8 @@
 `train.fit(model, dataset, cfg, out=...)` from Python. See docs/training.md."""
 from .cli import main
 from .config import TrainConfig
-from .loop import NonFiniteLossError, Trainer, fit, param_groups
+from .loop import NonFiniteLossError, Trainer, fit
+from .optim import param_groups
 from .recipes import Recipe, get_recipe, list_recipes, register_recipe
 
 __all__ = ["main", "fit", "Trainer", "TrainConfig", "NonFiniteLossError", "param_groups", "Recipe",

@@ -1,25 +1,31 @@
-"""`python -m train`: build a model preset and a dataset, resolve typed dotted overrides,
-and run the loop.
+"""`python -m train` (in the repository) or `mmgen train`: build a model preset and a dataset,
+resolve typed dotted overrides, and run the loop.
 
-  python -m train PRESET --data NAME [--data-set k=v] [--set train.lr=3e-4 --set model.depth=4] --out DIR
-  python -m train --recipe NAME [--set ...] [--out DIR]
+  python -m train PRESET --data NAME [--data-set k=v] [--set train.lr=3e-4 --set model.depth=4] [--out DIR]
+  python -m train --recipe NAME [--set ...] [--out DIR]      (default DIR: runs/NAME-YYYYmmdd-HHMMSS)
   python -m train --resume --out DIR [--set train.steps=2000]
+
+Every user error (a bad flag, value, device, dataset or run directory) is one line on stderr
+and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import json
+import math
+import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 from mmgen.config import field_type, parse_value
 
 from .config import TrainConfig, train_fields
-from .loop import RUN_CONFIG_NAME, NonFiniteLossError, fit, seed_everything
+from .loop import NonFiniteLossError, fit
+from .state import RUN_CONFIG_NAME, check_out_dir, seed_everything
 from .recipes import get_recipe, list_recipes
 
 PREFIXES = ("model.", "data.", "train.")
@@ -42,8 +48,15 @@ def _epilog() -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description="Train any mmgen model with the one loop.",
+def default_prog() -> str:
+    """How the user called the engine: `mmgen train` (the console script or mmgen.cli) or
+    `python -m train` (the repository's pointer package, or python -m mmgen.train)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "mmgen train" if name in ("mmgen", "mmgen.exe", "cli.py") else "python -m train"
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or default_prog(), description="Train any mmgen model with the one loop.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
     p.add_argument("preset", nargs="?", help="a registered model preset (see below)")
     p.add_argument("--recipe", help="a registered recipe: preset + data + schedule")
@@ -53,10 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a dataset keyword argument (repeatable)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="PREFIX.KEY=VALUE",
                    help="override model.*, data.* or train.* fields, typed (repeatable)")
-    p.add_argument("--out", help="run directory (default: checkpoints/<recipe or preset>)")
+    p.add_argument("--out", help="run directory (default: a fresh runs/<recipe or preset>-YYYYmmdd-HHMMSS); "
+                                 "a directory holding a checkpoint no run wrote there is refused")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its train_state.pt "
                                                          "(starts fresh when there is none)")
-    p.add_argument("--list-recipes", action="store_true", help="print every recipe with its expected result")
+    p.add_argument("--device", help="= --set train.device=DEVICE (auto, cpu, cuda, cuda:N, mps)")
+    p.add_argument("--list-recipes", nargs="?", const="text", choices=("text", "markdown"),
+                   help="print every recipe with its expected result (markdown: the table of docs/training.md)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -75,12 +91,42 @@ def _parse_loose(text: str) -> Any:
         return text
 
 
-def resolve(args) -> dict:
+def _finite(key: str, value: Any) -> Any:
+    """Refuse nan / inf anywhere in a parsed value (numbers, tuples, lists, dicts)."""
+    vals = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    for v in vals:
+        if isinstance(v, (dict, list, tuple)):
+            _finite(key, v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{key} must be a finite number, got {v}")
+    return value
+
+
+def _lookup(cfg: dict, dotted: str) -> tuple[bool, Any]:
+    for part in dotted.split("."):
+        if not isinstance(cfg, dict) or part not in cfg:
+            return False, None
+        cfg = cfg[part]
+    return True, cfg
+
+
+def _same(a: Any, b: Any) -> bool:
+    def norm(x):
+        return json.loads(json.dumps(x, default=str))
+    return norm(a) == norm(b)
+
+
+def resolve(args, prog: str = "python -m train") -> dict:
     """The run config: {preset, recipe, data, model_overrides, data_kwargs, train}."""
     out_dir = Path(args.out) if args.out else None
     saved = None
-    if args.resume and out_dir is not None and (out_dir / RUN_CONFIG_NAME).exists():
-        saved = json.loads((out_dir / RUN_CONFIG_NAME).read_text())
+    if args.resume and out_dir is None:
+        raise ValueError("--resume needs --out DIR: the run directory to continue")
+    if args.resume and (out_dir / RUN_CONFIG_NAME).exists():
+        try:
+            saved = json.loads((out_dir / RUN_CONFIG_NAME).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--resume: cannot read {out_dir / RUN_CONFIG_NAME}: {e}") from None
     recipe = get_recipe(args.recipe) if args.recipe else None
     preset = args.preset or (recipe.model if recipe else None) or (saved or {}).get("preset")
     data = args.data or (recipe.data if recipe else None) or (saved or {}).get("data")
@@ -89,11 +135,14 @@ def resolve(args) -> dict:
             if new != old:
                 raise ValueError(f"--resume: {out_dir} was trained with {what} {old!r}, not {new!r}")
     if not preset:
-        raise ValueError("name a model preset (python -m train PRESET ...) or a --recipe; see --help")
+        if args.resume:
+            raise ValueError(f"--resume: {out_dir} holds no run to continue (no {RUN_CONFIG_NAME}); name a preset "
+                             "or --recipe to start one there")
+        raise ValueError(f"name a model preset ({prog} PRESET ...) or a --recipe; see --help")
     if not data:
         raise ValueError("name a dataset with --data NAME (or use a --recipe); see --help")
     if ":" in data:  # a user module: importing it may register its presets too
-        importlib.import_module(data.split(":", 1)[0])
+        _import_data_module(data)
     import mmgen.registry as reg
     model_cls = reg.get_preset(preset).model_cls
 
@@ -110,30 +159,49 @@ def resolve(args) -> dict:
         train_over.update(recipe.train)
     raw = [(f"data.{k}", v) for k, v in (_split(s, "--data-set") for s in args.data_set)]
     raw += [_split(s, "--set") for s in args.sets]
+    if getattr(args, "device", None):
+        raw.append(("train.device", args.device))
     for key, text in raw:
         if not key.startswith(PREFIXES):
             hint = f" (did you mean train.{key}?)" if key in TrainConfig.__dataclass_fields__ else ""
             raise ValueError(f"--set keys start with model., data. or train.; got {key!r}{hint}")
         prefix, name = key.split(".", 1)
         if prefix == "train":
-            train_over[name] = parse_value(text, field_type(TrainConfig, name))
+            train_over[name] = _finite(key, parse_value(text, field_type(TrainConfig, name)))
         elif prefix == "model":
-            value = parse_value(text, field_type(model_cls.config_class, name))
-            if saved is not None and saved.get("model_overrides", {}).get(name, value) != value:
-                raise ValueError(f"--resume: cannot change model.{name} of an existing run")
+            value = _finite(key, parse_value(text, field_type(model_cls.config_class, name)))
+            if saved is not None:  # the same value as the run's (resolved config or override) is fine
+                known, old = _lookup(saved.get("model", {}), name)
+                k2, old2 = _lookup(saved.get("model_overrides", {}), name)
+                if not ((known and _same(old, value)) or (k2 and _same(old2, value))):
+                    known, old = (known, old) if known else (k2, old2)
+                    was = f" (the run has {old!r})" if known else ""
+                    raise ValueError(f"--resume: model fields cannot change on resume, got model.{name}={text}{was}; "
+                                     "train a new run (another --out) to change the model")
             model_over[name] = value
         else:
-            data_kw[name] = _parse_loose(text)
+            data_kw[name] = _finite(key, _parse_loose(text))
     train_cfg = TrainConfig(**train_over)  # validates
     return {"preset": preset, "recipe": args.recipe or (saved or {}).get("recipe"), "data": data,
             "model_overrides": model_over, "data_kwargs": data_kw, "train": train_cfg}
 
 
+def _import_data_module(name: str):
+    mod = name.split(":", 1)[0]
+    try:
+        return importlib.import_module(mod)
+    except ImportError as e:
+        raise ValueError(f"--data {name}: cannot import module {mod!r} ({e})") from None
+
+
 def build_dataset(name: str, split: str, **kw):
     """mmgen.data.build_dataset(name, split, **kw), or module:function(split, **kw)."""
     if ":" in name:
-        mod, fn = name.split(":", 1)
-        return getattr(importlib.import_module(mod), fn)(split, **kw)
+        fn = name.split(":", 1)[1]
+        module = _import_data_module(name)
+        if not callable(getattr(module, fn, None)):
+            raise ValueError(f"--data {name}: module {module.__name__!r} has no function {fn!r}")
+        return getattr(module, fn)(split, **kw)
     try:
         from mmgen.data import build_dataset as build
     except ImportError as e:
@@ -167,10 +235,44 @@ def run(rc: dict, out: Path, resume: bool, argv: list[str] | None = None) -> dic
             dist.destroy_process_group()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def default_out(name: str, device_name: str = "auto") -> Path:
+    """A fresh run directory runs/NAME-YYYYmmdd-HHMMSS (a -2, -3, ... suffix if it exists).
+    Under torchrun rank 0 picks it and the others receive it, so every rank writes one run."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    name = name.replace("/", "_")
+    path = None
+    if int(os.environ.get("RANK", "0")) == 0:
+        base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path, k = base, 1
+        while path.exists():
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
+    if world > 1:
+        from . import dist as D
+        D.init_distributed(D.resolve_device(device_name))
+        import torch.distributed as dist
+        box = [str(path) if path is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        path = Path(box[0])
+    return path
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the engine's command line; returns the exit code (0 done, 2 bad input, 3
+    non-finite loss, 128 + signal when stopped by SIGTERM / SIGINT after saving)."""
+    prog = prog or default_prog()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
+        if args.list_recipes == "markdown":
+            from .recipes import markdown_table
+            print(markdown_table())
+            return 0
         if args.list_recipes:
             for r in list_recipes():
                 print(f"{r.name}: {r.model} on {r.data}\n  {r.description}\n  expected: {r.expected}\n"
@@ -178,23 +280,33 @@ def main(argv: list[str] | None = None) -> int:
             if not list_recipes():
                 print("no recipes registered")
             return 0
-        rc = resolve(args)
-        out = Path(args.out) if args.out else Path("checkpoints") / (rc["recipe"] or rc["preset"])
+        rc = resolve(args, prog)
+        cfg: TrainConfig = rc["train"]
         if args.print_config:
             import dataclasses
-            print(json.dumps({**rc, "train": dataclasses.asdict(rc["train"]), "out": str(out)}, indent=2))
+            out = Path(args.out) if args.out else Path("runs") / f"{rc['recipe'] or rc['preset']}-YYYYmmdd-HHMMSS"
+            print(json.dumps({**rc, "train": dataclasses.asdict(cfg), "out": str(out)}, indent=2))
             return 0
+        from . import dist as D
+        D.resolve_device(cfg.device)  # an absent device fails here, before any data is built
+        out = Path(args.out) if args.out else default_out(rc["recipe"] or rc["preset"], cfg.device)
+        check_out_dir(out, args.resume)  # before building the model and data (again in the loop)
+        is_main = int(os.environ.get("RANK", "0")) == 0
+        if is_main and not args.resume:
+            print(f"train: writing the run to {out} (continue it with `{prog} --resume --out {out}`)",
+                  file=sys.stderr)
         summary = run(rc, out, args.resume, argv)
         code = 128 + summary["interrupted"] if summary.get("interrupted") else 0
-        if int(os.environ.get("RANK", "0")) != 0:
+        if not is_main:
             return code
         keys = [k for k in summary if k in ("step", "loss", "examples_per_s", "wall_s") or k.startswith("val/")]
-        print("train: done " + " ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
+        print(f"train: {'stopped' if code else 'done'} " + " ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else
                                         f"{k}={summary[k]}" for k in keys) + f" -> {out}", file=sys.stderr)
         return code
     except NonFiniteLossError as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"train: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, TypeError, KeyError, ImportError) as e:
+        # user errors: one line, no traceback (KeyError: an unknown name in a registry or dataset)
+        print(f"train: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 AMP_MODES = ("auto", "bf16", "fp32")
@@ -20,7 +21,7 @@ class TrainConfig:
     warmup: int = 100  # linear warm-up steps (lr / warmup, 2 lr / warmup, ..., lr)
     schedule: str = "cosine"  # cosine | constant (after warm-up)
     # optimizer (AdamW)
-    weight_decay: float = 0.01  # on >=2-D weights only; see train.loop.param_groups
+    weight_decay: float = 0.01  # on >=2-D weights only; see mmgen.train.optim.param_groups
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     clip: float = 1.0  # max global grad norm, 0 = no clipping
@@ -31,19 +32,22 @@ class TrainConfig:
     # numerics / speed
     amp: str = "auto"  # auto (bf16 on CUDA with bf16 support, fp32 on CPU) | bf16 | fp32
     compile: bool = False  # torch.compile(model.loss)
-    device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     # evaluation, sampling, logging, checkpoints (every N optimizer steps; 0 = never, the
     # final step always evaluates, samples and saves)
     eval_every: int = 0
-    eval_batches: int = 10
+    eval_batches: int = 10  # a fixed random subset of eval_batches batches (the whole split when smaller)
     val_split: str = "val"  # split given to build_dataset for evaluation ("" = no evaluation)
     sample_every: int = 0
     num_samples: int = 16
     log_every: int = 10
     save_every: int = 500
-    progress: bool = True  # tqdm progress bar (rank 0)
+    save_every_minutes: float = 3.0  # also save when this much time passed since the last save (0 = off):
+    #                                  a SIGKILL loses at most this much work, whatever save_every is
+    progress: bool = True  # rank 0: a tqdm bar on a terminal, else a plain line every progress_every_s
+    progress_every_s: float = 30.0  # seconds between progress lines off a terminal (0: first and last step only)
     # data loading
     num_workers: int = 0
     # distributed (under torchrun)
@@ -51,6 +55,12 @@ class TrainConfig:
     find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient in a step
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            vals = v if isinstance(v, (tuple, list)) else (v,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in vals):
+                raise ValueError(f"train.{f.name} must be a finite number, got {v}")
+        check_device_name(self.device)
         if self.amp not in AMP_MODES:
             raise ValueError(f"train.amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.distributed not in DIST_MODES:
@@ -70,6 +80,9 @@ class TrainConfig:
             raise ValueError(f"need 0 <= train.min_lr <= train.lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
         if self.clip < 0:
             raise ValueError(f"train.clip must be >= 0 (0 = off), got {self.clip}")
+        for name in ("save_every_minutes", "progress_every_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
         self.betas = tuple(self.betas)
 
     def micro_batch(self, world_size: int = 1) -> int:
@@ -79,6 +92,18 @@ class TrainConfig:
             raise ValueError(f"train.batch_size={self.batch_size} must be divisible by world_size x grad_accum "
                              f"= {world_size} x {self.grad_accum}")
         return int(per)
+
+
+def check_device_name(name: str) -> None:
+    """A device torch can name (auto, cpu, cuda, cuda:N, mps, ...); whether it is present is
+    checked when training starts (train.dist.resolve_device)."""
+    if name == "auto":
+        return
+    import torch
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"train.device: unknown device {name!r} (expected auto, cpu, cuda, cuda:N or mps)") from None
 
 
 def train_fields() -> list[tuple[str, str, object]]:

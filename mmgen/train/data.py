@@ -104,8 +104,24 @@ def batch_stream(ds, micro_batch: int, *, seed: int, rank: int = 0, world_size: 
     return iter(loader)
 
 
+EVAL_ORDER_SEED = 0  # the evaluation subset is the same for every run and every train.seed
+
+
+def eval_indices(n: int, count: int) -> list[int]:
+    """Which `count` of a map-style split's `n` items are evaluated: all of them when count >=
+    n, else the first `count` of a fixed seeded permutation (a uniform random subset, the same
+    every evaluation). Splits are often stored sorted by class; reading their first items
+    would evaluate a few classes only."""
+    if count >= n:
+        return list(range(n))
+    g = torch.Generator().manual_seed(EVAL_ORDER_SEED)
+    return torch.randperm(n, generator=g)[:count].tolist()
+
+
 def eval_batches(ds, micro_batch: int, n_batches: int, collate: Callable | None = None) -> Iterator:
-    """The first n_batches batches of ds in order (the same every evaluation)."""
+    """n_batches batches of ds, the same every evaluation: for a map-style dataset, a fixed
+    uniform random subset of n_batches x micro_batch items (the whole split when it is no
+    larger); an iterable dataset (a stream) is read from its start."""
     collate = collate or default_collate
     if isinstance(ds, IterableDataset) or not hasattr(ds, "__getitem__"):
         it = iter(ds)
@@ -115,8 +131,6 @@ def eval_batches(ds, micro_batch: int, n_batches: int, collate: Callable | None 
                 return
             yield collate(chunk)
         return
-    for k in range(n_batches):
-        idx = range(k * micro_batch, min((k + 1) * micro_batch, len(ds)))
-        if not idx:
-            return
-        yield collate([ds[i] for i in idx])
+    idx = eval_indices(len(ds), n_batches * micro_batch)
+    for k in range(0, len(idx), micro_batch):
+        yield collate([ds[i] for i in idx[k:k + micro_batch]])

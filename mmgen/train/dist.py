@@ -40,14 +40,28 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def resolve_device(name: str, info_local_rank: int | None = None) -> torch.device:
+    """The torch device of train.device ('auto': CUDA when present, else CPU). A device that
+    is not there is a ValueError naming the fix, never a CUDA traceback."""
+    from .config import check_device_name
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        local = int(os.environ.get("LOCAL_RANK", "0")) if info_local_rank is None else info_local_rank
-        dev = torch.device("cuda", local)
     if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={name}: no CUDA GPU is available here; use train.device=cpu (or auto)")
+        if dev.index is None:
+            local = int(os.environ.get("LOCAL_RANK", "0")) if info_local_rank is None else info_local_rank
+            dev = torch.device("cuda", local)
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"train.device={name}: there is no GPU {dev.index} (this machine has "
+                             f"{torch.cuda.device_count()}); use train.device=cuda or cuda:N with N < "
+                             f"{torch.cuda.device_count()}")
         torch.cuda.set_device(dev)
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"train.device={name}: MPS is not available here; use train.device=cpu (or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"train.device={name}: the engine trains on cpu, cuda or mps, not {dev.type!r}")
     return dev
 
 
@@ -108,14 +122,16 @@ def wrap_model(model: nn.Module, mode: str, info: DistInfo, device: torch.device
         return ddp, lambda last: contextlib.nullcontext() if last else ddp.no_sync()
     if mode == "fsdp":
         import warnings
-
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
         # the loop never modifies the loss in place (it divides out of place), so FSDP2's
         # warning about views returned from a forward does not apply
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        # fully_shard cannot shard 0-d parameters (CLIP's logit_scale): they stay replicated
+        # plain tensors and their gradients are averaged by all_reduce_replicated_grads
+        scalars = {p for p in model.parameters() if p.ndim == 0}
         for unit in fsdp_units(model):
-            fully_shard(unit)
-        fully_shard(model)
+            fully_shard(unit, ignored_params=scalars or None)
+        fully_shard(model, ignored_params=scalars or None)
         register_fsdp_forward_method(model, "loss")
 
         @contextlib.contextmanager
@@ -127,6 +143,45 @@ def wrap_model(model: nn.Module, mode: str, info: DistInfo, device: torch.device
                 model.set_requires_gradient_sync(True)
         return model.loss, sync
     raise ValueError(f"train.distributed must be 'ddp' or 'fsdp', got {mode!r}")
+
+
+def replicated_params(model: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters FSDP left unsharded (plain tensors among DTensors)."""
+    from torch.distributed.tensor import DTensor
+    if not is_sharded(model):
+        return []
+    return [p for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+
+
+def all_reduce_replicated_grads(params: list[nn.Parameter], info: DistInfo) -> None:
+    """Average the gradients of replicated parameters over ranks (FSDP does it for shards)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or not info.enabled:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    for g, v in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(v.view_as(g))
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Global gradient norm (clipped to max_norm) over plain and DTensor (sharded) gradients
+    alike; a collective under FSDP. Returns the norm before clipping as a plain tensor."""
+    from torch.distributed.tensor import DTensor
+    sharded = [p for p in params if isinstance(p, DTensor)]
+    if not sharded or len(sharded) == len(params):
+        return full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    plain = [p for p in params if not isinstance(p, DTensor)]
+    norms = []
+    for group in (sharded, plain):
+        grads = [p.grad for p in group if p.grad is not None]
+        if grads:
+            norms.append(full_tensor(torch.nn.utils.get_total_norm(grads)).float())
+    total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+    for group in (sharded, plain):  # one call per kind: foreach ops do not mix DTensors and tensors
+        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total
 
 
 def is_sharded(model: nn.Module) -> bool:

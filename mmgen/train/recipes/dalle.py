@@ -1,6 +1,7 @@
 """DALL-E recipes: a small text-to-image transformer over [text; VQ tokens]. The VQ tokenizer
-(and the CLIP reranker used for sample grids) are read from the shipped checkpoints, so train
-after checkpoints/vq_shapes exists:
+(and the CLIP reranker of the pipeline) are the shipped checkpoints, named as such ("vq_shapes"
+resolves from any working directory, also in an installed package), so train after
+checkpoints/vq_shapes exists:
 
     python -m train --recipe dalle_shapes --out runs/dalle_shapes
 
@@ -11,25 +12,27 @@ from . import Recipe, register_recipe
 # the training schedule both datasets share; each recipe sets its own step count
 _TRAIN = {"batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-4, "warmup": 30, "weight_decay": 0.01,
           "val_split": "val", "eval_every": 0, "eval_batches": 4, "sample_every": 0, "num_samples": 16,
-          "log_every": 20, "save_every": 100, "progress": False}
+          "log_every": 20, "save_every": 100}
 
 register_recipe(Recipe(
     name="dalle_shapes", model="dalle_shapes_32", data="shapes",
-    model_overrides={"vq_path": "checkpoints/vq_shapes", "clip_path": "checkpoints/clip_shapes",
+    model_overrides={"vq_path": "vq_shapes", "clip_path": "clip_shapes",
                      "cond_drop": 0.15},
     data_kwargs={"holdout": "default"},
     train={**_TRAIN, "steps": 1500},
     description="DALL-E (4 x 128, pruned BPE text, 12 + 64 positions) on shapes captions with the default "
                 "held-out colour-shape pairs excluded; 1:7 text:image loss, 15% condition dropout",
-    expected="see checkpoints/dalle_shapes/README.md for the measured held-out checker accuracy",
+    expected="held-out colour-shape pairs, all attributes right: 10.5 % (1 sample), 13.5 % (best of 8 by CLIP; "
+             "VQ-reconstruction ceiling 69 %); ~25 min on 2 shared CPU cores (checkpoints/dalle_shapes/README.md)",
 ))
 
 register_recipe(Recipe(
     name="dalle_emoji", model="dalle_emoji_32", data="emoji",
-    model_overrides={"vq_path": "checkpoints/vq_emoji", "clip_path": "checkpoints/clip_emoji", "cond_drop": 0.15},
+    model_overrides={"vq_path": "vq_emoji", "clip_path": "clip_emoji", "cond_drop": 0.15},
     data_kwargs={"image_size": 32},
     train={**_TRAIN, "steps": 600},
     description="DALL-E (4 x 128, pruned BPE text, 24 + 64 positions) on the 2,923 train emoji at 32 px with "
                 "their CLDR names; test emoji (other base emoji) measure generalisation by CLIP score",
-    expected="see checkpoints/dalle_emoji/README.md",
+    expected="CLIP score on unseen test emoji 45.6 (1 sample) / 76.4 (best of 8; real images 96.8); ~8 min on 2 "
+             "shared CPU cores (checkpoints/dalle_emoji/README.md)",
 ))

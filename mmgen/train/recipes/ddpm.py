@@ -13,7 +13,7 @@ register_recipe(Recipe(
     model="ddpm_unet_shapes",
     data="shapes",
     train=_SHAPES_TRAIN,
-    model_overrides={"text_encoder": "clip", "text_encoder_path": "checkpoints/clip_shapes"},
+    model_overrides={"text_encoder": "clip", "text_encoder_path": "clip_shapes"},
     description="text-conditional pixel UNet on shapes (32x32), frozen CLIP text tower "
                 "(model.text_encoder_path: a trained CLIP checkpoint), CFG dropout 10%",
     expected="3,000 steps, 37 min on one thread of a 2-core CPU: 200 test captions, DPM-Solver++ 25 steps, "
@@ -48,7 +48,7 @@ register_recipe(Recipe(
     data_kwargs={"image_size": 32},
     train=dict(steps=3000, batch_size=32, lr=5e-4, warmup=100, min_lr=5e-5, weight_decay=0.0, ema=0.999,
                amp="bf16", num_samples=16, save_every=250),
-    model_overrides={"text_encoder": "clip", "text_encoder_path": "checkpoints/clip_emoji"},
+    model_overrides={"text_encoder": "clip", "text_encoder_path": "clip_emoji"},
     description="text-conditional DiT (adaLN-Zero + cross-attention) on emoji names (32 px), frozen text tower "
                 "of checkpoints/clip_emoji, v-prediction, min-SNR",
     expected="3,000 steps, 101 min on one thread of a 2-core CPU: 200 test captions, DPM-Solver++ 25 steps, "

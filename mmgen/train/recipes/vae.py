@@ -7,7 +7,7 @@ second than two threads there), batch 32, ~1,500 steps (about 5 CPU minutes); th
 from . import Recipe, register_recipe
 
 _SCHEDULE = dict(steps=1500, batch_size=32, lr=2e-3, min_lr=1e-4, warmup=50, weight_decay=0.0, clip=1.0,
-                 save_every=100, sample_every=500, num_samples=16, log_every=50, eval_batches=8, progress=False)
+                 save_every=100, sample_every=500, num_samples=16, log_every=50, eval_batches=8)
 
 register_recipe(Recipe(
     name="vq_shapes", model="vq_32", data="shapes", train=dict(_SCHEDULE),

@@ -16,14 +16,16 @@ register_recipe(Recipe(
     name="vit_tiny_animal_mnist", model="vit_tiny_patch4_32", data="animal_mnist",
     model_overrides=_CLS, train={**_SCHED, **_TEST_ALL, "steps": 400},
     description="ViT (0.8M, patch 4, 32 px) on animal-mnist (padded to 32 px, 3 channels), 400 steps x 32, fp32",
-    expected="see docs/vision.md (results table: test accuracy and CPU wall time)"))
+    expected="test accuracy 49.5 % (loss 1.402) on the 1,000 test images; 503 s on a shared 2-core CPU "
+             "(docs/vision.md)"))
 
 register_recipe(Recipe(
     name="swin_tiny_animal_mnist", model="swin_tiny_patch2_window4_32", data="animal_mnist",
     model_overrides=_CLS, train={**_SCHED, **_TEST_ALL, "steps": 400, "amp": "bf16"},
     description="Swin (1.3M, patch 2, window 4, 32 px) on animal-mnist, 400 steps x 32, bf16 autocast "
                 "(1.5x faster than fp32 on this CPU; ViT-tiny gains nothing from it)",
-    expected="see docs/vision.md (results table: test accuracy and CPU wall time)"))
+    expected="test accuracy 57.2 % (loss 1.222) on the 1,000 test images; 487 s on a shared 2-core CPU "
+             "(docs/vision.md)"))
 
 register_recipe(Recipe(
     name="vit_small_cifar10", model="vit_small_patch4_32", data="cifar10",

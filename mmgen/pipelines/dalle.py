@@ -1,0 +1,173 @@
+"""DALL-E generation: prompt -> text tokens -> image tokens one at a time on the KV cache
+(classifier-free guidance on the next-token logits) -> VQ decode -> CLIP rerank.
+
+    pipe = DALLEPipeline.from_pretrained("checkpoints/dalle_shapes")  # finds ../vq_shapes, ../clip_shapes
+    out = pipe(["a red circle above a blue square"], num_images=4, candidates=8, seed=0)
+    out.images  # uint8 (1, 4, 3, 32, 32), best CLIP score first
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_pretrained, read_config, resolve_companion
+from ..models.base import eval_mode
+from ..text.sampling import SamplingParams, make_generator, sample_next
+from .base import Pipeline, ProgressReporter, timed
+from .prompts import PromptReader, quiet
+
+# the training loop's sample grids: a few fixed captions per data set
+SAMPLE_PROMPTS = {
+    "shapes": ("a red circle above a blue square", "a green triangle", "a yellow square left of a magenta circle",
+               "a blue circle"),
+    "emoji": ("red heart", "grinning face", "dog face", "green apple"),
+}
+
+
+def guided_logits(logits: torch.Tensor, batch: int, guidance: float) -> torch.Tensor:
+    """(2B, V) logits of [cond; null] rows -> (B, V) null + s * (cond - null); (B, V) unchanged."""
+    if logits.shape[0] == batch:
+        return logits.float()
+    cond, null = logits[:batch].float(), logits[batch:].float()
+    return null + guidance * (cond - null)
+
+
+@torch.no_grad()
+def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, params: SamplingParams = SamplingParams(),
+                        generator: torch.Generator | None = None, use_cache: bool = True,
+                        force_null_rows: bool = False, on_token=None) -> torch.Tensor:
+    """Image tokens (B, h, w) for text ids (B, text_len): the whole DALL-E sampling loop.
+
+    guidance s mixes the next-token logits null + s * (cond - null) (0 = unconditional,
+    1 = conditional: the null rows are skipped unless force_null_rows). use_cache=False
+    recomputes the whole prefix at every step (the reference the KV cache must match)."""
+    c = model.config
+    if text.ndim != 2 or text.shape[1] != c.text_len:
+        raise ValueError(f"text must be (batch, {c.text_len}) ids from tokenize(), got {tuple(text.shape)}")
+    B, dev = text.shape[0], model.text_embed.weight.device
+    text = text.to(dev)
+    rows = torch.cat([text, model.null_text(B)]) if (guidance != 1.0 or force_null_rows) else text  # (R, text_len)
+    R = rows.shape[0]
+    out = torch.empty(B, 0, dtype=torch.long, device=dev)  # (B, i) image tokens so far
+    with eval_mode(model):
+        cache = model.make_cache(R, c.seq_len) if use_cache else None
+        _, logits = model(rows, cache=cache)  # prefill: the last text position predicts image token 0
+        for i in range(c.image_tokens):
+            nxt = sample_next(guided_logits(logits[:, -1], B, guidance), params, None, generator)  # (B,)
+            out = torch.cat([out, nxt[:, None]], 1)
+            if on_token is not None:
+                on_token()
+            if i == c.image_tokens - 1:
+                break
+            if use_cache:  # one new position: the same token for the cond and null rows
+                _, logits = model(nxt.repeat(R // B)[:, None], cache=cache, start=c.text_len + i)
+            else:
+                _, logits = model(torch.cat([rows, out.repeat(R // B, 1)], 1))
+    return out.view(B, *c.image_grid)
+
+
+class DALLEPipeline(Pipeline):
+    """A DALL-E model + its VQ tokenizer (decodes image tokens) + an optional CLIP reranker."""
+
+    kind = "dalle"
+    model_type = "dalle"
+
+    def __init__(self, model, vq=None, clip=None, *, name: str = ""):
+        super().__init__(model, clip=clip, name=name)
+        if vq is not None:
+            model.attach(vq=vq)  # checks the codebook size and token grid
+
+    @classmethod
+    def _from_model(cls, model, ckpt_dir: Path, vq=None, clip=None):
+        c = model.config
+        if vq is None:
+            if not c.vq_path:
+                raise ValueError(f"{ckpt_dir} has no vq_path in its config: pass vq= (a VQ model)")
+            vq = _companion(c.vq_path, ckpt_dir, "vq")
+        if clip is None and c.clip_path:
+            clip = _companion(c.clip_path, ckpt_dir, "clip")
+        return cls(model, vq=vq, clip=clip)
+
+    @property
+    def vq(self):
+        return self.model.vq
+
+    def parts(self) -> list:
+        return super().parts() + [self.vq]
+
+    def readers(self) -> list[PromptReader]:
+        m = self.model
+        trained = bool(m.seen_words.any())
+        from ..models.dalle import word_bucket
+        data = m.config.train_data or m.config.tokenizer_captions
+        out = [PromptReader("the DALL-E generator" + (f" (trained on {data} captions)" if data else ""), m.tokenizer,
+                            seen=(lambda w: bool(m.seen_words[word_bucket(w)])) if trained else None,
+                            corpus=m.config.tokenizer_captions, max_tokens=m.config.text_len)]
+        return out + ([self.clip_reader()] if self.clip is not None else [])
+
+    def check_options(self, steps=None, **kwargs) -> None:
+        if kwargs:
+            raise TypeError(f"DALLEPipeline takes no option {', '.join(sorted(kwargs))} (that is an option of "
+                            f"diffusion pipelines)")
+
+    def _generate(self, prompts, n, *, seed, guidance, steps, temperature, top_k, top_p, progress, truncate,
+                  batch_size) -> torch.Tensor:
+        m, c = self.model, self.model.config
+        guidance = c.guidance_scale if guidance is None else float(guidance)
+        params = SamplingParams(temperature=c.temperature if temperature is None else temperature,
+                                top_k=top_k, top_p=top_p)
+        reader = self.readers()[0]
+        text = quiet(m.tokenize, [reader.clean(p) for p in prompts], truncate=truncate)  # (P, text_len)
+        text = text.repeat_interleave(n, 0)  # (P * n, text_len), prompt-major
+        gen = make_generator(seed, m.text_embed.weight.device)
+        batches = range(0, len(text), batch_size)
+        tick = ProgressReporter(progress, len(batches) * c.image_tokens, f"DALL-E {len(text)} image(s)")
+        try:
+            images = []
+            for i in batches:
+                tokens = sample_image_tokens(m, text[i:i + batch_size], guidance=guidance, params=params,
+                                             generator=gen, on_token=tick)
+                images.append(self.vq.decode_tokens(tokens.to(self.vq.device)).float().cpu())  # (b, C, H, W)
+        finally:
+            tick.close()
+        return torch.cat(images)
+
+    def estimate_seconds(self, num_prompts: int, num_images: int = 4, candidates: int = 1, guidance=None,
+                         batch_size: int = 64, **kwargs) -> float:
+        """Time of a call, extrapolated from timing 2 cached decode steps of one batch."""
+        m, c = self.model, self.model.config
+        g = c.guidance_scale if guidance is None else guidance
+        total = num_prompts * num_images * candidates
+        b = min(batch_size, total)
+        rows = m.null_text(b * (2 if g != 1 else 1))
+        with torch.no_grad(), eval_mode(m):
+            cache = m.make_cache(rows.shape[0], c.seq_len)
+            m(rows, cache=cache)
+            tok = torch.zeros(rows.shape[0], 1, dtype=torch.long, device=rows.device)
+            dt = timed(lambda: [m(tok, cache=cache, start=c.text_len + j) for j in range(2)]) / 2
+        return dt * c.image_tokens * -(-total // b)
+
+
+def _companion(value: str, ckpt_dir, what: str):
+    """A companion checkpoint (VQ or CLIP) named in a DALL-E config, resolved relative to the
+    DALL-E checkpoint's directory."""
+    path = resolve_companion(value, ckpt_dir, what)
+    found = read_config(path)["model_type"]
+    if found != what:
+        raise ValueError(f"{what}_path {value!r} holds a {found!r} checkpoint; DALL-E needs a {what!r} one there")
+    return load_pretrained(path)
+
+
+@torch.no_grad()
+def training_samples(model, n: int = 16, seed: int = 0) -> torch.Tensor:
+    """n images (n, C, H, W) in [-1, 1] for a few fixed captions of the training data set, no
+    reranking (the training loop's sample grid)."""
+    prompts = SAMPLE_PROMPTS.get(model.config.train_data, SAMPLE_PROMPTS["shapes"])
+    per = max(1, -(-n // len(prompts)))
+    c = model.config
+    text = quiet(model.tokenize, list(prompts), truncate=True).repeat_interleave(per, 0)[:n]
+    tokens = sample_image_tokens(model, text, guidance=c.guidance_scale,
+                                 params=SamplingParams(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p),
+                                 generator=make_generator(seed, model.text_embed.weight.device))
+    return model.vq.decode_tokens(tokens.to(model.vq.device)).cpu()
