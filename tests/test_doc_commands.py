@@ -29,6 +29,7 @@ import re
 import runpy
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -68,18 +69,22 @@ RULES = [
     Rule(r"^make\b", "make demo / make test create .venv and run this suite (tests/test_wheel.py runs the demo)",
          skip=True),
     Rule(r"^apt-get\b", "installs system packages", skip=True),
+    Rule(r"^mmgen serve\b", "a web server that runs until stopped (tests/test_serve.py starts and stops it)",
+         skip=True),
     Rule(r"scripts/build_emoji\.py", "rebuilds the shipped emoji asset in mmgen/data/assets (~2 min)", skip=True),
     Rule(r"-m pytest\b", "runs part of this test suite", skip=True),
     Rule(r"--nnodes=([2-9]|\d\d)", "multi-node training needs several machines", skip=True),
     Rule(r"--recipe NAME\b", "a synopsis: NAME and the [bracketed] options are placeholders", skip=True),
     Rule(r"--data cifar10\b", "CIFAR-10 cannot be downloaded here: a fake copy (no official md5s) stands in",
          append=["--data-set", "check_md5=false"]),
-    Rule(r"^mmgen generate .*--model ddpm\b", "diffusion sampling: 2 steps instead of 25",
+    Rule(r"^mmgen generate .*--model \S*ddpm", "diffusion sampling: 2 steps instead of 25",
          append=["--steps", "2"]),
+    Rule(r"^mmgen generate .*-o docs/img/", "the docs' sample grids: 2 images per prompt instead of 6",
+         append=["-n", "2"]),
     Rule(r"mmgen\.metrics\.evaluate\b", "4 samples, 2 sampling steps instead of 200 x 25",
          append=["--n", "4", "--steps", "2", "--batch", "4", "--quiet"]),
-    Rule(r"scripts/dalle_eval\.py (shapes|emoji)\b", "8 captions and 1 or 2 candidates instead of 200 and 1 or 8",
-         append=["--n", "8", "--candidates", "1", "2", "--quiet"]),
+    Rule(r"scripts/dalle_eval\.py (shapes|emoji)\b", "4 captions and 1 or 2 candidates instead of 200 and 1 or 8",
+         append=["--n", "4", "--candidates", "1", "2", "--quiet"]),
     Rule(r"scripts/ae_report\.py", "the first 16 test images instead of the whole split",
          append=["--limit", "16"]),
     Rule(r"^mmgen retrieve .*--dataset\b", "recall@K on 64 items instead of 1,000", append=["--limit", "64"]),
@@ -277,9 +282,31 @@ def _isolated(cwd: Path, env: dict[str, str], argv: list[str]):
         torch.set_num_threads(saved[5])
 
 
+COMMAND_TIMEOUT_S = 600  # a command that never returns (a server, a prompt) fails instead of hanging
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int):
+    if not hasattr(signal, "SIGALRM"):  # not on Windows: no limit
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f"the command ran longer than {seconds} s: skip it with a Rule if it is meant to run "
+                           f"until stopped")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def run_in_process(argv: list[str], env: dict[str, str], cwd: Path) -> int:
     kind, name, args = _python_target(argv)
-    with _isolated(cwd, env, [name, *args]):
+    with _isolated(cwd, env, [name, *args]), _time_limit(COMMAND_TIMEOUT_S):
         try:
             if kind == "module" and name == "mmgen.cli":
                 from mmgen.cli import main
@@ -297,7 +324,7 @@ def run_subprocess(argv: list[str], env: dict[str, str], cwd: Path) -> int:
     kind, name, args = _python_target(argv)
     cmd = [sys.executable, *(["-m", name] if kind == "module" else [name]), *args]
     full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
     sys.stdout.write(r.stdout)
     sys.stderr.write(r.stderr)
     return r.returncode
