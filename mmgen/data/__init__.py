@@ -8,6 +8,8 @@
 Image datasets: cifar10, cifar100, animal_mnist, mnist5k, emoji, shapes.
 Text datasets: shakespeare, text (a user file), captions (the caption corpus of an image set),
 each yielding ``{"input_ids": (T,), "labels": (T,)}`` blocks of byte tokens.
+Synthetic language tasks: icl (in-context learning of a random function per sequence),
+arithmetic (addition / multiplication, plain or with a scratchpad); see lm_tasks.py.
 See docs/data.md for sizes, licences and split rules.
 """
 from __future__ import annotations
@@ -27,6 +29,8 @@ _DATASETS = {
     "shakespeare": ("text", "shakespeare"),
     "text": ("text", "text_file"),
     "captions": ("text", "captions"),
+    "icl": ("lm_tasks", "icl"),
+    "arithmetic": ("lm_tasks", "arithmetic"),
 }
 
 _ALIASES = {"animal-mnist": "animal_mnist", "mnist_5k": "mnist5k", "mnist-5k": "mnist5k",

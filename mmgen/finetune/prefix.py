@@ -1,5 +1,5 @@
 """Prefix tuning (Li & Liang, 2021): learned key/value prefixes for every attention layer of
-a frozen `mmgen.layers.Transformer`, and P-tuning-style virtual tokens.
+a frozen `mmgen.layers.Transformer` (P-tuning's virtual input tokens are in ptuning.py).
 
 `PrefixTuning(transformer, num_virtual)` holds keys and values (depth, Hkv, P, head_dim)
 and builds KV caches pre-filled with them (`make_cache`); the real tokens are then run as if

@@ -167,6 +167,27 @@ class GPT(Model):
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         return loss, {"loss": loss.item()}
 
+    @torch.no_grad()
+    def evaluate(self, batch: dict) -> dict[str, float]:
+        """Validation logs: loss, token_acc (argmax = label over the labelled positions) and
+        seq_exact (rows whose every labelled token is the argmax: for one answer per row, the
+        greedy exact-match rate); with a ``task`` list of strings, seq_exact per task too."""
+        logits = self(batch["input_ids"])
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        scored = labels != -100
+        right = (logits.argmax(-1) == labels) & scored  # (B, T)
+        rows = scored.any(1)
+        exact = ((right | ~scored).all(1) & rows).float()  # (B,)
+        logs = {"loss": loss.item(), "token_acc": (right.sum() / scored.sum().clamp(min=1)).item(),
+                "seq_exact": (exact.sum() / rows.sum().clamp(min=1)).item()}
+        tasks = batch.get("task")
+        if isinstance(tasks, (list, tuple)) and len(tasks) == len(exact):
+            for name in sorted(set(tasks)):
+                sel = torch.tensor([t == name for t in tasks], device=exact.device)
+                logs[f"seq_exact_{name}"] = exact[sel].mean().item()
+        return logs
+
     def example_batch(self, batch_size: int = 2, device="cpu") -> dict:
         T = min(self.config.context, 16)
         g = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@ plain preset + dataset recipe cannot express, so these run as a module:
   # 1. a Shakespeare base (any mmgen GPT run directory works)
   python -m train gpt_char_shakespeare_cpu --data shakespeare --data-set block_size=128 \\
       --set train.steps=400 --set train.batch_size=16 --set train.lr=3e-3 --out runs/base
-  # 2. fine-tune it on another corpus (emoji captions): full vs LoRA vs QLoRA vs prefix
+  # 2. fine-tune it on another corpus (emoji captions): full vs LoRA vs QLoRA vs prefix vs P-tuning
   python -m train.recipes.finetune gpt --base runs/base --out runs/ft
   # CLIP: a small shapes CLIP, then LoRA / prefix (text tower) / full on animal-mnist
   python -m train --recipe clip_shapes_byte_base --out runs/clip_base
@@ -110,7 +110,7 @@ def _fixed_batches(ds, n: int, bs: int, seed: int) -> list[dict]:
 
 # ---- GPT: Shakespeare base -> another corpus -------------------------------------------------
 def finetune_gpt(base_dir: str, out: str, *, steps: int = 150, batch_size: int = 16, source: str = "emoji",
-                 rank: int = 8, seed: int = 0, methods: list[str] | None = None) -> dict:
+                 rank: int = 8, seed: int = 0, methods: list[str] | None = None, lr: float | None = None) -> dict:
     import mmgen
     from mmgen.data import build_dataset
     from mmgen.finetune import PrefixGPT, apply_lora, quantize_model, save_adapter, trainable_summary
@@ -130,6 +130,8 @@ def finetune_gpt(base_dir: str, out: str, *, steps: int = 150, batch_size: int =
         f"qlora_int4_r{rank}": (lambda m: (quantize_model(m, 4, group_size=32),
                                            apply_lora(m, targets=["attn", "mlp"], rank=rank, alpha=2 * rank), m)[2], 3e-3),
         "prefix_16": (lambda m: _prefix(m, 16, train_ds), 1e-2),
+        "ptuning_16_mlp": (lambda m: _ptuning(m, 16, "mlp", train_ds), 1e-2),
+        "ptuning_16_lstm": (lambda m: _ptuning(m, 16, "lstm", train_ds, hidden=64), 1e-2),
     }
     methods = methods or list(builders)
     out_dir = Path(out)
@@ -137,24 +139,36 @@ def finetune_gpt(base_dir: str, out: str, *, steps: int = 150, batch_size: int =
     results = {"base": base_dir, "corpus": f"captions:{source}", "steps": steps, "batch_size": batch_size,
                "block": T, "before": {"val_loss": eval_loss(base, val), "shakespeare_val_loss": eval_loss(base, shakes)},
                "runs": {}}
+    old = out_dir / "results.json"
+    if old.exists():  # a run of other --methods on the same base and schedule: keep its rows
+        prev = json.loads(old.read_text())
+        if all(prev.get(k) == results[k] for k in ("base", "corpus", "steps", "batch_size", "block")):
+            results["runs"] = {k: v for k, v in prev.get("runs", {}).items() if k not in methods}
     print(f"base: captions val {results['before']['val_loss']:.3f}, shakespeare val "
           f"{results['before']['shakespeare_val_loss']:.3f}", file=sys.stderr)
     for name in methods:
-        build, lr = builders[name]
+        build, method_lr = builders[name]
+        lr_used = lr or method_lr
         torch.manual_seed(seed)
         model = build(copy.deepcopy(base))
         share = trainable_summary(model)
-        print(f"{name}: {share['trainable']:,} trainable of {share['total']:,} (lr {lr})", file=sys.stderr)
+        print(f"{name}: {share['trainable']:,} trainable of {share['total']:,} (lr {lr_used})", file=sys.stderr)
         t0 = time.perf_counter()
-        hist, opt = train_steps(model, lambda s: train_batches[s - 1], steps, lr, log_every=max(steps // 4, 1))
+        hist, opt = train_steps(model, lambda s: train_batches[s - 1], steps, lr_used, log_every=max(steps // 4, 1))
         wall = time.perf_counter() - t0
         mem = training_memory(model, opt, train_batches[0])
-        rec = {"trainable": share["trainable"], "total": share["total"], "share": share["share"], "lr": lr,
+        rec = {"trainable": share["trainable"], "total": share["total"], "share": share["share"], "lr": lr_used,
                "val_loss": eval_loss(model, val), "shakespeare_val_loss": eval_loss(model, shakes),
                "train_loss": hist[-1]["loss"], "wall_s": wall, "memory": mem}
         if name.startswith(("lora", "qlora")):
             save_adapter(model, out_dir / name)
             rec["adapter_bytes"] = (out_dir / name / "adapter.safetensors").stat().st_size
+        elif name.startswith("ptuning"):
+            model.save_prompt(out_dir / name)  # the (P, dim) virtual tokens only
+            rec["adapter_bytes"] = (out_dir / name / "prompt.safetensors").stat().st_size
+        elif name.startswith("prefix"):
+            model.save_prefix(out_dir / name)
+            rec["adapter_bytes"] = (out_dir / name / "prefix.safetensors").stat().st_size
         results["runs"][name] = rec
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     print_gpt_table(results)
@@ -168,17 +182,26 @@ def _prefix(model, n, train_ds):
     return pm
 
 
+def _ptuning(model, n, encoder, train_ds, hidden=None):
+    from mmgen.finetune import PTuningGPT
+    pm = PTuningGPT(model, n, encoder=encoder, hidden=hidden)
+    pm.init_from_text(train_ds[0]["input_ids"].tolist())  # start at the embeddings of corpus text
+    return pm
+
+
 def print_gpt_table(r: dict) -> None:
     print(f"\nfine-tuning {r['base']} on {r['corpus']} ({r['steps']} steps x {r['batch_size']} x {r['block']} tokens)")
-    print("| method | trainable | share | train-state MB (w+g+opt) | activations MB | val loss | Shakespeare val loss | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | trainable | share | train-state MB (w+g+opt) | activations MB | saved file kB | val loss | "
+          "Shakespeare val loss | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     b = r["before"]
-    print(f"| base (no fine-tuning) | 0 | 0 | | | {b['val_loss']:.3f} | {b['shakespeare_val_loss']:.3f} | |")
+    print(f"| base (no fine-tuning) | 0 | 0 | | | | {b['val_loss']:.3f} | {b['shakespeare_val_loss']:.3f} | |")
     for name, x in r["runs"].items():
         m = x["memory"]
         state = (m["weights"] + m["gradients"] + m["optimizer"]) / 1e6
+        saved = f"{x['adapter_bytes'] / 1e3:.0f}" if "adapter_bytes" in x else ""
         print(f"| {name} | {x['trainable']:,} | {100 * x['share']:.2f}% | {state:.2f} | {m['activations'] / 1e6:.1f} | "
-              f"{x['val_loss']:.3f} | {x['shakespeare_val_loss']:.3f} | {x['wall_s']:.0f} |")
+              f"{saved} | {x['val_loss']:.3f} | {x['shakespeare_val_loss']:.3f} | {x['wall_s']:.0f} |")
 
 
 # ---- CLIP: shapes base -> animal-mnist, LoRA / prefix vs full ---------------------------------
@@ -326,13 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", required=True, help="a GPT run directory / checkpoint")
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--methods", default=None, help="comma-separated subset (gpt)")
+    ap.add_argument("--methods", default=None, help="comma-separated subset (gpt: full, lora_r8, lora_r8_attn, "
+                                                    "qlora_int4_r8, prefix_16, ptuning_16_mlp, ptuning_16_lstm)")
     ap.add_argument("--source", default="emoji", help="caption corpus to fine-tune on (gpt)")
+    ap.add_argument("--lr", type=float, default=None, help="one learning rate for every method (gpt; default: "
+                                                          "each method's own)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.what == "gpt":
         kw = {"steps": args.steps} if args.steps else {}
-        finetune_gpt(args.base, args.out, source=args.source,
+        finetune_gpt(args.base, args.out, source=args.source, lr=args.lr,
                      methods=args.methods.split(",") if args.methods else None, **kw)
     elif args.what == "clip":
         kw = {"steps": args.steps} if args.steps else {}
