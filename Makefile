@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv when it
-# is missing; the stamp file re-runs the install when pyproject.toml changes.
+# is missing; the stamp file re-runs the install when pyproject.toml or setup.py changes.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test bench install browser clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1

@@ -94,17 +94,89 @@ def atomic_save_file(obj_bytes_fn, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+# ---------------------------------------------------------------------------- shipped checkpoints
+# The small checkpoints that ship with mmgen live in the repository's top-level checkpoints/
+# folder. A wheel carries them as the package data `mmgen/shipped/<name>/` (setup.py maps the
+# package `mmgen.shipped` onto checkpoints/); a source checkout or an editable install reads the
+# folder beside the `mmgen` package. MMGEN_CHECKPOINT_PATH (os.pathsep-separated folders) adds
+# places to look, searched first.
+CHECKPOINT_PATH_ENV = "MMGEN_CHECKPOINT_PATH"
+
+
+def shipped_roots() -> list[Path]:
+    """The folders searched for checkpoints by name, in order: $MMGEN_CHECKPOINT_PATH, the
+    package's own `shipped/` (an installed wheel), the repository's `checkpoints/` (a source
+    checkout or `pip install -e`)."""
+    pkg = Path(__file__).resolve().parent
+    roots = [Path(p).expanduser() for p in os.environ.get(CHECKPOINT_PATH_ENV, "").split(os.pathsep) if p]
+    roots.append(pkg / "shipped")
+    if (pkg.parent / "pyproject.toml").is_file():  # a source tree, not site-packages
+        roots.append(pkg.parent / "checkpoints")
+    return roots
+
+
+def list_shipped() -> list[str]:
+    """Names of the checkpoints found in shipped_roots() (e.g. 'dalle_shapes')."""
+    names = set()
+    for root in shipped_roots():
+        if root.is_dir():
+            names.update(d.name for d in root.iterdir() if (d / CONFIG_NAME).is_file())
+    return sorted(names)
+
+
+def find_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint directory from a path or the name of a shipped checkpoint.
+
+    An existing path wins (relative to the working directory, as a user typed it). Otherwise a
+    bare name such as "dalle_shapes", or a repository-style "checkpoints/dalle_shapes" typed
+    outside the repository, is looked up in shipped_roots(). Raises FileNotFoundError naming
+    what was tried and the shipped names."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    parts = path.parts
+    name = None
+    if len(parts) == 1 and parts[0] not in (".", ".."):
+        name = parts[0]
+    elif len(parts) == 2 and parts[0] == "checkpoints":  # the repository's path, typed elsewhere
+        name = parts[1]
+    if name is not None:
+        for root in shipped_roots():
+            if (root / name / CONFIG_NAME).is_file():
+                return root / name
+    shipped = list_shipped()
+    hint = f"; shipped checkpoints: {', '.join(shipped)}" if shipped else ""
+    raise FileNotFoundError(f"checkpoint directory {str(name_or_path)!r} does not exist and is not the name of a "
+                            f"shipped checkpoint{hint}")
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON ({e}); the checkpoint's config is damaged") from None
+
+
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
+    """The config.json of a checkpoint directory (or of a shipped checkpoint named as in
+    find_checkpoint), checked: valid JSON, an mmgen config, a format this version reads."""
+    path = find_checkpoint(path)
     if not path.is_dir():
+        if path.is_file() and path.name in (CONFIG_NAME, WEIGHTS_NAME):
+            raise FileNotFoundError(f"{str(path)!r} is a file: pass the checkpoint directory that holds it "
+                                    f"({str(path.parent)!r})")
         raise FileNotFoundError(f"checkpoint directory {str(path)!r} does not exist")
     cfg_file = path / CONFIG_NAME
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{str(path)!r} is not an mmgen checkpoint: it has no {CONFIG_NAME}")
-    meta = json.loads(cfg_file.read_text())
+    meta = _read_json(cfg_file)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{cfg_file} is not an mmgen config: expected a JSON object, got {type(meta).__name__}")
     for key in ("model_type", "config"):
         if key not in meta:
             raise ValueError(f"{cfg_file} is not an mmgen config (missing {key!r})")
+    if not isinstance(meta["config"], dict):
+        raise ValueError(f"{cfg_file} is not an mmgen config: 'config' should be a JSON object")
     if meta.get("format_version", 1) > FORMAT_VERSION:
         raise ValueError(f"{cfg_file} has format_version {meta['format_version']}; this mmgen reads up to "
                          f"{FORMAT_VERSION}: upgrade mmgen")
@@ -138,6 +210,8 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu", strict: bool = True):
+        """Load a checkpoint directory (or the name of a shipped checkpoint, see find_checkpoint)."""
+        path = find_checkpoint(path)
         meta = read_config(path)
         if meta["model_type"] != getattr(cls, "model_type", None):
             raise ValueError(f"{str(path)!r} holds a {meta['model_type']!r} model, not {cls.model_type!r}; "
@@ -148,25 +222,49 @@ class PretrainedMixin:
         if not weights.is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} has a config but no {WEIGHTS_NAME}")
         model.to(torch.float32)
-        missing, unexpected = load_model(model, str(weights), strict=False, device=str(map_location))
+        missing, unexpected = _load_weights(model, weights, map_location)
         if strict and (missing or unexpected):
             raise ValueError(f"{weights} does not match {cls.__name__}: missing {sorted(missing)[:8]}, "
                              f"unexpected {sorted(unexpected)[:8]}")
         model.preset_name = meta.get("preset")
         model.checkpoint_meta = meta
+        model.checkpoint_dir = Path(path).resolve()
         return model.eval()
 
 
+def _load_weights(model, weights: Path, map_location) -> tuple[list[str], list[str]]:
+    """safetensors' load_model with one-line errors naming the file: a truncated or corrupt file,
+    a pickle (torch.save) renamed to .safetensors, or tensors of the wrong shape."""
+    with open(weights, "rb") as f:
+        head = f.read(9)  # safetensors: an 8-byte header length, then the JSON header's "{"
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):  # zip / pickle magic
+        raise ValueError(f"{weights} is a pickled PyTorch file (torch.save), not safetensors; mmgen never "
+                         f"unpickles weights: convert it with safetensors.torch.save_model")
+    try:
+        return load_model(model, str(weights), strict=False, device=str(map_location))
+    except RuntimeError as e:  # shape mismatches: another config of the same family
+        first = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "size mismatch" in ln or "shape" in ln), first[0] if first else "")
+        raise ValueError(f"{weights} does not fit this model's config ({detail})") from None
+    except Exception as e:  # safetensors_rust.SafetensorError and friends: damaged file
+        raise ValueError(f"{weights} is not a readable safetensors file ({type(e).__name__}: {e}); "
+                         f"the file is damaged or truncated") from None
+
+
 def load_pretrained(path: str | os.PathLike, **kwargs):
-    """Load any mmgen checkpoint directory, whatever its model family."""
+    """Load any mmgen checkpoint: a directory, or the name of a shipped checkpoint such as
+    "dalle_shapes" (see find_checkpoint), whatever its model family."""
     from .registry import get_family
+    path = find_checkpoint(path)
     return get_family(read_config(path)["model_type"]).from_pretrained(path, **kwargs)
 
 
 # ------------------------------------------------------------------ companion checkpoints
 def shipped_root() -> Path:
-    """The folder of the checkpoints that ship with mmgen (the repository's checkpoints/)."""
-    return Path(__file__).resolve().parent.parent / "checkpoints"
+    """The folder of the checkpoints that ship with mmgen: the package's own shipped/ in an
+    installed wheel, else the repository's checkpoints/ (see shipped_roots for the search)."""
+    pkg = Path(__file__).resolve().parent
+    return pkg / "shipped" if (pkg / "shipped").is_dir() else pkg.parent / "checkpoints"
 
 
 def resolve_companion(value: str | os.PathLike, ckpt_dir: str | os.PathLike | None, what: str) -> Path:
@@ -185,7 +283,7 @@ def resolve_companion(value: str | os.PathLike, ckpt_dir: str | os.PathLike | No
             tried.append(Path(ckpt_dir) / p)
         parts = p.parts
         if len(parts) == 1 or parts[-2] in ("checkpoints", ".."):
-            tried.append(shipped_root() / parts[-1])
+            tried += [root / parts[-1] for root in shipped_roots()]
         tried.append(Path.cwd() / p)
     for cand in tried:
         if (cand / CONFIG_NAME).is_file():
@@ -221,7 +319,7 @@ def relative_companion(value: str, old_dir: str | os.PathLike | None, new_dir: s
     except FileNotFoundError:
         return value
     new = Path(new_dir).resolve()
-    root = shipped_root().resolve()
-    if target.parent == root and new.parent != root:
+    roots = {root.resolve() for root in shipped_roots()}
+    if target.parent in roots and new.parent not in roots:
         return target.name
     return os.path.relpath(target, new)

@@ -2,14 +2,15 @@
 `register(subparsers)`, so features plug in without editing this file."""
 from __future__ import annotations
 
-import argparse
 import importlib
 import pkgutil
 import sys
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmgen", description="Small multimodal generative models.")
+def build_parser():
+    from mmgen.commands._args import OneLineParser  # usage errors: one line, exit code 2
+
+    parser = OneLineParser(prog="mmgen", description="Small multimodal generative models.")
     parser.add_argument("--version", action="version", version=f"mmgen {__import__('mmgen').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import mmgen.commands as pkg

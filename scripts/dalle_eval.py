@@ -13,7 +13,6 @@ Every figure is printed as one JSON line (and appended to --log when given).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -25,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import mmgen  # noqa: E402
+from mmgen.commands._args import (OneLineParser, finite_float, non_negative_float, non_negative_int,  # noqa: E402
+                                  positive_int, unit_float)
 
 
 def _emit(record: dict, log: str | None) -> None:
@@ -45,7 +46,7 @@ def _gen_kwargs(args) -> dict:
 def _generate(pipe, captions, cands: int, args, **kw):
     """One image per caption, the best of `cands` by CLIP: (float images in [-1, 1], scores or None)."""
     from mmgen.pipelines.base import to_float
-    out = pipe(captions, num_images=1, candidates=cands, rerank=cands > 1, seed=args.seed, progress=False,
+    out = pipe(captions, num_images=1, candidates=cands, rerank=cands > 1, seed=args.seed, progress=not args.quiet,
                **_gen_kwargs(args), **kw)
     return to_float(out.images[:, 0]), None if out.scores is None else out.scores[:, 0]
 
@@ -219,20 +220,21 @@ layout right far more often than exact shapes. Reranking by CLIP mostly fixes co
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="scripts/dalle_eval.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn in (("shapes", eval_shapes), ("emoji", eval_emoji)):
         e = sub.add_parser(name)
         e.add_argument("--model", required=True)
-        e.add_argument("--n", type=int, default=200)
-        e.add_argument("--candidates", type=int, nargs="+", default=[1, 8])
+        e.add_argument("--n", type=positive_int, default=200)
+        e.add_argument("--candidates", type=positive_int, nargs="+", default=[1, 8])
         e.add_argument("--splits", nargs="+", default=["heldout_test"] if name == "shapes" else ["test"])
         e.add_argument("--seed", type=int, default=0)
-        e.add_argument("--guidance", type=float, default=None, help="default: the checkpoint's")
-        e.add_argument("--temperature", type=float, default=None)
-        e.add_argument("--top-k", type=int, default=None, help="0 = off; default: the checkpoint's")
-        e.add_argument("--top-p", type=float, default=None, help="0 = off; default: the checkpoint's")
+        e.add_argument("--guidance", type=finite_float, default=None, help="default: the checkpoint's")
+        e.add_argument("--temperature", type=non_negative_float, default=None)
+        e.add_argument("--top-k", type=non_negative_int, default=None, help="0 = off; default: the checkpoint's")
+        e.add_argument("--top-p", type=unit_float, default=None, help="0 = off; default: the checkpoint's")
         e.add_argument("--log", default=None)
+        e.add_argument("--quiet", action="store_true", help="no progress bar (default: one with the time left)")
         e.add_argument("--reference", action="store_true", help="shapes: also score the real images and their "
                                                                 "VQ reconstructions (the ceiling)")
         e.set_defaults(func=fn)

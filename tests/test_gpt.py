@@ -207,6 +207,6 @@ def test_cli_streams_a_continuation(tmp_path, capsys):
     tok = get_tokenizer("byte")
     want = tok.decode(model.generate("To be", 12, temperature=0, tokenizer=tok, eos_id=tok.eos_id)[0])
     assert printed == "To be" + want + "\n"
-    assert main(["text", "To be", "--checkpoint", str(tmp_path / "ck"), "-n", "100"]) == 2
+    assert main(["text", "To be", "--checkpoint", str(tmp_path / "ck"), "-n", "100", "--overflow", "error"]) == 2
     assert "exceeds the context of 64 tokens" in capsys.readouterr().err
     assert main(["text", "x" * 40, "--checkpoint", str(tmp_path / "ck"), "-n", "100", "--overflow", "slide"]) == 0

@@ -56,6 +56,16 @@ def split_list(text: str) -> list[str]:
     return items
 
 
+def dataset_kwargs(dataset: str, split: str, pairs: list[str]) -> dict:
+    """--data-set KEY=VALUE pairs for build_dataset, plus what a split needs: the shapes
+    `heldout_*` splits hold the default held-out colour-shape pairs (the ones the shapes
+    recipes train without) unless --data-set holdout=... says otherwise."""
+    kw = parse_kv(pairs)
+    if dataset == "shapes" and split.startswith("heldout") and kw.get("holdout") is None:
+        kw["holdout"] = "default"
+    return kw
+
+
 def parse_kv(pairs: list[str]) -> dict:
     """["holdout=default", "length=100"] -> {"holdout": "default", "length": 100} (JSON values
     where they parse, else strings)."""

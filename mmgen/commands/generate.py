@@ -7,27 +7,16 @@ row per prompt with the prompt as its caption, `--num-images` images per row, up
 `--scale` times for viewing (`--raw`: the images at the model's own 32 px, no captions)."""
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 from pathlib import Path
+
+from ._args import device, finite_float, non_negative_float, non_negative_int, unit_float
 
 DEFAULT_MODEL = "dalle_shapes"
 SCHEDULER_CHOICES = ("ddpm", "ddim", "dpm++", "euler")
 MAX_NUM_IMAGES = 1024  # images per prompt in one grid row
 MAX_GRID_SIDE = 16_384  # pixels: beyond this the upscale is lowered
 ESTIMATE_ABOVE = 64  # samples: print a time estimate before starting
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a finite float (nan and inf are refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
 
 
 def check_output(path: str) -> Path:
@@ -65,15 +54,15 @@ def register(sub) -> None:
                    help="draw N candidates per image and keep the best by CLIP score (default: 1 for DDPM; for "
                         "DALL-E with a reranker, enough for 8 per prompt and at least 2 per image)")
     p.add_argument("--no-rerank", action="store_true", help="keep the images in the order drawn")
-    p.add_argument("--temperature", type=finite_float, default=None, help="DALL-E: sampling temperature")
-    p.add_argument("--top-k", type=int, default=None, help="DALL-E: top-k filter, 0 = off")
-    p.add_argument("--top-p", type=finite_float, default=None, help="DALL-E: nucleus filter, 0 = off")
+    p.add_argument("--temperature", type=non_negative_float, default=None, help="DALL-E: sampling temperature")
+    p.add_argument("--top-k", type=non_negative_int, default=None, help="DALL-E: top-k filter, 0 = off")
+    p.add_argument("--top-p", type=unit_float, default=None, help="DALL-E: nucleus filter, 0 = off")
     p.add_argument("--truncate", action="store_true",
                    help="cut a prompt longer than the model's text context (with a warning) instead of refusing")
     p.add_argument("--scale", type=int, default=8, help="upscale each image N times for viewing (default 8)")
     p.add_argument("--raw", action="store_true", help="write the images at the model's own size, no captions")
     p.add_argument("--no-captions", action="store_true", help="no prompt captions above the rows")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument("--device", type=device, default=None, help="cpu | cuda | cuda:N | mps (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

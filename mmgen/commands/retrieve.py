@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+from ._args import device, positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("retrieve", help="image-text retrieval (ranking or recall@K) with a CLIP checkpoint")
@@ -17,11 +19,11 @@ def register(sub) -> None:
     p.add_argument("--texts-file", help="file with one caption per line for --image")
     p.add_argument("--dataset", help="evaluate recall@K on a captioned dataset (mmgen.data name)")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=1000, help="items of the dataset to use")
+    p.add_argument("--limit", type=positive_int, default=1000, help="items of the dataset to use")
     p.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset keyword argument (repeatable), e.g. holdout=default for shapes' heldout_test")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="cpu")
+                   help="dataset keyword argument (repeatable); shapes' heldout_* splits default to holdout=default")
+    p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--device", type=device, default="cpu", help="cpu | cuda | cuda:N | mps | auto")
     p.set_defaults(func=run)
 
 
@@ -37,9 +39,9 @@ def run(args) -> int:
     spec = image_spec(model)
     if args.dataset:
         from mmgen.metrics.clip_eval import dataset_retrieval
-        from ._clip_common import parse_kv
+        from ._clip_common import dataset_kwargs
         m = dataset_retrieval(model, args.dataset, split=args.split, limit=args.limit,
-                              data_kwargs=parse_kv(args.data_set))
+                              data_kwargs=dataset_kwargs(args.dataset, args.split, args.data_set))
         for k, v in m.items():
             print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
         return 0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from ._args import device, non_negative_float, non_negative_int, positive_float, positive_int, unit_float
+
 
 def register(sub) -> None:
     p = sub.add_parser("text", help="continue a text prompt with a GPT checkpoint (streams to stdout)")
@@ -10,17 +12,18 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="a GPT checkpoint directory (config.json + model.safetensors)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer name (byte, clip_bpe); default: the checkpoint's tokenizer.json, else byte")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=200)
-    p.add_argument("--temperature", "-t", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", "-n", type=positive_int, default=200)
+    p.add_argument("--temperature", "-t", type=non_negative_float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=non_negative_int, default=None)
+    p.add_argument("--top-p", type=unit_float, default=None)
+    p.add_argument("--min-p", type=unit_float, default=None)
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--overflow", choices=("error", "slide"), default="error",
-                   help="what to do when prompt + max-new-tokens exceeds the context")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--overflow", choices=("slide", "error"), default="slide",
+                   help="when prompt + --max-new-tokens exceeds the model's context: slide (default: keep "
+                        "generating from the most recent tokens) or error")
+    p.add_argument("--device", type=device, default="cpu", help="cpu | cuda | cuda:N | mps | auto")
     p.set_defaults(func=run)
 
 
@@ -49,9 +52,14 @@ def run(args) -> int:
                          "pick the tokenizer the model was trained with (--tokenizer)")
     ids = tok.encode(args.prompt) or [tok.bos_id]
     ctx = model.config.context_length
-    if args.overflow == "error" and len(ids) + args.max_new_tokens > ctx:
-        raise ValueError(f"prompt of {len(ids)} tokens + --max-new-tokens {args.max_new_tokens} exceeds the "
-                         f"context of {ctx} tokens; lower --max-new-tokens or pass --overflow slide")
+    if len(ids) > ctx:
+        raise ValueError(f"the prompt is {len(ids)} tokens, longer than the model's context of {ctx}; shorten it")
+    if len(ids) + args.max_new_tokens > ctx:
+        if args.overflow == "error":
+            raise ValueError(f"prompt of {len(ids)} tokens + --max-new-tokens {args.max_new_tokens} exceeds the "
+                             f"context of {ctx} tokens; lower --max-new-tokens or pass --overflow slide")
+        print(f"mmgen text: note: prompt + {args.max_new_tokens} new tokens exceed the model's {ctx}-token context; "
+              f"the window slides (each new token sees the latest {ctx // 2} to {ctx} tokens)", file=sys.stderr)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()

@@ -2,6 +2,8 @@
 with a CLIP checkpoint from class names alone (prompt templates averaged, as in CLIP)."""
 from __future__ import annotations
 
+from ._args import device, positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("zero-shot", help="classify images with a CLIP checkpoint from class names")
@@ -10,7 +12,7 @@ def register(sub) -> None:
                    '--dataset: its classes)')
     p.add_argument("--dataset", help="instead of IMAGEs: report accuracy on a labelled dataset split")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None, help="items of the dataset to use")
+    p.add_argument("--limit", type=positive_int, default=None, help="items of the dataset to use")
     p.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE", help="dataset keyword argument")
     p.add_argument("--checkpoint", required=True, help="CLIP checkpoint directory")
     p.add_argument("--template", action="append", default=None,
@@ -21,10 +23,10 @@ def register(sub) -> None:
     p.add_argument("--probe", action="store_true",
                    help="with --dataset: also fit a linear probe (logistic regression on the frozen image-tower "
                         "features of the train split, scored on --split) and print zero-shot / probe")
-    p.add_argument("--probe-train", type=int, default=None, metavar="N",
+    p.add_argument("--probe-train", type=positive_int, default=None, metavar="N",
                    help="train items for the probe (default: the whole train split)")
-    p.add_argument("--top-k", type=int, default=3, help="classes to print per image")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes to print per image")
+    p.add_argument("--device", type=device, default="cpu", help="cpu | cuda | cuda:N | mps | auto")
     p.set_defaults(func=run)
 
 
@@ -45,14 +47,15 @@ def run(args) -> int:
     if args.dataset:
         from mmgen.metrics.clip_eval import dataset_zero_shot
 
-        from ._clip_common import parse_kv
+        from ._clip_common import dataset_kwargs
         m = dataset_zero_shot(model, args.dataset, split=args.split, limit=args.limit, templates=templates,
-                              data_kwargs=parse_kv(args.data_set),
+                              data_kwargs=dataset_kwargs(args.dataset, args.split, args.data_set),
                               classnames=split_list(args.labels) if args.labels else None)
         if args.probe:
             from mmgen.metrics.clip_eval import dataset_linear_probe
             p = dataset_linear_probe(model, args.dataset, test_split=args.split, n_train=args.probe_train,
-                                     n_test=args.limit, data_kwargs=parse_kv(args.data_set))
+                                     n_test=args.limit,
+                                     data_kwargs=dataset_kwargs(args.dataset, args.split, args.data_set))
             m.update({"probe_train_acc": p["train_acc"], "probe_top1": p["test_acc"], "probe_n_train": p["n_train"],
                       "zero_shot_over_probe": m["top1"] / max(p["test_acc"], 1e-12)})
         for k, v in m.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,9 @@ import torch
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mmgen.metrics.evaluate", description=__doc__.split("\n\n")[0])
+    from mmgen.commands._args import OneLineParser, finite_float, positive_int
+
+    p = OneLineParser(prog="python -m mmgen.metrics.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="checkpoint directory of an image generator")
     p.add_argument("--clip", default=None, help="checkpoint directory of a trained mmgen CLIP (features + score)")
     p.add_argument("--encoder", default=None, help="checkpoint of the feature encoder for FD_ours/KID_ours "
@@ -33,15 +36,23 @@ def main(argv=None) -> int:
                                                        "(class labels)")
     p.add_argument("--data-set", dest="data_sets", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword for build_dataset, e.g. image_size=32 (emoji at the size the models use)")
-    p.add_argument("--n", type=int, default=200, help="samples per guidance scale (= real test images)")
-    p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 3.0])
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--n", type=positive_int, default=200, help="samples per guidance scale (= real test images)")
+    p.add_argument("--guidance", type=finite_float, nargs="+", default=[1.0, 3.0])
+    p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--scheduler", default="dpm++")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=100, help="prompts per sampling call")
+    p.add_argument("--batch", type=positive_int, default=100, help="prompts per sampling call")
     p.add_argument("--out", default="runs/eval")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    try:
+        return evaluate(args)
+    except (ValueError, FileNotFoundError, TypeError) as e:  # user errors: one line, no traceback
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
 
+
+def evaluate(args) -> int:
     import mmgen
     from mmgen.data import build_dataset
     from mmgen.data.shapes import check_batch
@@ -60,14 +71,14 @@ def main(argv=None) -> int:
     data_kwargs = {}
     for kv in args.data_sets:
         if "=" not in kv:
-            raise SystemExit(f"--data-set expects KEY=VALUE, got {kv!r}")
+            raise ValueError(f"--data-set expects KEY=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
         data_kwargs[k] = int(v) if v.lstrip("-").isdigit() else v
     shapes = args.dataset == "shapes"
     text = args.dataset in ("shapes", "emoji")
     test = build_dataset(args.dataset, split="test", **data_kwargs)
     if args.n > len(test):
-        raise SystemExit(f"--n {args.n} is more than the {len(test)} items of the {args.dataset} test split")
+        raise ValueError(f"--n {args.n} is more than the {len(test)} items of the {args.dataset} test split")
     # shapes: the first n (its order is random); other sets are stored in order (class by
     # class, emoji by category), so take n evenly spaced items
     index = range(args.n) if shapes else torch.linspace(0, len(test) - 1, args.n).long().tolist()
@@ -94,14 +105,21 @@ def main(argv=None) -> int:
                           if k != "n"})
         results["real_val_vs_real_test"] = floor
         print("real val vs real test:", json.dumps(floor))
+    from tqdm import tqdm
+
+    # one bar over every sample of every guidance scale: its rate and ETA cover the whole job
+    bar = tqdm(total=args.n * len(args.guidance), unit="img", desc="sampling", disable=args.quiet,
+               file=sys.stderr, dynamic_ncols=True)
     for g in args.guidance:
         t0 = time.perf_counter()
         chunks = []
+        bar.set_description(f"sampling, guidance {g:g}")
         diffusion = {"steps": args.steps, "scheduler": args.scheduler} if pipe.kind == "ddpm" else {}
         for i in range(0, args.n, args.batch):
             res = pipe(captions[i:i + args.batch], num_images=1, seed=args.seed + i, guidance=g, rerank=False,
                        truncate=True, progress=False, **diffusion)
             chunks.append(to_float(res.images[:, 0]))  # (b, 3, H, W) in [-1, 1]
+            bar.update(len(chunks[-1]))
         fake = torch.cat(chunks)
         rec = {"guidance": g, "sample_s": round(time.perf_counter() - t0, 1)}
         if shapes:
@@ -113,7 +131,8 @@ def main(argv=None) -> int:
             rec["clip_score_real"] = clip_score(clip, real, captions)
         results["runs"].append(rec)
         save_image((fake[:32] + 1) / 2, out / f"samples_g{g:g}.png", nrow=8, padding=1)
-        print(json.dumps(rec))
+        bar.write(json.dumps(rec), file=sys.stdout)
+    bar.close()
     save_image((real[:32] + 1) / 2, out / "real.png", nrow=8, padding=1)
     (out / "captions.txt").write_text("\n".join(map(str, captions[:32])) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..checkpoint import shipped_root
+from ..checkpoint import shipped_root, shipped_roots
 
 # the checkpoints that ship in the repository's checkpoints/ folder and can be named by a user
 SHIPPED = ("dalle_shapes", "dalle_emoji", "ddpm_shapes", "vq_shapes", "vq_emoji", "clip_shapes", "clip_emoji")
@@ -18,8 +18,8 @@ ALIASES = {"dalle": "dalle_shapes", "ddpm": "ddpm_shapes"}
 def find_checkpoint(name_or_path: str | os.PathLike) -> Path:
     """A shipped checkpoint name ("dalle_shapes") or a checkpoint directory -> the directory.
 
-    An existing path wins; otherwise the name is looked up in the checkpoints/ folder beside
-    the package. Raises FileNotFoundError (a path that does not exist, or a directory without
+    An existing path wins; otherwise the name is looked up where mmgen.checkpoint.shipped_roots
+    says (a wheel's mmgen/shipped/, the repository's checkpoints/, $MMGEN_CHECKPOINT_PATH). Raises FileNotFoundError (a path that does not exist, or a directory without
     config.json) or ValueError (an unknown name)."""
     raw = str(name_or_path)
     path = Path(raw).expanduser()
@@ -29,9 +29,10 @@ def find_checkpoint(name_or_path: str | os.PathLike) -> Path:
         return path
     name = ALIASES.get(raw, raw)
     if os.sep not in raw and "/" not in raw and not raw.startswith("."):
+        for root in shipped_roots():  # $MMGEN_CHECKPOINT_PATH, a wheel's mmgen/shipped, the repository's
+            if (root / name / "config.json").is_file():
+                return root / name
         shipped = shipped_root() / name
-        if (shipped / "config.json").is_file():
-            return shipped
         if name in SHIPPED:
             raise FileNotFoundError(f"{raw!r} is the shipped checkpoint checkpoints/{name}, which is not in this "
                                     f"installation (looked in {shipped.parent}); pass a checkpoint directory")

@@ -12,12 +12,15 @@ register_recipe(Recipe(
     data="icl",
     model_overrides=ICL_MODEL,
     data_kwargs=dict(num_pairs=16, num_x=8, num_y=16),
-    train=dict(steps=5000, batch_size=64, lr=5e-3, min_lr=5e-4, warmup=100, weight_decay=0.1, clip=1.0,
+    # lr 1e-3 without weight decay: at 5e-3 / 0.1 the model stayed on the frequency-guess
+    # plateau for 15,000 steps; here the induction circuit forms between steps 2,000 and 2,750
+    train=dict(steps=4000, batch_size=64, lr=1e-3, min_lr=1e-4, warmup=100, weight_decay=0.0, clip=1.0,
                eval_every=250, eval_batches=4, log_every=100, save_every=2000),
     description="2-layer 64-wide RoPE GPT on sequences of 16 (x, f(x)) letter pairs, f drawn fresh per sequence "
                 "(8 x letters -> 16 y letters): it can only score by reading f from the context.",
-    expected="mean query accuracy 0.195 (a frequency guess; best possible 0.584, no context 0.062): no induction "
-             "head formed in these 5,000 steps (8 min on one thread of a shared 2-core CPU); docs/llm.md",
+    expected="mean query accuracy 0.584 = the best possible 0.584 (no context: 0.052); right on every query "
+             "whose x appeared before; induction heads in layer 1 (scores 0.94-0.97) over a previous-token head "
+             "in layer 0 (0.98); 4,000 steps, 8.4 min on one thread of a shared 2-core CPU; docs/llm.md",
 ))
 
 # Chain of thought: the same GPT and the same rows of 128 tokens per step for both formats,
