@@ -31,5 +31,6 @@ register_recipe(Recipe(
     description="4-layer, 256-wide byte-level GPT (3.3M), context 256, bf16 autocast, batch 16 x 256 tokens, "
                 "3,200 steps = 30 minutes of a quiet 2-core machine (13.1M tokens, ~3 epochs); evaluates every "
                 "200 steps and saves every 5 minutes",
-    expected="see docs/gpt.md (30-minute recipe: val loss against minutes)",
+    expected="1.507 nats/char on the whole val split after the 3,200 steps (29.4 quiet minutes at 0.551 s/step; "
+             "72 min on one thread of a shared CPU); docs/gpt.md",
 ))
