@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from ..layers import KVCache
-from ..models.base import eval_mode
-from ..text.sampling import SamplingParams, make_generator, sample_next
+from .virtual import VirtualTokenGPT
 
 
 class PrefixTuning(nn.Module):
@@ -58,7 +57,7 @@ class PrefixTuning(nn.Module):
             self.values[i].copy_(c.v[0, :, :P])
 
 
-class PrefixGPT(nn.Module):
+class PrefixGPT(VirtualTokenGPT):
     """A frozen GPT with a trainable KV prefix (training contract: loss / example_batch)."""
 
     def __init__(self, gpt: nn.Module, num_virtual: int = 16):
@@ -74,10 +73,9 @@ class PrefixGPT(nn.Module):
     @torch.no_grad()
     def init_from_text(self, ids: list[int]) -> None:
         """Start the prefix from the base model's keys/values of `ids` (num_virtual tokens)."""
-        if len(ids) < self.num_virtual:
-            raise ValueError(f"init text has {len(ids)} tokens, the prefix needs {self.num_virtual}")
+        ids = self._check_init_ids(ids, "prefix")
         cache = self.gpt.make_cache(1, self.num_virtual)
-        self.gpt(torch.tensor([ids[:self.num_virtual]], device=self.prefix.keys.device), cache=cache)
+        self.gpt(torch.tensor([ids], device=self.prefix.keys.device), cache=cache)
         self.prefix.init_from_cache(cache)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -87,44 +85,14 @@ class PrefixGPT(nn.Module):
         pos = torch.arange(T, device=input_ids.device)
         return self.gpt(input_ids, positions=pos, cache=cache, start=self.num_virtual)
 
-    def loss(self, batch: dict):
-        logits = self(batch["input_ids"])
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
-        return loss, {"loss": loss.item()}
-
-    def example_batch(self, batch_size: int = 2, device="cpu") -> dict:
-        return self.gpt.example_batch(batch_size, device)
-
-    @torch.no_grad()
-    def generate(self, prompt, max_new_tokens: int = 64, *, temperature: float = 1.0, top_k=None, top_p=None,
-                 min_p=None, seed: int | None = None, eos_id: int | None = None) -> list[list[int]]:
-        """Continuations of equal-length prompts ((B, T) tensor or list of lists) with the
-        prefix pre-filled in the KV cache, sampled by mmgen.text.sampling."""
-        ids = torch.as_tensor(prompt, dtype=torch.long, device=self.prefix.keys.device)
-        if ids.ndim == 1:
-            ids = ids[None]
+    def _prefill(self, ids, max_new_tokens):
         B, T = ids.shape
-        if T + max_new_tokens > self.config.context_length:
-            raise ValueError(f"prompt {T} + max_new_tokens {max_new_tokens} exceeds the context {self.config.context_length}")
-        params = SamplingParams(temperature, top_k, top_p, min_p)
-        gen = make_generator(seed, ids.device)
-        P = self.num_virtual
-        with eval_mode(self):
-            cache = self.prefix.make_cache(B, T + max_new_tokens)
-            logits = self.gpt(ids, positions=torch.arange(T, device=ids.device), cache=cache, start=P)[:, -1]
-            out = [[] for _ in range(B)]
-            done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-            for step in range(max_new_tokens):
-                nxt = sample_next(logits, params, None, gen)  # (B,)
-                for b, t in enumerate(nxt.tolist()):
-                    if not done[b]:
-                        out[b].append(t)
-                        done[b] = eos_id is not None and t == eos_id
-                if bool(done.all()) or step == max_new_tokens - 1:
-                    break
-                pos = torch.full((B, 1), T + step, device=ids.device)
-                logits = self.gpt(nxt[:, None], positions=pos, cache=cache, start=P + T + step)[:, -1]
-        return out
+        cache = self.prefix.make_cache(B, T + max_new_tokens)
+        logits = self.gpt(ids, positions=torch.arange(T, device=ids.device), cache=cache, start=self.num_virtual)
+        return logits[:, -1], cache
+
+    def _decode(self, tok, pos, cache, start):
+        return self.gpt(tok, positions=pos, cache=cache, start=start)[:, -1]
 
     def save_prefix(self, path: str | Path) -> Path:
         from safetensors.torch import save_file

@@ -30,8 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.base import eval_mode
-from ..text.sampling import SamplingParams, make_generator, sample_next
+from .virtual import VirtualTokenGPT
 
 ENCODERS = ("mlp", "lstm", "none")
 PROMPT_WEIGHTS = "prompt.safetensors"
@@ -116,7 +115,7 @@ def virtual_positions(P: int, positions: torch.Tensor | None, T: int, device) ->
     return torch.cat([pv.expand(positions.shape[0], P), positions], 1)  # (B, P + T)
 
 
-class PTuningGPT(nn.Module):
+class PTuningGPT(VirtualTokenGPT):
     """A frozen GPT with P trainable virtual tokens before its input (training contract:
     loss / example_batch / evaluate; `generate` decodes with them)."""
 
@@ -134,9 +133,8 @@ class PTuningGPT(nn.Module):
     @torch.no_grad()
     def init_from_text(self, ids: list[int]) -> None:
         """Start the virtual tokens at the base model's token embeddings of `ids`."""
-        if len(ids) < self.num_virtual:
-            raise ValueError(f"init text has {len(ids)} tokens, the prompt needs {self.num_virtual}")
-        ids_t = torch.tensor(ids[:self.num_virtual], device=self.gpt.tok_embed.weight.device)
+        ids = self._check_init_ids(ids, "prompt")
+        ids_t = torch.tensor(ids, device=self.gpt.tok_embed.weight.device)
         self.prompt.init_from_embeddings(self.gpt.tok_embed(ids_t))
 
     def _run(self, input_ids, positions, cache=None, start: int = 0, prompt: torch.Tensor | None = None):
@@ -159,46 +157,14 @@ class PTuningGPT(nn.Module):
         pos = torch.arange(T, device=input_ids.device).expand(B, T)
         return self._run(input_ids, pos, prompt=self.prompt())[:, self.num_virtual:]
 
-    def loss(self, batch: dict):
-        logits = self(batch["input_ids"])
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
-        return loss, {"loss": loss.item()}
-
-    def example_batch(self, batch_size: int = 2, device="cpu") -> dict:
-        return self.gpt.example_batch(batch_size, device)
-
-    @torch.no_grad()
-    def generate(self, prompt, max_new_tokens: int = 64, *, temperature: float = 1.0, top_k=None, top_p=None,
-                 min_p=None, seed: int | None = None, eos_id: int | None = None) -> list[list[int]]:
-        """Continuations of equal-length prompts ((B, T) tensor or list of lists), the virtual
-        tokens prefilled into the KV cache, sampled by mmgen.text.sampling."""
-        dev = self.gpt.tok_embed.weight.device
-        ids = torch.as_tensor(prompt, dtype=torch.long, device=dev)
-        if ids.ndim == 1:
-            ids = ids[None]
+    def _prefill(self, ids, max_new_tokens):
         B, T = ids.shape
-        if T + max_new_tokens > self.config.context_length:
-            raise ValueError(f"prompt {T} + max_new_tokens {max_new_tokens} exceeds the context {self.config.context_length}")
-        params = SamplingParams(temperature, top_k, top_p, min_p)
-        gen = make_generator(seed, dev)
-        P = self.num_virtual
-        with eval_mode(self):
-            cache = self.gpt.make_cache(B, P + T + max_new_tokens)
-            pos = torch.arange(T, device=dev).expand(B, T)
-            logits = self._run(ids, pos, cache=cache, prompt=self.prompt())[:, -1]
-            out = [[] for _ in range(B)]
-            done = torch.zeros(B, dtype=torch.bool, device=dev)
-            for step in range(max_new_tokens):
-                nxt = sample_next(logits, params, None, gen)  # (B,)
-                for b, t in enumerate(nxt.tolist()):
-                    if not done[b]:
-                        out[b].append(t)
-                        done[b] = eos_id is not None and t == eos_id
-                if bool(done.all()) or step == max_new_tokens - 1:
-                    break
-                pos = torch.full((B, 1), T + step, device=dev)
-                logits = self._run(nxt[:, None], pos, cache=cache, start=P + T + step)[:, -1]
-        return out
+        cache = self.gpt.make_cache(B, self.num_virtual + T + max_new_tokens)
+        pos = torch.arange(T, device=ids.device).expand(B, T)
+        return self._run(ids, pos, cache=cache, prompt=self.prompt())[:, -1], cache
+
+    def _decode(self, tok, pos, cache, start):
+        return self._run(tok, pos, cache=cache, start=start)[:, -1]
 
     def save_prompt(self, path: str | Path, *, with_encoder: bool = False) -> Path:
         return save_prompt(self.prompt, path, with_encoder=with_encoder)
