@@ -82,24 +82,11 @@ def non_negative_int(text: str) -> int:
 def device(text: str) -> str:
     """'cpu', 'cuda', 'cuda:N' or 'mps', refused unless this machine has it (so a run never
     starts, loads a model and then fails on a missing GPU). 'auto' means cuda when available."""
-    import torch
-    name = text.strip().lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    kind, _, index = name.partition(":")
-    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()) or (index and kind != "cuda"):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}: expected cpu, cuda, cuda:N, mps or auto")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text!r} was asked for but no CUDA GPU is available on this machine "
-                                             f"(torch.cuda.is_available() is False); use --device cpu")
-        if index and int(index) >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA "
-                                             f"device(s), numbered from 0")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise argparse.ArgumentTypeError(f"{text!r} was asked for but Apple's MPS backend is not available here; "
-                                         f"use --device cpu")
-    return name
+    from mmgen.devices import check_device
+    try:
+        return str(check_device(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def resolve_device(value: str | None) -> str:

@@ -42,26 +42,13 @@ def init_distributed(device: torch.device) -> DistInfo:
 def resolve_device(name: str, info_local_rank: int | None = None) -> torch.device:
     """The torch device of train.device ('auto': CUDA when present, else CPU). A device that
     is not there is a ValueError naming the fix, never a CUDA traceback."""
-    from .config import check_device_name
-    check_device_name(name)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    from ..devices import check_device
+    dev = check_device(name, f"train.device={name}")
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.device={name}: no CUDA GPU is available here; use train.device=cpu (or auto)")
         if dev.index is None:
             local = int(os.environ.get("LOCAL_RANK", "0")) if info_local_rank is None else info_local_rank
-            dev = torch.device("cuda", local)
-        if dev.index >= torch.cuda.device_count():
-            raise ValueError(f"train.device={name}: there is no GPU {dev.index} (this machine has "
-                             f"{torch.cuda.device_count()}); use train.device=cuda or cuda:N with N < "
-                             f"{torch.cuda.device_count()}")
+            dev = check_device(f"cuda:{local}", f"train.device={name} on local rank {local}")
         torch.cuda.set_device(dev)
-    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"train.device={name}: MPS is not available here; use train.device=cpu (or auto)")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"train.device={name}: the engine trains on cpu, cuda or mps, not {dev.type!r}")
     return dev
 
 
