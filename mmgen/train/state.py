@@ -10,6 +10,7 @@ import random
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -165,9 +166,11 @@ class Checkpointer:
     save / load / weights_for_eval are collectives under FSDP: call them on every rank."""
 
     def __init__(self, model: nn.Module, optimizer, scheduler, ema: EMA | None, cfg: TrainConfig,
-                 info: D.DistInfo, out: Path, eval_model: nn.Module | None, fsdp: bool):
+                 info: D.DistInfo, out: Path, eval_model: nn.Module | None, fsdp: bool,
+                 export: Callable[[nn.Module, Path, dict], None] | None = None):
         self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
         self.cfg, self.info, self.out, self.eval_model, self.fsdp = cfg, info, out, eval_model, fsdp
+        self.export = export or export_checkpoint  # what a save writes beside train_state.pt
         self.aliases = param_aliases(model)
 
     def _sd_options(self):
@@ -223,7 +226,7 @@ class Checkpointer:
         # (check_out_dir refuses a checkpoint without one), and a kill in between resumes fine
         atomic_save_file(lambda tmp: torch.save(state, tmp), self.out / STATE_NAME)
         self.sync_eval_model(self.weights_for_eval(model_state, ema_state))
-        export_checkpoint(self.eval_model, self.out, {"train_step": step, "ema": self.ema is not None})
+        self.export(self.eval_model, self.out, {"train_step": step, "ema": self.ema is not None})
         D.barrier(self.info)
 
     def load(self, path: Path) -> tuple[int, int]:
