@@ -164,12 +164,9 @@ def test_usage_errors_are_one_line(capsys):
     assert_one_line(rc, err, "required", "mmgen text --help")
 
 
-def test_evaluation_module_refuses_non_finite_guidance(capsys):
-    from mmgen.metrics.evaluate import main as evaluate
-    with pytest.raises(SystemExit) as e:
-        evaluate(["--model", "ddpm_shapes", "--guidance", "1", "nan"])
-    assert e.value.code == 2
-    assert_one_line(2, capsys.readouterr().err, "--guidance")
+def test_evaluate_refuses_non_finite_guidance(capsys):
+    rc, err = run_cli(["evaluate", "--model", "ddpm_shapes", "--guidance", "1", "nan"], capsys)
+    assert_one_line(rc, err, "--guidance", "mmgen evaluate")
 
 
 # ------------------------------------------------------------------------------ documented behaviour

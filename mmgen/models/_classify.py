@@ -93,28 +93,3 @@ def evaluate_classifier(model, dataset, batch_size: int = 256, device="cpu") -> 
         correct += (logits.argmax(-1) == label).sum().item()
         total += len(items)
     return {"acc": correct / total, "loss": nll / total, "n": total}
-
-
-def main(argv=None) -> int:
-    """python -m mmgen.models._classify RUN_DIR [--data animal_mnist] [--split test]"""
-    import argparse
-    import json
-
-    from mmgen import load_pretrained
-    from mmgen.data import build_dataset
-
-    ap = argparse.ArgumentParser(prog="python -m mmgen.models._classify",
-                                 description="Exact test accuracy of a trained classifier checkpoint")
-    ap.add_argument("checkpoint")
-    ap.add_argument("--data", default="animal_mnist")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--batch-size", type=int, default=256)
-    a = ap.parse_args(argv)
-    model = load_pretrained(a.checkpoint)
-    res = evaluate_classifier(model, build_dataset(a.data, a.split), a.batch_size)
-    print(json.dumps({"checkpoint": a.checkpoint, "data": a.data, "split": a.split, **res}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
