@@ -4,6 +4,7 @@ work the same for one process, DDP and FSDP. Also the rule of which directories 
 write (check_out_dir)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
@@ -184,7 +185,8 @@ class Checkpointer:
             return get_model_state_dict(self.model, options=self._sd_options())
         if not self.info.is_main:  # DDP replicas: rank 0's copy is the one written
             return {}
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)  # extra state
+                for k, v in self.model.state_dict().items()}
 
     def full_optimizer_state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
