@@ -194,5 +194,5 @@ def test_demo_needs_its_checkpoint(tmp_path, monkeypatch, capsys):
     from mmgen import demo
     monkeypatch.setattr(demo, "MODEL", "no_such_checkpoint")
     monkeypatch.chdir(tmp_path)
-    assert demo.main([]) == 2
-    assert "no_such_checkpoint" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    rc, err = run_cli(["demo"], capsys)
+    assert rc == 2 and "no_such_checkpoint" in err and not (tmp_path / "out").exists()

@@ -110,7 +110,3 @@ def evaluate(args) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out / 'results.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
