@@ -248,7 +248,9 @@ def finetune_clip(base_dir: str, out: str, cfg: TrainConfig, overrides: dict, *,
     base = mmgen.load_pretrained(base_dir).eval()
     base.config.label_aware = True  # template captions: two zebra captions are not negatives
     base.loss_fn.label_aware = True  # (the loss module was built from the config already)
-    torch.manual_seed(seed)  # the caption template of each training item is drawn from torch's RNG
+    # each item's caption template is drawn from torch's RNG when it is read: seed it, on a stream
+    # apart from the indices' (the same seed would tie the template to the index, hence the class)
+    torch.manual_seed(seed + 1)
     draws = Items(random_draws(build_dataset("animal_mnist", "train"), cfg.steps * cfg.batch_size, seed))
 
     def lora(m, targets):
