@@ -135,6 +135,35 @@ def _place_two(rng, s1, s2, relation, n=IMAGE_SIZE):
     return p1, q1, p2, q2
 
 
+_OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+
+
+def hard_negative(objects, relation, rng: np.random.Generator, allowed=PAIRS) -> str:
+    """A caption that differs from the scene's in exactly one binding, for contrastive
+    training with hard negatives (NegCLIP, Yuksekgonul et al. 2023): the relation reversed,
+    the two objects' colours or shapes swapped, or one object's colour or shape replaced.
+    Every (colour, shape) pair it writes is in ``allowed``, so held-out pairs stay unseen;
+    changes that would describe the same scene (reversing the relation of two identical
+    objects) are never drawn."""
+    pairs = [(o["colour"], o["shape"]) for o in objects]
+    candidates = []
+    if relation is not None and pairs[0] != pairs[1]:
+        candidates.append((pairs, _OPPOSITE[relation]))
+    if len(pairs) == 2:
+        (c1, s1), (c2, s2) = pairs
+        for swapped in ([(c2, s1), (c1, s2)], [(c1, s2), (c2, s1)]):
+            if swapped != pairs and all(p in allowed for p in swapped):
+                candidates.append((swapped, relation))
+    for k, (c, s) in enumerate(pairs):
+        for new in [(c2, s) for c2 in COLOUR_NAMES if c2 != c] + [(c, s2) for s2 in SHAPES if s2 != s]:
+            if new in allowed:
+                changed = list(pairs)
+                changed[k] = new
+                candidates.append((changed, relation))
+    new_pairs, rel = candidates[int(rng.integers(len(candidates)))]
+    return caption_of([dict(colour=c, shape=s) for c, s in new_pairs], rel)
+
+
 def _normalise_holdout(holdout):
     if holdout is None:
         return []
@@ -199,15 +228,17 @@ class ShapesDataset(torch.utils.data.Dataset):
     """Map-style shapes split. Item ``i`` is a pure function of ``(seed, split, i)``.
 
     Items: ``{"image": (3, 32, 32) float in [-1, 1], "label": index of the first object's
-    (colour, shape) pair in ``classes``, "caption": str}``. ``scene(i)`` gives the objects.
+    (colour, shape) pair in ``classes``, "caption": str}``, and with ``negatives=True`` a
+    ``"negative_caption"`` (``hard_negative``: one binding changed). ``scene(i)`` gives the objects.
     ``transform`` (a torchvision v2 transform) receives the uint8 (3, H, W) image tensor.
     """
 
     def __init__(self, split: str = "train", *, holdout=None, seed: int = 0, length: int | None = None,
-                 p_two: float = 0.75, transform=None):
+                 p_two: float = 0.75, transform=None, negatives: bool = False):
         if split not in SPLIT_CODES:
             raise ValueError(f"shapes split must be one of {list(SPLIT_CODES)}, got {split!r}")
         self.split, self.seed, self.p_two, self.transform = split, seed, p_two, transform
+        self.negatives = bool(negatives)
         self.holdout = _normalise_holdout(holdout)
         self.allowed = [p for p in PAIRS if p not in self.holdout]
         self.required = None
@@ -239,7 +270,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         if not -self.length <= i < self.length:
             raise IndexError(f"index {i} out of range for shapes {self.split} of length {self.length}")
         i = i % self.length
-        objs, _, caption = self.scene(i)
+        objs, relation, caption = self.scene(i)
         img = render(objs)
         label = PAIRS.index((objs[0]["colour"], objs[0]["shape"]))
         if self.transform is not None:
@@ -247,7 +278,11 @@ class ShapesDataset(torch.utils.data.Dataset):
             image = t.float().div(127.5).sub(1.0) if t.dtype == torch.uint8 else t
         else:
             image = _to_float(img)
-        return {"image": image, "label": label, "caption": caption}
+        item = {"image": image, "label": label, "caption": caption}
+        if self.negatives:
+            rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], i, 1])
+            item["negative_caption"] = hard_negative(objs, relation, rng, self.allowed)
+        return item
 
     def captions(self) -> list[str]:
         return [self.scene(i)[2] for i in range(self.length)]
@@ -256,9 +291,10 @@ class ShapesDataset(torch.utils.data.Dataset):
 class ShapesStream(torch.utils.data.IterableDataset):
     """Endless seeded training stream (each DataLoader worker gets its own sub-stream)."""
 
-    def __init__(self, *, holdout=None, seed: int = 0, p_two: float = 0.75, transform=None):
+    def __init__(self, *, holdout=None, seed: int = 0, p_two: float = 0.75, transform=None,
+                 negatives: bool = False):
         self.base = ShapesDataset("train", holdout=holdout, seed=seed, p_two=p_two,
-                                  transform=transform, length=2**62)
+                                  transform=transform, length=2**62, negatives=negatives)
         self.classes = self.base.classes
 
     def __iter__(self):
