@@ -68,4 +68,5 @@ register_recipe(Recipe(
     train=dict(steps=300, batch_size=64, lr=2e-3, warmup=30, weight_decay=0.1, val_split="heldout_test",
                eval_batches=4, log_every=50, save_every=300),
     description="small CLIP on shapes with the byte tokenizer: the base of `python -m train finetune clip`",
-    expected="held-out text->image R@1 0.50 (in-batch), ~2 min; the fine-tuning table is in docs/llm.md"))
+    expected="held-out text->image R@1 0.54 (in-batch), 2 min on a shared 2-core CPU; the fine-tuning table "
+             "is in docs/llm.md"))
