@@ -334,5 +334,12 @@ def test_shapes_hard_negatives_change_one_binding_and_keep_held_out_pairs_unseen
             assert nrel == rel and sum(a != b for a, b in zip(objs, nobjs)) == 1
             kinds.add("replace")
     assert kinds == {"relation", "swap", "replace"}
+    counts = {k: 0 for k in kinds}  # the kind is drawn first: reversed relations are common, not 1 in 20
+    for i in range(300):
+        item = ds[i]
+        (objs, rel), (nobjs, nrel) = parse_caption(item["caption"]), parse_caption(item["negative_caption"])
+        counts["relation" if rel != nrel else "swap" if sorted(objs) == sorted(nobjs) or
+               sum(a != b for a, b in zip(objs, nobjs)) == 2 else "replace"] += 1
+    assert counts["relation"] > 60 and counts["swap"] > 30, counts
     assert ds[5]["negative_caption"] == ds[5]["negative_caption"]  # a pure function of the index
     assert "negative_caption" not in build_dataset("shapes", "val", length=2)[0]

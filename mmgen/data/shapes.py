@@ -140,27 +140,30 @@ _OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right o
 
 def hard_negative(objects, relation, rng: np.random.Generator, allowed=PAIRS) -> str:
     """A caption that differs from the scene's in exactly one binding, for contrastive
-    training with hard negatives (NegCLIP, Yuksekgonul et al. 2023): the relation reversed,
-    the two objects' colours or shapes swapped, or one object's colour or shape replaced.
-    Every (colour, shape) pair it writes is in ``allowed``, so held-out pairs stay unseen;
-    changes that would describe the same scene (reversing the relation of two identical
-    objects) are never drawn."""
+    training with hard negatives (NegCLIP, Yuksekgonul et al. 2023). The kind of change is
+    drawn first, uniformly among those possible: the relation reversed, the two objects'
+    colours or shapes swapped, or one object's colour or shape replaced (the last is what
+    in-batch negatives already teach; the first two they almost never do). Every (colour,
+    shape) pair it writes is in ``allowed``, so held-out pairs stay unseen; changes that would
+    describe the same scene (reversing the relation of two identical objects) are never drawn."""
     pairs = [(o["colour"], o["shape"]) for o in objects]
-    candidates = []
+    kinds: dict[str, list] = {"relation": [], "swap": [], "replace": []}
     if relation is not None and pairs[0] != pairs[1]:
-        candidates.append((pairs, _OPPOSITE[relation]))
+        kinds["relation"].append((pairs, _OPPOSITE[relation]))
     if len(pairs) == 2:
         (c1, s1), (c2, s2) = pairs
         for swapped in ([(c2, s1), (c1, s2)], [(c1, s2), (c2, s1)]):
             if swapped != pairs and all(p in allowed for p in swapped):
-                candidates.append((swapped, relation))
+                kinds["swap"].append((swapped, relation))
     for k, (c, s) in enumerate(pairs):
         for new in [(c2, s) for c2 in COLOUR_NAMES if c2 != c] + [(c, s2) for s2 in SHAPES if s2 != s]:
             if new in allowed:
                 changed = list(pairs)
                 changed[k] = new
-                candidates.append((changed, relation))
-    new_pairs, rel = candidates[int(rng.integers(len(candidates)))]
+                kinds["replace"].append((changed, relation))
+    options = [v for v in kinds.values() if v]
+    chosen = options[int(rng.integers(len(options)))]
+    new_pairs, rel = chosen[int(rng.integers(len(chosen)))]
     return caption_of([dict(colour=c, shape=s) for c, s in new_pairs], rel)
 
 
