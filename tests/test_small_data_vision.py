@@ -151,3 +151,15 @@ def test_budget_steps_and_curve_from_logged_evals(tmp_path, capsys):
     assert "10.0 %" not in out and "left out" in out
     assert png.stat().st_size > 1000
     assert main(["vision-curve", "--root", str(tmp_path / "empty"), "--png", str(png)]) == 1
+
+
+def test_classify_command_reports_exact_accuracy(tmp_path, capsys):
+    """`mmgen classify RUN`: accuracy and loss over every image of the split, one JSON line."""
+    import json
+
+    from mmgen.cli import main
+    torch.manual_seed(0)
+    create_model("vit_tiny_patch4_32", num_classes=10).save_pretrained(tmp_path / "vit")
+    assert main(["classify", str(tmp_path / "vit"), "--batch-size", "500"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n"] == 1000 and 0.0 <= res["acc"] <= 1.0 and res["loss"] > 0 and res["split"] == "test"

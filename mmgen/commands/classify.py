@@ -20,7 +20,7 @@ def run(args) -> int:
 
     from mmgen import load_pretrained
     from mmgen.data import build_dataset
-    from mmgen.models._classify import evaluate_classifier
+    from mmgen.metrics.classifier import evaluate_classifier
 
     model = load_pretrained(args.checkpoint)
     res = evaluate_classifier(model, build_dataset(args.data, args.split), args.batch_size)

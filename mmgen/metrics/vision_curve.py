@@ -66,7 +66,7 @@ def read_run(run_dir: Path) -> dict | None:
 def exact_accuracy(run_dir: str) -> float:
     from mmgen import load_pretrained
     from mmgen.data import build_dataset
-    from mmgen.models._classify import evaluate_classifier
+    from mmgen.metrics.classifier import evaluate_classifier
     return evaluate_classifier(load_pretrained(run_dir), build_dataset("animal_mnist", "test"))["acc"]
 
 

@@ -76,20 +76,3 @@ class ImageClassifier(Model):
         image = (torch.rand(batch_size, c.in_chans, c.img_size, c.img_size, generator=g) * 2 - 1).to(device)
         label = torch.randint(0, max(c.num_classes, 1), (batch_size,), generator=g).to(device)
         return {"image": image, "label": label}
-
-
-@torch.no_grad()
-def evaluate_classifier(model, dataset, batch_size: int = 256, device="cpu") -> dict[str, float]:
-    """Exact top-1 accuracy and mean cross-entropy of `model` over every item of `dataset`
-    (items {"image": (C, H, W), "label": int})."""
-    model.eval().to(device)
-    correct, total, nll = 0, 0, 0.0
-    for lo in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(lo, min(lo + batch_size, len(dataset)))]
-        image = torch.stack([it["image"] for it in items]).to(device)
-        label = torch.as_tensor([it["label"] for it in items], device=device)
-        logits = model(image).float()
-        nll += F.cross_entropy(logits, label, reduction="sum").item()
-        correct += (logits.argmax(-1) == label).sum().item()
-        total += len(items)
-    return {"acc": correct / total, "loss": nll / total, "n": total}
