@@ -227,8 +227,7 @@ class SwinStage(nn.Module):
         self.blocks = nn.ModuleList(
             SwinBlock(tcfg, window=window, shift=0 if j % 2 == 0 else shift, drop_path=drop_paths[j])
             for j in range(cfg.depths[i]))
-
-        self._plans: dict = {}
+        self._plans: dict = {}  # (H, W, device) -> the gathers between the blocks' layouts (_plan)
 
     def _plan(self, H: int, W: int, device) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         """Gathers [padded map -> block 0, block 0 -> block 1, ..., last block -> padded map],
