@@ -114,11 +114,11 @@ def test_evaluate_cli_on_emoji_captions(tmp_path):
     import json
 
     import mmgen
-    from mmgen.metrics.evaluate import main
+    from mmgen.cli import main
 
     mmgen.create_model("ddpm_dit_tiny", img_size=32).eval().save_pretrained(tmp_path / "ddpm")
     mmgen.create_model("clip_tiny").eval().save_pretrained(tmp_path / "clip")
-    assert main(["--model", str(tmp_path / "ddpm"), "--clip", str(tmp_path / "clip"), "--dataset", "emoji",
+    assert main(["evaluate", "--model", str(tmp_path / "ddpm"), "--clip", str(tmp_path / "clip"), "--dataset", "emoji",
                  "--data-set", "image_size=32", "--n", "4", "--guidance", "2", "--steps", "2",
                  "--out", str(tmp_path / "eval")]) == 0
     res = json.loads((tmp_path / "eval" / "results.json").read_text())

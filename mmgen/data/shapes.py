@@ -34,12 +34,11 @@ default) holds nothing out (then the ``heldout_*`` splits are refused).
 The checker ``check(image, caption)`` reads colour, shape and relative position back from
 an image (tensor (3,H,W) in [-1,1], uint8 HWC array or PIL image) and reports each
 attribute: ``{"count", "colour", "shape", "relation", "correct", "found", "expected"}``.
-``python -m mmgen.data.shapes --n 2000`` prints its accuracy on rendered ground truth and
+``mmgen shapes-check --n 2000`` prints its accuracy on rendered ground truth and
 on shuffled captions.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import re
 import zlib
@@ -662,17 +661,11 @@ def evaluate_checker(n: int = 2000, seed: int = 1, split: str = "test", noise: f
             "confusion": confusion(images, scenes)}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Shapes checker accuracy on rendered ground truth "
-                                             "and on shuffled captions")
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--split", default="test", choices=["test", "heldout_test", "val", "heldout_val"])
-    ap.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std in [-1, 1] units")
-    ap.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma in px")
-    args = ap.parse_args(argv)
-    r = evaluate_checker(args.n, args.seed, split=args.split, noise=args.noise, blur=args.blur)
-    print(f"n={r['n']} split={args.split} noise={args.noise:g} blur={args.blur:g}")
+def report_checker(n: int = 2000, seed: int = 1, split: str = "test", noise: float = 0.0, blur: float = 0.0) -> None:
+    """Print the checker's accuracy on rendered ground truth and on shuffled captions, its
+    confusion matrix and what it reads on near-miss shapes (`mmgen shapes-check`)."""
+    r = evaluate_checker(n, seed, split=split, noise=noise, blur=blur)
+    print(f"n={r['n']} split={split} noise={noise:g} blur={blur:g}")
     print(f"{'':>26s} " + " ".join(f"{k:>9s}" for k in r["ground_truth"]))
     for name in ("ground_truth", "shuffled", "shuffled_truth"):
         print(f"{name:>26s} " + " ".join(f"{v:9.4f}" for v in r[name].values()))
@@ -682,7 +675,3 @@ def main(argv=None):
         got = [o["shape"] for o in detect(img)]
         ok = all(g in allowed for g in got)
         print(f"  {'ok ' if ok else 'BAD'} {name:40s} read as {got}")
-
-
-if __name__ == "__main__":
-    main()
