@@ -10,12 +10,13 @@ seed=..., guidance=...). "extra" is the share of images holding an object the pr
 ask for (more objects found than named: the hallucination rate measured on images).
 
     from mmgen.metrics.shapes_fidelity import prompt_groups, fidelity
-    rows = fidelity(load_pipeline("dalle_shapes"), prompt_groups(200), candidates=(1, 8))
+    for row in fidelity(load_pipeline("dalle_shapes"), prompt_groups(200), candidates=(1, 8)):
+        print(row)
 """
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -61,18 +62,18 @@ def score(images, captions) -> dict[str, float]:
 
 
 def fidelity(pipe, groups: dict[str, list[str]], *, candidates: Iterable[int] = (1,), seed: int = 0,
-             progress=False, **sample_kwargs) -> list[dict]:
-    """One row per (group, candidates): the attribute shares of one image per prompt, the best
-    of `candidates` by the pipeline's CLIP when candidates > 1, and the sampling wall time."""
+             progress=False, **sample_kwargs) -> Iterator[dict]:
+    """One row per (candidates, group), yielded as soon as it is measured: the attribute shares
+    of one image per prompt, the best of `candidates` by the pipeline's CLIP when
+    candidates > 1, and the sampling wall time. Every group is measured with the fewest
+    candidates before any with more (the cheap figures first)."""
     from ..pipelines.base import to_float
-    rows = []
-    for group, captions in groups.items():
-        for k in candidates:
+    for k in candidates:
+        for group, captions in groups.items():
             t0 = time.time()
             out = pipe(captions, num_images=1, candidates=k, rerank=k > 1, seed=seed, progress=progress,
                        **sample_kwargs)
             images = to_float(out.images[:, 0])
-            rows.append({"group": group, "n": len(captions), "candidates": k, "seed": seed,
-                         **{a: v if v is None else round(v, 4) for a, v in score(images, captions).items()},
-                         "wall_s": round(time.time() - t0, 1)})
-    return rows
+            yield {"group": group, "n": len(captions), "candidates": k, "seed": seed,
+                   **{a: v if v is None else round(v, 4) for a, v in score(images, captions).items()},
+                   "wall_s": round(time.time() - t0, 1)}
