@@ -36,3 +36,18 @@ register_recipe(Recipe(
     expected="CLIP score on unseen test emoji 45.6 (1 sample) / 76.4 (best of 8; real images 96.8); ~8 min on 2 "
              "shared CPU cores (checkpoints/dalle_emoji/README.md)",
 ))
+
+# On the 16x16 tokenizer (vq_shapes_16x16: 99 % of held-out scenes survive its round trip):
+# 256 image positions, 4x the sequence of dalle_shapes, so 4x the work per step.
+register_recipe(Recipe(
+    name="dalle_shapes_16x16", model="dalle_shapes_32", data="shapes",
+    model_overrides={"vq_path": "vq_shapes_16x16", "clip_path": "clip_shapes_reranker", "cond_drop": 0.15,
+                     "image_grid": [16, 16]},
+    data_kwargs={"holdout": "default"},
+    train={**_TRAIN, "steps": 1200, "amp": "bf16", "save_every": 0, "save_every_minutes": 3.0, "log_every": 50},
+    description="DALL-E (4 x 128, pruned BPE text, 12 + 256 positions) on the 16x16 shapes tokenizer, the default "
+                "held-out colour-shape pairs excluded; 1:7 text:image loss, 15% condition dropout",
+    expected="strict shapes checker, 200 prompts per group, 1 sample: one object 7.0 %, two objects 0.0 %, a "
+             "held-out pair 0.0 % (colours right, too many and too large objects: undertrained); 48 min on 2 shared "
+             "CPU cores; not shipped (docs/dalle.md)",
+))
