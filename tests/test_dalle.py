@@ -381,3 +381,18 @@ def test_shipped_checkpoints_keep_their_hashed_vocabulary(tmp_path):
     m.save_pretrained(tmp_path / "again")
     again = mmgen.load_pretrained(tmp_path / "again")
     assert again.legacy_word_buckets == m.legacy_word_buckets and again.saw_word("circle")
+
+
+def test_older_state_dict_with_the_bitmap_loads_strictly():
+    """A training state written before the caption words left the weights (the `seen_words`
+    bitmap, no extra state) still loads with strict=True, as --resume does."""
+    from mmgen.models.dalle import WORD_BUCKETS, word_bucket
+    m = mmgen.create_model("dalle_tiny")
+    old = {k: v for k, v in m.state_dict().items() if not k.endswith("_extra_state")}
+    bitmap = torch.zeros(WORD_BUCKETS, dtype=torch.bool)
+    bitmap[word_bucket("circle")] = True
+    old["seen_words"] = bitmap
+    fresh = mmgen.create_model("dalle_tiny")
+    fresh.load_state_dict(old, strict=True)
+    assert fresh.saw_word("circle") and not fresh.saw_word("xylophone")
+    torch.testing.assert_close(fresh.state_dict()["text_embed.weight"], m.state_dict()["text_embed.weight"])

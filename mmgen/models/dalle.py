@@ -74,7 +74,11 @@ def _read_legacy_seen_words(module, state_dict, prefix, *args) -> None:
     weights and becomes the set of its marked buckets."""
     bitmap = state_dict.pop(prefix + "seen_words", None)
     if bitmap is not None:
-        module.legacy_word_buckets = set(bitmap.nonzero().flatten().tolist())
+        buckets = sorted(bitmap.nonzero().flatten().tolist())
+        module.legacy_word_buckets = set(buckets)
+        # a state dict from before the words left the weights (e.g. an older run's
+        # train_state.pt) has no extra state: give it one, so a strict load (--resume) accepts it
+        state_dict.setdefault(prefix + "_extra_state", {"caption_words": [], "legacy_word_buckets": buckets})
 
 
 @dataclass
