@@ -37,6 +37,7 @@ so every checkpoint knows its own vocabulary (the pipeline warns about other wor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -64,6 +65,12 @@ def prompt_words(text: str) -> list[str]:
 
 def word_bucket(word: str) -> int:
     return zlib.crc32(word.encode("utf-8")) % WORD_BUCKETS
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def caption_buckets(caption: str) -> tuple[int, ...]:
+    """The word buckets of a caption (memoised: training captions repeat every epoch)."""
+    return tuple(word_bucket(w) for w in prompt_words(caption))
 
 
 @dataclass
@@ -169,6 +176,7 @@ class DALLE(Model):
         for emb in (self.text_embed, self.image_embed, self.text_head, self.image_head):
             nn.init.normal_(emb.weight, std=c.init_std)
         self._vq = None  # the frozen VQ, not part of this checkpoint's weights
+        self._null_row: torch.Tensor | None = None  # the empty caption's ids, (1, context_length)
         self.token_memo = ImageTokenMemo()  # the VQ's tokens of the training images seen so far
         self._ckpt_dir: Path | None = None
 
@@ -219,8 +227,11 @@ class DALLE(Model):
 
     # ------------------------------------------------------------------ text
     def null_text(self, batch: int = 1) -> torch.Tensor:
-        """The null condition: the empty caption [BOS EOS PAD ..], (batch, context_length)."""
-        return self.tokenize([""] * batch)
+        """The null condition: the empty caption [BOS EOS PAD ..], (batch, context_length)
+        (tokenised once; every training step with condition dropout asks for it)."""
+        if self._null_row is None:
+            self._null_row = self._tokenize([""])  # (1, context_length)
+        return self._null_row.to(self.text_embed.weight.device).repeat(batch, 1)
 
     def tokenize(self, texts: str | Sequence[str], *, truncate: bool = False) -> torch.Tensor:
         """Captions -> (N, context_length) ids [BOS text EOS PAD ..]. Over-long text raises a
@@ -230,7 +241,7 @@ class DALLE(Model):
     @torch.no_grad()
     def record_captions(self, captions: Sequence[str], text: torch.Tensor | None = None) -> None:
         """Mark the words (and token ids) of training captions as seen."""
-        idx = [word_bucket(w) for c in captions for w in prompt_words(c)]
+        idx = [b for c in captions for b in caption_buckets(c)]
         if idx:
             self.seen_words[torch.tensor(idx, device=self.seen_words.device)] = True
         if text is not None:
