@@ -229,9 +229,14 @@ class DALLE(Model):
     def null_text(self, batch: int = 1) -> torch.Tensor:
         """The null condition: the empty caption [BOS EOS PAD ..], (batch, context_length)
         (tokenised once; every training step with condition dropout asks for it)."""
-        if self._null_row is None:
-            self._null_row = self._tokenize([""])  # (1, context_length)
-        return self._null_row.to(self.text_embed.weight.device).repeat(batch, 1)
+        return self._null_ids().repeat(batch, 1)
+
+    def _null_ids(self) -> torch.Tensor:
+        """The empty caption's ids (1, context_length) on the model's device, cached."""
+        dev = self.text_embed.weight.device
+        if self._null_row is None or self._null_row.device != dev:
+            self._null_row = self._tokenize([""]).to(dev)
+        return self._null_row
 
     def tokenize(self, texts: str | Sequence[str], *, truncate: bool = False) -> torch.Tensor:
         """Captions -> (N, context_length) ids [BOS text EOS PAD ..]. Over-long text raises a
@@ -336,7 +341,7 @@ class DALLE(Model):
                 self.record_captions(batch["caption"], text)
             if c.cond_drop > 0:
                 keep = torch.rand(B, device=dev) >= c.cond_drop
-                text = torch.where(keep[:, None], text, self.null_text(B))
+                text = torch.where(keep[:, None], text, self._null_ids())  # (B, context_length)
         seq = torch.cat([text, image], 1)  # (B, context_length + h*w)
         text_logits, image_logits = self(seq[:, :-1])
         # text targets: positions 1 .. context_length-1, padding and dropped captions ignored
