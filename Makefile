@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m mmgen.demo
+	$(VENV)/bin/mmgen demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -1,6 +1,8 @@
 """Checkpoint directories: config.json (model type, config, format version) and
-model.safetensors. Weights are never unpickled; tied weights survive (safetensors'
-save_model/load_model dedupe shared tensors)."""
+model.safetensors, plus extra_state.json when a module keeps state that is not weights
+(`nn.Module.get_extra_state`, e.g. the words of DALL-E's training captions). Weights are
+never unpickled; tied weights survive (safetensors' save_model/load_model dedupe shared
+tensors)."""
 from __future__ import annotations
 
 import json
@@ -18,6 +20,34 @@ from .config import config_from_dict, config_to_dict
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+EXTRA_STATE_NAME = "extra_state.json"
+_EXTRA_STATE_SUFFIX = "_extra_state"  # nn.Module's state-dict key of get_extra_state()
+
+
+class _Weights:
+    """What safetensors' save_model / load_model see of a model: the tensors of its state
+    dict. Non-tensor module state (get_extra_state) goes to extra_state.json instead."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+    def load_state_dict(self, state: dict, strict: bool = False):
+        missing, unexpected = self.model.load_state_dict(state, strict=strict)
+        return [k for k in missing if not k.endswith(_EXTRA_STATE_SUFFIX)], unexpected
+
+
+def extra_state(model: torch.nn.Module) -> dict[str, Any]:
+    """The non-tensor entries of the model's state dict (get_extra_state), JSON-ready."""
+    out = {k: v for k, v in model.state_dict().items() if not isinstance(v, torch.Tensor)}
+    try:
+        json.dumps(out)
+    except TypeError as e:
+        raise TypeError(f"{type(model).__name__}'s extra state ({', '.join(out)}) must be JSON data "
+                        f"(lists, dicts, strings, numbers) to be saved in {EXTRA_STATE_NAME}: {e}") from None
+    return out
 
 
 def current_umask() -> int:
@@ -198,13 +228,17 @@ class PretrainedMixin:
         if extra:
             meta.update(extra)
 
+        extras = extra_state(self)
+
         def write(tmp: Path):
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+            if extras:
+                (tmp / EXTRA_STATE_NAME).write_text(json.dumps(extras, indent=1) + "\n")
             model = self
             if dtype is not None:
                 import copy
                 model = copy.deepcopy(self).to(dtype)
-            save_model(model, str(tmp / WEIGHTS_NAME))
+            save_model(_Weights(model), str(tmp / WEIGHTS_NAME))
 
         return atomic_write_dir(path, write)
 
@@ -223,6 +257,8 @@ class PretrainedMixin:
             raise FileNotFoundError(f"checkpoint {str(path)!r} has a config but no {WEIGHTS_NAME}")
         model.to(torch.float32)
         missing, unexpected = _load_weights(model, weights, map_location)
+        if (Path(path) / EXTRA_STATE_NAME).is_file():
+            model.load_state_dict(_read_json(Path(path) / EXTRA_STATE_NAME), strict=False)
         if strict and (missing or unexpected):
             raise ValueError(f"{weights} does not match {cls.__name__}: missing {sorted(missing)[:8]}, "
                              f"unexpected {sorted(unexpected)[:8]}")
@@ -241,7 +277,7 @@ def _load_weights(model, weights: Path, map_location) -> tuple[list[str], list[s
         raise ValueError(f"{weights} is a pickled PyTorch file (torch.save), not safetensors; mmgen never "
                          f"unpickles weights: convert it with safetensors.torch.save_model")
     try:
-        return load_model(model, str(weights), strict=False, device=str(map_location))
+        return load_model(_Weights(model), str(weights), strict=False, device=str(map_location))
     except RuntimeError as e:  # shape mismatches: another config of the same family
         first = str(e).strip().splitlines()
         detail = next((ln.strip() for ln in first if "size mismatch" in ln or "shape" in ln), first[0] if first else "")

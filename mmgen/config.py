@@ -42,62 +42,6 @@ def renamed_field(cls, name: str, *, warn: bool = False) -> str:
     return new
 
 
-# Renamed read-only attributes (derived properties): {config class name: {old: new}}.
-RENAMED_ATTRIBUTES: dict[str, dict[str, str]] = {
-    "TransformerConfig": {"dim_head": "resolved_head_dim", "kv_heads": "resolved_kv_heads"},
-}
-
-
-def _renamed_attribute(cls, name: str) -> str | None:
-    for k in cls.__mro__:
-        for table in (RENAMED, RENAMED_ATTRIBUTES):
-            if name in table.get(k.__name__, {}):
-                return table[k.__name__][name]
-    return None
-
-
-def _old_name_getattr(self, name: str):
-    """Reading a config attribute by an old name: the new field's value, with a FutureWarning."""
-    new = _renamed_attribute(type(self), name)
-    if new is None or new == name:
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-    import warnings
-    warnings.warn(f"{type(self).__name__}.{name} is now called {new!r}; the old name will stop working in a "
-                  f"future version", FutureWarning, stacklevel=2)
-    return getattr(self, new)
-
-
-def _accept_old_keywords(init):
-    """A config class's __init__ that also takes old field names (mapped, with a FutureWarning)."""
-    import functools
-
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        if any(_renamed_attribute(type(self), k) for k in kwargs):
-            kwargs = {renamed_field(type(self), k, warn=True): v for k, v in kwargs.items()}
-        init(self, *args, **kwargs)
-    return __init__
-
-
-def keep_old_attribute_names(cls) -> None:
-    """Let code written before a field was renamed read `cfg.old_name` and build
-    `Cfg(old_name=...)` (the new field, with a FutureWarning) for config class `cls` and every
-    config nested in it. Called for each
-    registered model's config; normal attribute reads are not slowed (Python asks
-    `__getattr__` only for names it does not find)."""
-    todo, seen = [cls], set()
-    while todo:
-        k = todo.pop()
-        if k in seen or not dataclasses.is_dataclass(k):
-            continue
-        seen.add(k)
-        if any(c.__name__ in RENAMED or c.__name__ in RENAMED_ATTRIBUTES for c in k.__mro__) \
-                and "__getattr__" not in k.__dict__:
-            k.__getattr__ = _old_name_getattr
-            k.__init__ = _accept_old_keywords(k.__init__)
-        todo.extend(t for t in (_dataclass_in(tp) for tp in _field_types(k).values()) if t is not None)
-
-
 def rename_fields(cls, data: dict[str, Any]) -> dict[str, Any]:
     """`data` (a config dict, e.g. a config.json section) with old field names of dataclass
     `cls` replaced by the current ones; nested configs are renamed when they are built."""

@@ -1,11 +1,10 @@
-"""`make demo` / `python -m mmgen.demo [OUTPUT.png]`: the main job of the package, end to end.
+"""`make demo` / `mmgen demo [OUTPUT.png]`: the main job of the package, end to end.
 
 Generates a captioned grid for a few prompts with the shipped DALL-E checkpoint (found by
 name, so this works from any directory and from an installed wheel) and writes it to
 ./out/demo.png under the current directory, or to the path given."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,19 +26,12 @@ def _generate(path: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmgen.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", nargs="?", default=str(DEFAULT_OUTPUT),
-                        help=f"image to write (default: {DEFAULT_OUTPUT} under the current directory)")
-    args = parser.parse_args(argv)
+def run(output: str | Path = DEFAULT_OUTPUT) -> int:
+    """`mmgen demo [OUTPUT]`: check the shipped checkpoint is there, then write the grid."""
     from mmgen.pipelines import find_checkpoint
     try:
         find_checkpoint(MODEL)
     except (FileNotFoundError, ValueError) as e:
         print(f"mmgen demo: error: the demo needs the shipped checkpoint {MODEL!r}: {e}", file=sys.stderr)
         return 2
-    return _generate(Path(args.output))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return _generate(Path(output))

@@ -34,8 +34,6 @@ def register_model(model_type: str):
             raise TypeError(f"{cls.__name__} needs a `config_class` attribute")
         cls.model_type = model_type
         _FAMILIES[model_type] = cls
-        from .config import keep_old_attribute_names
-        keep_old_attribute_names(cls.config_class)  # cfg.old_name still reads, with a FutureWarning
         return cls
     return wrap
 

@@ -164,12 +164,9 @@ def test_usage_errors_are_one_line(capsys):
     assert_one_line(rc, err, "required", "mmgen text --help")
 
 
-def test_evaluation_module_refuses_non_finite_guidance(capsys):
-    from mmgen.metrics.evaluate import main as evaluate
-    with pytest.raises(SystemExit) as e:
-        evaluate(["--model", "ddpm_shapes", "--guidance", "1", "nan"])
-    assert e.value.code == 2
-    assert_one_line(2, capsys.readouterr().err, "--guidance")
+def test_evaluate_refuses_non_finite_guidance(capsys):
+    rc, err = run_cli(["evaluate", "--model", "ddpm_shapes", "--guidance", "1", "nan"], capsys)
+    assert_one_line(rc, err, "--guidance", "mmgen evaluate")
 
 
 # ------------------------------------------------------------------------------ documented behaviour
@@ -197,5 +194,5 @@ def test_demo_needs_its_checkpoint(tmp_path, monkeypatch, capsys):
     from mmgen import demo
     monkeypatch.setattr(demo, "MODEL", "no_such_checkpoint")
     monkeypatch.chdir(tmp_path)
-    assert demo.main([]) == 2
-    assert "no_such_checkpoint" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    rc, err = run_cli(["demo"], capsys)
+    assert rc == 2 and "no_such_checkpoint" in err and not (tmp_path / "out").exists()

@@ -116,9 +116,47 @@ def test_label_aware_loss_drops_same_class_negatives():
         ClipLoss(label_aware=True)(img, txt, scale)
 
 
+def _negatives(img, txt):
+    """A third feature set for the hard-negative cases, the same in every process."""
+    return F.normalize(img - 0.5 * txt, dim=-1)
+
+
 def _half(batch, rank, world):
     n = len(batch["caption"]) // world
     return {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
+
+
+def test_hard_negatives_are_extra_columns_of_the_image_rows():
+    img, txt = feats(6)
+    neg = F.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(3)), dim=-1)
+    scale = torch.tensor(5.0)
+    logits = scale * img @ torch.cat([txt, neg]).T  # (6, 12): captions, then negatives
+    i2t = F.cross_entropy(logits, torch.arange(6))
+    t2i = F.cross_entropy(scale * txt @ img.T, torch.arange(6))
+    torch.testing.assert_close(ClipLoss()(img, txt, scale, negative_text_features=neg), (i2t + t2i) / 2)
+    # A negative equal to its own caption can never be told apart: the loss rises.
+    assert ClipLoss()(img, txt, scale, negative_text_features=txt) > ClipLoss()(img, txt, scale) + 0.1
+    with pytest.raises(ValueError, match="same shape"):
+        ClipLoss()(img, txt, scale, negative_text_features=neg[:3])
+
+
+def test_clip_model_trains_with_shapes_hard_negatives():
+    from mmgen.data import build_dataset
+    ds = build_dataset("shapes", "train", holdout="default", negatives=True, length=8)
+    kw = dict(vision=dict(img_size=32, dim=32), text=dict(context_length=48, width=32, depth=2, heads=2))
+    model = make_clip(hard_negatives=True, **kw)
+    batch = model.collate([ds[i] for i in range(8)])
+    assert batch["negative_input_ids"].shape == batch["input_ids"].shape
+    loss, _ = model.loss(batch)
+    loss.backward()
+    plain = make_clip(**kw)
+    plain.load_state_dict(model.state_dict())
+    assert loss.item() > plain.loss(batch)[0].item()  # more negatives in every image row
+    del batch["negative_input_ids"]
+    with pytest.raises(ValueError, match="negative_caption"):
+        model.loss(batch)
+    with pytest.raises(ValueError, match="loss='clip'"):
+        make_clip(hard_negatives=True, loss="siglip")
 
 
 def _ddp_worker(rank, world, store, out_dir, img, txt, labels):
@@ -135,14 +173,18 @@ def _ddp_worker(rank, world, store, out_dir, img, txt, labels):
     cases = {f"clip_local{int(ll)}_grad{int(gw)}": ClipLoss(local_loss=ll, gather_with_grad=gw)
              for ll in (False, True) for gw in (False, True)}
     cases["clip_label_aware"] = ClipLoss(local_loss=True, gather_with_grad=True, label_aware=True)
+    cases.update({f"clip_negatives_local{int(ll)}_grad1": ClipLoss(local_loss=ll, gather_with_grad=True)
+                  for ll in (False, True)})
     cases["siglip"] = SigLipLoss()
+    negatives = _negatives(img, txt)
     for name, fn in cases.items():
         i = img[rank * B:(rank + 1) * B].clone().requires_grad_(True)
         t = txt[rank * B:(rank + 1) * B].clone().requires_grad_(True)
         scale = torch.tensor(7.0, requires_grad=True)
         bias = torch.tensor(-3.0) if name == "siglip" else None
         lab = labels[rank * B:(rank + 1) * B] if "label" in name else None
-        loss = fn(i, t, scale, bias, labels=lab)
+        extra = {"negative_text_features": negatives[rank * B:(rank + 1) * B]} if "negatives" in name else {}
+        loss = fn(i, t, scale, bias, labels=lab, **extra)
         loss.backward()
         results[name] = (loss.detach(), i.grad, t.grad, scale.grad)
     # The model's loss: in training the global batch (gathered), each rank gets the full loss.
@@ -181,6 +223,8 @@ def test_ddp_loss_equals_single_process_on_global_batch(tmp_path):
         scale = torch.tensor(7.0, requires_grad=True)
         if name == "siglip":
             ref = SigLipLoss()(i, t, scale, torch.tensor(-3.0))
+        elif "negatives" in name:
+            ref = ClipLoss()(i, t, scale, negative_text_features=_negatives(img, txt))
         else:
             ref = ClipLoss(label_aware="label" in name)(i, t, scale, labels=labels if "label" in name else None)
         ref.backward()

@@ -1,6 +1,7 @@
 """DALL-E: the joint sequence layout, the 1:7 loss, KV-cached vs full sampling, guidance,
 CLIP reranking and prompt checks (through DALLEPipeline), save/load with companion paths, and
 the CLI on the shipped checkpoints."""
+import json
 import subprocess
 import sys
 import warnings
@@ -259,7 +260,11 @@ def test_save_load_keeps_vocabulary_and_resolves_helper_paths(tmp_path):
     m.config.vq_path = "../vq"
     m.save_pretrained(tmp_path / "dalle")
     loaded = mmgen.load_pretrained(tmp_path / "dalle")
-    assert torch.equal(loaded.seen_words, m.seen_words) and bool(loaded.seen_words.any())
+    assert loaded.caption_words == m.caption_words and {"red", "circle"} <= loaded.caption_words
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "dalle" / "model.safetensors"), "pt") as f:  # metadata, not weights
+        assert not any("seen_words" in k or "extra_state" in k for k in f.keys())
+    assert "red" in json.loads((tmp_path / "dalle" / "extra_state.json").read_text())["_extra_state"]["caption_words"]
     with pytest.raises(FileNotFoundError, match="vq checkpoint '../vq'"):
         loaded.vq
     with pytest.raises(FileNotFoundError, match="vq checkpoint '../vq'"):
@@ -350,7 +355,7 @@ def test_collate_tokenises_captions_and_vq_encodes_images_once():
     assert calls == [3] and torch.equal(again["image_tokens"], batch["image_tokens"].flip(0))
     m.train()
     loss, logs = m.loss(batch)
-    assert torch.isfinite(loss) and bool(m.seen_words.any())
+    assert torch.isfinite(loss) and {"red", "circle", "blue", "square"} <= m.caption_words
 
 
 def test_training_sample_grid_hook_draws_through_the_pipeline():
@@ -358,3 +363,21 @@ def test_training_sample_grid_hook_draws_through_the_pipeline():
     images = training_samples(m, 6, seed=0)
     assert images.shape == (6, 3, 16, 16) and m.training  # the model's mode is left as it was
     assert torch.equal(images, training_samples(m, 6, seed=0))
+
+
+def test_shipped_checkpoints_keep_their_hashed_vocabulary(tmp_path):
+    """dalle_shapes / dalle_emoji hold the older hashed `seen_words` bitmap in their weights:
+    it loads as metadata, answers as before, and a re-save moves it to extra_state.json."""
+    from safetensors import safe_open
+
+    from mmgen.models.dalle import WORD_BUCKETS, word_bucket
+    with safe_open(str(mmgen.checkpoint.find_checkpoint("dalle_shapes") / "model.safetensors"), "pt") as f:
+        bitmap = f.get_tensor("seen_words")
+    m = mmgen.load_pretrained("dalle_shapes")
+    assert bitmap.shape == (WORD_BUCKETS,) and m.legacy_word_buckets == set(bitmap.nonzero().flatten().tolist())
+    for w in ("red", "circle", "left", "zebra", "xylophone"):
+        assert m.saw_word(w) == bool(bitmap[word_bucket(w)]), w
+    assert m.saw_word("circle") and not m.saw_word("xylophone")
+    m.save_pretrained(tmp_path / "again")
+    again = mmgen.load_pretrained(tmp_path / "again")
+    assert again.legacy_word_buckets == m.legacy_word_buckets and again.saw_word("circle")

@@ -311,3 +311,35 @@ def test_text_file_and_captions(tmp_path):
         build_dataset("text", path=str(tmp_path / "missing.txt"))
     caps = build_dataset("captions", split="val", source="shapes", block_size=32)
     assert caps.text.startswith("a ") and caps[0]["input_ids"].shape == (32,)
+
+
+def test_shapes_hard_negatives_change_one_binding_and_keep_held_out_pairs_unseen():
+    from mmgen.data.shapes import DEFAULT_HOLDOUT, parse_caption
+    ds = build_dataset("shapes", "train", holdout="default", negatives=True, length=300)
+    kinds = set()
+    for i in range(300):
+        item = ds[i]
+        pos, neg = parse_caption(item["caption"]), parse_caption(item["negative_caption"])
+        assert neg != pos and len(neg[0]) == len(pos[0]), (item["caption"], item["negative_caption"])
+        assert not set(neg[0]) & set(DEFAULT_HOLDOUT), item["negative_caption"]
+        (objs, rel), (nobjs, nrel) = pos, neg
+        if rel is not None and {rel, nrel} in ({"above", "below"}, {"left of", "right of"}):
+            assert objs[0] != objs[1] and nobjs == objs  # a reversed relation of two different objects
+            kinds.add("relation")
+        elif rel is not None and nobjs != objs and sorted(c for c, _ in objs) == sorted(c for c, _ in nobjs) \
+                and sorted(s for _, s in objs) == sorted(s for _, s in nobjs):
+            assert nrel == rel  # the two objects' colours (or shapes) swapped
+            kinds.add("swap")
+        else:
+            assert nrel == rel and sum(a != b for a, b in zip(objs, nobjs)) == 1
+            kinds.add("replace")
+    assert kinds == {"relation", "swap", "replace"}
+    counts = {k: 0 for k in kinds}  # the kind is drawn first: reversed relations are common, not 1 in 20
+    for i in range(300):
+        item = ds[i]
+        (objs, rel), (nobjs, nrel) = parse_caption(item["caption"]), parse_caption(item["negative_caption"])
+        counts["relation" if rel != nrel else "swap" if sorted(objs) == sorted(nobjs) or
+               sum(a != b for a, b in zip(objs, nobjs)) == 2 else "replace"] += 1
+    assert counts["relation"] > 60 and counts["swap"] > 30, counts
+    assert ds[5]["negative_caption"] == ds[5]["negative_caption"]  # a pure function of the index
+    assert "negative_caption" not in build_dataset("shapes", "val", length=2)[0]

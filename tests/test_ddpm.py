@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import mmgen
-from mmgen.models.ddpm import DDPM, make_scheduler
+from mmgen.models.ddpm import DDPM
+from mmgen.schedulers import make_scheduler
 from mmgen.pipelines import DDPMPipeline, training_samples
 from mmgen.models.dit import DiT, DiTConfig
 from mmgen.models.unet import UNet, UNetConfig

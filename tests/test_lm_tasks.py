@@ -139,16 +139,16 @@ def test_gpt_evaluate_exact_match_counts_rows():
 
 
 def test_eval_command_runs_on_tiny_untrained_models(tmp_path, capsys):
-    from mmgen.metrics.lm_tasks import main
+    from mmgen.cli import main
     torch.manual_seed(0)
     gpt = mmgen.create_model("gpt_tiny", context_length=64)
     gpt.save_pretrained(tmp_path / "m")
-    assert main(["cot", "--plain", str(tmp_path / "m"), "--scratchpad", str(tmp_path / "m"), "--n", "3",
+    assert main(["lm-tasks", "cot", "--plain", str(tmp_path / "m"), "--scratchpad", str(tmp_path / "m"), "--n", "3",
                  "--max-digits", "2", "--png", str(tmp_path / "c.png")]) == 0
     out = capsys.readouterr().out
     assert "| a+b | 1 |" in out and "| a*d | 2 |" in out and (tmp_path / "c.png").stat().st_size > 0
     icl = mmgen.create_model("gpt_tiny", context_length=64)
     icl.save_pretrained(tmp_path / "icl")
-    assert main(["icl", "--model", str(tmp_path / "icl"), "--n", "8", "--png", str(tmp_path / "a.png")]) == 0
+    assert main(["lm-tasks", "icl", "--model", str(tmp_path / "icl"), "--n", "8", "--png", str(tmp_path / "a.png")]) == 0
     out = capsys.readouterr().out
     assert "best possible" in out and "layer 1: induction" in out and (tmp_path / "a.png").stat().st_size > 0

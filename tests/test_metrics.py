@@ -114,11 +114,11 @@ def test_evaluate_cli_on_emoji_captions(tmp_path):
     import json
 
     import mmgen
-    from mmgen.metrics.evaluate import main
+    from mmgen.cli import main
 
     mmgen.create_model("ddpm_dit_tiny", img_size=32).eval().save_pretrained(tmp_path / "ddpm")
     mmgen.create_model("clip_tiny").eval().save_pretrained(tmp_path / "clip")
-    assert main(["--model", str(tmp_path / "ddpm"), "--clip", str(tmp_path / "clip"), "--dataset", "emoji",
+    assert main(["evaluate", "--model", str(tmp_path / "ddpm"), "--clip", str(tmp_path / "clip"), "--dataset", "emoji",
                  "--data-set", "image_size=32", "--n", "4", "--guidance", "2", "--steps", "2",
                  "--out", str(tmp_path / "eval")]) == 0
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -127,3 +127,24 @@ def test_evaluate_cli_on_emoji_captions(tmp_path):
     assert not any(k.startswith("fidelity") for k in run)
     assert "fd_ours" in res["real_val_vs_real_test"]
     assert res["data_kwargs"] == {"image_size": 32}
+
+
+def test_shapes_fidelity_groups_and_extra_objects():
+    from mmgen.data import shapes as S
+    from mmgen.metrics.shapes_fidelity import prompt_groups, score
+    groups = prompt_groups(12)
+    assert [len(v) for v in groups.values()] == [12, 12, 12]
+    assert all(S.parse_caption(c)[1] is None for c in groups["one"])
+    assert all(S.parse_caption(c)[1] is not None for c in groups["two"] + groups["heldout"])
+    held = {f"{c} {s}" for c, s in S.DEFAULT_HOLDOUT}
+    assert all(any(h in c for h in held) for c in groups["heldout"])
+    assert not any(h in c for c in groups["two"] for h in held)
+    assert prompt_groups(12) == groups  # fixed prompts
+    # Rendered ground truth is all correct with nothing extra; an added object is "extra".
+    objs = [dict(colour="red", shape="circle", x=4, y=4, size=10)]
+    stray = dict(colour="blue", shape="square", x=20, y=20, size=8)
+    images = torch.stack([S._to_float(S.render(objs)), S._to_float(S.render(objs + [stray]))])
+    assert score(images[:1], ["a red circle"]) == {"count": 1.0, "colour": 1.0, "shape": 1.0, "correct": 1.0,
+                                                   "relation": None, "extra": 0.0}
+    both = score(images, ["a red circle", "a red circle"])
+    assert both["extra"] == 0.5 and both["correct"] == 0.5 and both["colour"] == 1.0

@@ -128,7 +128,7 @@ def test_loss_decreases_on_one_batch(name, over):
 def test_budget_steps_and_curve_from_logged_evals(tmp_path, capsys):
     import json
 
-    from mmgen.metrics.vision_curve import main
+    from mmgen.cli import main
     from mmgen.train.recipes.vision import RESNET18_STEPS_PER_S, budget_steps
     assert budget_steps(1.0, 60) == round(60 * RESNET18_STEPS_PER_S)
     assert budget_steps(2.5, 600) == round(600 * RESNET18_STEPS_PER_S * 2.5)
@@ -145,9 +145,21 @@ def test_budget_steps_and_curve_from_logged_evals(tmp_path, capsys):
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
         {"step": 10, "loss": 2.0}, {"step": 60, "val/acc": 0.5}, {"step": 120, "val/acc": 0.8}]) + "\n")
     png = tmp_path / "curve.png"
-    assert main(["--root", str(tmp_path / "runs"), "--png", str(png)]) == 0
+    assert main(["vision-curve", "--root", str(tmp_path / "runs"), "--png", str(png)]) == 0
     out = capsys.readouterr().out
     assert "| ResNet-18 | `resnet18_animal_mnist_1min` | 120 |" in out and "80.0 %" in out
     assert "10.0 %" not in out and "left out" in out
     assert png.stat().st_size > 1000
-    assert main(["--root", str(tmp_path / "empty"), "--png", str(png)]) == 1
+    assert main(["vision-curve", "--root", str(tmp_path / "empty"), "--png", str(png)]) == 1
+
+
+def test_classify_command_reports_exact_accuracy(tmp_path, capsys):
+    """`mmgen classify RUN`: accuracy and loss over every image of the split, one JSON line."""
+    import json
+
+    from mmgen.cli import main
+    torch.manual_seed(0)
+    create_model("vit_tiny_patch4_32", num_classes=10).save_pretrained(tmp_path / "vit")
+    assert main(["classify", str(tmp_path / "vit"), "--batch-size", "500"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["n"] == 1000 and 0.0 <= res["acc"] <= 1.0 and res["loss"] > 0 and res["split"] == "test"

@@ -1,5 +1,5 @@
 """The built wheel, installed outside the repository, does the package's main job: it carries
-the shipped checkpoints, `mmgen generate` and `python -m mmgen.demo` write images where the
+the shipped checkpoints, `mmgen generate` and `mmgen demo` write images where the
 user asked, and `mmgen.load_pretrained("dalle_shapes")` finds its checkpoint by name.
 
 Kept fast: the wheel is built without build isolation from a copy of the sources (so the
@@ -87,7 +87,7 @@ def test_generate_from_another_directory(installed):
 
 def test_demo_writes_under_the_working_directory(installed):
     venv, work = installed
-    r = _run([str(venv / "bin" / "python"), "-m", "mmgen.demo"], cwd=work)
+    r = _run([str(venv / "bin" / "mmgen"), "demo"], cwd=work)
     assert (work / "out" / "demo.png").stat().st_size > 0, r.stdout
     site_out = list(venv.rglob("site-packages/out"))
     assert not site_out, f"the demo wrote into site-packages: {site_out}"

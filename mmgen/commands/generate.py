@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..schedulers import SCHEDULERS
 from ._args import device, finite_float, non_negative_float, non_negative_int, unit_float
 
 DEFAULT_MODEL = "dalle_shapes"
-SCHEDULER_CHOICES = ("ddpm", "ddim", "dpm++", "euler")
 MAX_NUM_IMAGES = 1024  # images per prompt in one grid row
 MAX_GRID_SIDE = 16_384  # pixels: beyond this the upscale is lowered
 ESTIMATE_ABOVE = 64  # samples: print a time estimate before starting
@@ -49,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=finite_float, default=None,
                    help="classifier-free guidance scale >= 0 (default: the checkpoint's)")
     p.add_argument("--steps", type=int, default=None, help="DDPM: sampling steps (default: the checkpoint's)")
-    p.add_argument("--scheduler", choices=SCHEDULER_CHOICES, default=None, help="DDPM: the sampler")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="DDPM: the sampler")
     p.add_argument("--candidates", type=int, default=None,
                    help="draw N candidates per image and keep the best by CLIP score (default: 1 for DDPM; for "
                         "DALL-E with a reranker, enough for 8 per prompt and at least 2 per image)")

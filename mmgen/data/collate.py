@@ -75,7 +75,8 @@ def tokenize_captions(texts: Sequence[str], tokenizer, context_length: int, *,
 
 
 class CaptionCollate:
-    """Collate ``{"image", "label", "caption"}`` items and tokenise their captions.
+    """Collate ``{"image", "label", "caption"}`` items and tokenise their captions (and, when
+    the items carry one, their ``"negative_caption"`` into ``negative_input_ids`` etc.).
 
     Picklable (a plain class), so it works with ``DataLoader(num_workers>0)``.
     """
@@ -103,6 +104,11 @@ class CaptionCollate:
         captions = [it["caption"] for it in items]
         batch["caption"] = captions
         batch.update(tokenize_captions(captions, self.tokenizer, self.context_length, **self.kw))
+        if "negative_caption" in items[0]:  # hard negatives (e.g. shapes with negatives=True)
+            negatives = [it["negative_caption"] for it in items]
+            batch["negative_caption"] = negatives
+            tokens = tokenize_captions(negatives, self.tokenizer, self.context_length, **self.kw)
+            batch.update({f"negative_{k}": v for k, v in tokens.items()})
         return batch
 
 

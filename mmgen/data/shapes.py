@@ -34,12 +34,11 @@ default) holds nothing out (then the ``heldout_*`` splits are refused).
 The checker ``check(image, caption)`` reads colour, shape and relative position back from
 an image (tensor (3,H,W) in [-1,1], uint8 HWC array or PIL image) and reports each
 attribute: ``{"count", "colour", "shape", "relation", "correct", "found", "expected"}``.
-``python -m mmgen.data.shapes --n 2000`` prints its accuracy on rendered ground truth and
+``mmgen shapes-check --n 2000`` prints its accuracy on rendered ground truth and
 on shuffled captions.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import re
 import zlib
@@ -136,6 +135,38 @@ def _place_two(rng, s1, s2, relation, n=IMAGE_SIZE):
     return p1, q1, p2, q2
 
 
+_OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+
+
+def hard_negative(objects, relation, rng: np.random.Generator, allowed=PAIRS) -> str:
+    """A caption that differs from the scene's in exactly one binding, for contrastive
+    training with hard negatives (NegCLIP, Yuksekgonul et al. 2023). The kind of change is
+    drawn first, uniformly among those possible: the relation reversed, the two objects'
+    colours or shapes swapped, or one object's colour or shape replaced (the last is what
+    in-batch negatives already teach; the first two they almost never do). Every (colour,
+    shape) pair it writes is in ``allowed``, so held-out pairs stay unseen; changes that would
+    describe the same scene (reversing the relation of two identical objects) are never drawn."""
+    pairs = [(o["colour"], o["shape"]) for o in objects]
+    kinds: dict[str, list] = {"relation": [], "swap": [], "replace": []}
+    if relation is not None and pairs[0] != pairs[1]:
+        kinds["relation"].append((pairs, _OPPOSITE[relation]))
+    if len(pairs) == 2:
+        (c1, s1), (c2, s2) = pairs
+        for swapped in ([(c2, s1), (c1, s2)], [(c1, s2), (c2, s1)]):
+            if swapped != pairs and all(p in allowed for p in swapped):
+                kinds["swap"].append((swapped, relation))
+    for k, (c, s) in enumerate(pairs):
+        for new in [(c2, s) for c2 in COLOUR_NAMES if c2 != c] + [(c, s2) for s2 in SHAPES if s2 != s]:
+            if new in allowed:
+                changed = list(pairs)
+                changed[k] = new
+                kinds["replace"].append((changed, relation))
+    options = [v for v in kinds.values() if v]
+    chosen = options[int(rng.integers(len(options)))]
+    new_pairs, rel = chosen[int(rng.integers(len(chosen)))]
+    return caption_of([dict(colour=c, shape=s) for c, s in new_pairs], rel)
+
+
 def _normalise_holdout(holdout):
     if holdout is None:
         return []
@@ -200,15 +231,17 @@ class ShapesDataset(torch.utils.data.Dataset):
     """Map-style shapes split. Item ``i`` is a pure function of ``(seed, split, i)``.
 
     Items: ``{"image": (3, 32, 32) float in [-1, 1], "label": index of the first object's
-    (colour, shape) pair in ``classes``, "caption": str}``. ``scene(i)`` gives the objects.
+    (colour, shape) pair in ``classes``, "caption": str}``, and with ``negatives=True`` a
+    ``"negative_caption"`` (``hard_negative``: one binding changed). ``scene(i)`` gives the objects.
     ``transform`` (a torchvision v2 transform) receives the uint8 (3, H, W) image tensor.
     """
 
     def __init__(self, split: str = "train", *, holdout=None, seed: int = 0, length: int | None = None,
-                 p_two: float = 0.75, transform=None):
+                 p_two: float = 0.75, transform=None, negatives: bool = False):
         if split not in SPLIT_CODES:
             raise ValueError(f"shapes split must be one of {list(SPLIT_CODES)}, got {split!r}")
         self.split, self.seed, self.p_two, self.transform = split, seed, p_two, transform
+        self.negatives = bool(negatives)
         self.holdout = _normalise_holdout(holdout)
         self.allowed = [p for p in PAIRS if p not in self.holdout]
         self.required = None
@@ -240,7 +273,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         if not -self.length <= i < self.length:
             raise IndexError(f"index {i} out of range for shapes {self.split} of length {self.length}")
         i = i % self.length
-        objs, _, caption = self.scene(i)
+        objs, relation, caption = self.scene(i)
         img = render(objs)
         label = PAIRS.index((objs[0]["colour"], objs[0]["shape"]))
         if self.transform is not None:
@@ -248,7 +281,11 @@ class ShapesDataset(torch.utils.data.Dataset):
             image = t.float().div(127.5).sub(1.0) if t.dtype == torch.uint8 else t
         else:
             image = _to_float(img)
-        return {"image": image, "label": label, "caption": caption}
+        item = {"image": image, "label": label, "caption": caption}
+        if self.negatives:
+            rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], i, 1])
+            item["negative_caption"] = hard_negative(objs, relation, rng, self.allowed)
+        return item
 
     def captions(self) -> list[str]:
         return [self.scene(i)[2] for i in range(self.length)]
@@ -257,9 +294,10 @@ class ShapesDataset(torch.utils.data.Dataset):
 class ShapesStream(torch.utils.data.IterableDataset):
     """Endless seeded training stream (each DataLoader worker gets its own sub-stream)."""
 
-    def __init__(self, *, holdout=None, seed: int = 0, p_two: float = 0.75, transform=None):
+    def __init__(self, *, holdout=None, seed: int = 0, p_two: float = 0.75, transform=None,
+                 negatives: bool = False):
         self.base = ShapesDataset("train", holdout=holdout, seed=seed, p_two=p_two,
-                                  transform=transform, length=2**62)
+                                  transform=transform, length=2**62, negatives=negatives)
         self.classes = self.base.classes
 
     def __iter__(self):
@@ -623,17 +661,11 @@ def evaluate_checker(n: int = 2000, seed: int = 1, split: str = "test", noise: f
             "confusion": confusion(images, scenes)}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Shapes checker accuracy on rendered ground truth "
-                                             "and on shuffled captions")
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--split", default="test", choices=["test", "heldout_test", "val", "heldout_val"])
-    ap.add_argument("--noise", type=float, default=0.0, help="Gaussian noise std in [-1, 1] units")
-    ap.add_argument("--blur", type=float, default=0.0, help="Gaussian blur sigma in px")
-    args = ap.parse_args(argv)
-    r = evaluate_checker(args.n, args.seed, split=args.split, noise=args.noise, blur=args.blur)
-    print(f"n={r['n']} split={args.split} noise={args.noise:g} blur={args.blur:g}")
+def report_checker(n: int = 2000, seed: int = 1, split: str = "test", noise: float = 0.0, blur: float = 0.0) -> None:
+    """Print the checker's accuracy on rendered ground truth and on shuffled captions, its
+    confusion matrix and what it reads on near-miss shapes (`mmgen shapes-check`)."""
+    r = evaluate_checker(n, seed, split=split, noise=noise, blur=blur)
+    print(f"n={r['n']} split={split} noise={noise:g} blur={blur:g}")
     print(f"{'':>26s} " + " ".join(f"{k:>9s}" for k in r["ground_truth"]))
     for name in ("ground_truth", "shuffled", "shuffled_truth"):
         print(f"{name:>26s} " + " ".join(f"{v:9.4f}" for v in r[name].values()))
@@ -643,7 +675,3 @@ def main(argv=None):
         got = [o["shape"] for o in detect(img)]
         ok = all(g in allowed for g in got)
         print(f"  {'ok ' if ok else 'BAD'} {name:40s} read as {got}")
-
-
-if __name__ == "__main__":
-    main()

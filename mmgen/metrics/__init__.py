@@ -7,6 +7,7 @@
 - `clip_score.py`: CLIP score with our CLIP (100 x cosine of image and text embeddings).
 - `fidelity.py`: prompt fidelity on the shapes dataset, read back by its rule-based checker.
 - `clip_eval.py`: CLIP zero-shot classification, retrieval and linear probes.
+- `classifier.py`: exact accuracy of an image classifier over a labelled split.
 """
 from .clip_score import clip_score
 from .fd import fd_kid, frechet_distance, gaussian_stats, image_features, kernel_inception_distance

@@ -39,7 +39,7 @@ def _image_input(clip) -> tuple[int | None, int | None]:
     """(image size, channels) the CLIP image tower expects, when it says."""
     visual = getattr(clip, "visual", None)
     cfg = getattr(visual, "config", None) or getattr(visual, "cfg", None)
-    size = getattr(cfg, "img_size", None) or getattr(cfg, "image_size", None)
+    size = getattr(cfg, "img_size", None)
     chans = getattr(cfg, "in_chans", None)
     if isinstance(size, (tuple, list)):
         size = size[0]

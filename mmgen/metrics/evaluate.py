@@ -2,7 +2,7 @@
 set (shapes, or emoji with --data-set image_size=32), or class-conditional on a labelled set
 (--dataset animal_mnist, prompts = the test labels).
 
-    python -m mmgen.metrics.evaluate --model checkpoints/ddpm_shapes --clip PATH_TO_CLIP \
+    mmgen evaluate --model checkpoints/ddpm_shapes --clip PATH_TO_CLIP \
         --n 200 --guidance 1 3 --steps 20 --scheduler dpm++ --seed 0 --out runs/eval_ddpm
 
 For each guidance scale: N samples for the first N captions of the shapes `test` split
@@ -12,44 +12,16 @@ For each guidance scale: N samples for the first N captions of the shapes `test`
   - CLIP score (100 x cosine) with the same CLIP;
   - prompt fidelity (shapes only): the shapes checker's `correct` rate, plus its colour /
     shape / relation / count rates.
-Writes results.json and one sample grid per guidance scale to --out."""
+Writes results.json and one sample grid per guidance scale to --out. The command line is
+mmgen/commands/evaluate.py; `evaluate(args)` takes its parsed arguments."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-
-
-def main(argv=None) -> int:
-    from mmgen.commands._args import OneLineParser, finite_float, positive_int
-
-    p = OneLineParser(prog="python -m mmgen.metrics.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="checkpoint directory of an image generator")
-    p.add_argument("--clip", default=None, help="checkpoint directory of a trained mmgen CLIP (features + score)")
-    p.add_argument("--encoder", default=None, help="checkpoint of the feature encoder for FD_ours/KID_ours "
-                                                   "(default: the CLIP's image tower)")
-    p.add_argument("--dataset", default="shapes", help="shapes or emoji (text prompts), or a labelled image set "
-                                                       "(class labels)")
-    p.add_argument("--data-set", dest="data_sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="keyword for build_dataset, e.g. image_size=32 (emoji at the size the models use)")
-    p.add_argument("--n", type=positive_int, default=200, help="samples per guidance scale (= real test images)")
-    p.add_argument("--guidance", type=finite_float, nargs="+", default=[1.0, 3.0])
-    p.add_argument("--steps", type=positive_int, default=20)
-    p.add_argument("--scheduler", default="dpm++")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=positive_int, default=100, help="prompts per sampling call")
-    p.add_argument("--out", default="runs/eval")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    try:
-        return evaluate(args)
-    except (ValueError, FileNotFoundError, TypeError) as e:  # user errors: one line, no traceback
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
 
 
 def evaluate(args) -> int:
@@ -138,7 +110,3 @@ def evaluate(args) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out / 'results.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,8 @@
 """Evaluation of the language-task recipes (train/recipes/lm_tasks.py); prints tables and
-draws the figures of docs/llm.md.
+draws the figures of docs/llm.md (the command line: mmgen/commands/lm_tasks.py).
 
-  python -m mmgen.metrics.lm_tasks icl --model runs/icl --png docs/img/icl_attention.png
-  python -m mmgen.metrics.lm_tasks cot --plain runs/cot_plain --scratchpad runs/cot_scratchpad \\
+  mmgen lm-tasks icl --model runs/icl --png docs/img/icl_attention.png
+  mmgen lm-tasks cot --plain runs/cot_plain --scratchpad runs/cot_scratchpad \\
       --png docs/img/cot_curves.png
 
 icl: query accuracy against the number of in-context examples for the trained model, for
@@ -15,9 +15,7 @@ example.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -334,40 +332,3 @@ def run_cot(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mmgen.metrics.lm_tasks", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("icl", help="in-context learning: accuracy vs examples, head scores, attention picture")
-    p.add_argument("--model", required=True, help="a run of `python -m train --recipe icl_gpt`")
-    p.add_argument("--n", type=int, default=1024, help="test sequences")
-    p.add_argument("--png", default=None, help="write the attention picture here")
-    p.add_argument("--curve-png", default=None, help="write the accuracy curve here")
-    p.add_argument("--json", default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=run_icl)
-    p = sub.add_parser("cot", help="arithmetic: plain vs scratchpad, accuracy vs steps and operand length")
-    p.add_argument("--plain", default=None, help="a run of `python -m train --recipe cot_plain`")
-    p.add_argument("--scratchpad", default=None, help="a run of `python -m train --recipe cot_scratchpad`")
-    p.add_argument("--n", type=int, default=100, help="problems per operation and length")
-    p.add_argument("--max-digits", type=int, default=6)
-    p.add_argument("--example", default="3697*8=", help="the worked example's prompt")
-    p.add_argument("--every", type=int, default=100, help="print the training curve every this many steps")
-    p.add_argument("--png", default=None, help="write the curves here")
-    p.add_argument("--json", default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.set_defaults(func=run_cot)
-    args = ap.parse_args(argv)
-    if args.what == "cot" and not (args.plain or args.scratchpad):
-        ap.error("cot needs --plain and/or --scratchpad run directories")
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

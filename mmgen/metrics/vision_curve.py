@@ -1,9 +1,9 @@
 """Test accuracy against training minutes for the image classifiers on animal-mnist (ResNet-18,
 ViT, Swin), at equal quiet-machine time: one table and one PNG from the runs' logged evaluations.
 
-    python -m mmgen.metrics.vision_curve                 # table + docs/img/vision_curve.png from runs/vision_curve
-    python -m mmgen.metrics.vision_curve --launch        # first train the missing runs, one at a time
-    python -m mmgen.metrics.vision_curve --exact         # final accuracies recomputed over all 1,000 test images
+    mmgen vision-curve                 # table + docs/img/vision_curve.png from runs/vision_curve
+    mmgen vision-curve --launch        # first train the missing runs, one at a time
+    mmgen vision-curve --exact         # final accuracies recomputed over all 1,000 test images
 
 Minutes are quiet-machine minutes: a run's step s sits at s / (its quiet steps per second)
 / 60, where the quiet rate is ResNet-18's (recipes.vision.RESNET18_STEPS_PER_S) times the
@@ -15,7 +15,6 @@ the end of each run is its budget's result.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -67,7 +66,7 @@ def read_run(run_dir: Path) -> dict | None:
 def exact_accuracy(run_dir: str) -> float:
     from mmgen import load_pretrained
     from mmgen.data import build_dataset
-    from mmgen.models._classify import evaluate_classifier
+    from mmgen.metrics.classifier import evaluate_classifier
     return evaluate_classifier(load_pretrained(run_dir), build_dataset("animal_mnist", "test"))["acc"]
 
 
@@ -148,22 +147,16 @@ def plot(runs: list[dict], path: str, *, width: int = 960, height: int = 560) ->
     img.save(path)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mmgen.metrics.vision_curve", description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default=DEFAULT_ROOT, help="folder of the run directories (one per recipe)")
-    ap.add_argument("--png", default=DEFAULT_PNG)
-    ap.add_argument("--launch", action="store_true", help="train the missing runs first (one at a time)")
-    ap.add_argument("--recipes", nargs="*", default=None, help="recipes to launch (default: all of the curve)")
-    ap.add_argument("--include-modified", action="store_true",
-                    help="also show runs whose settings differ from their recipe (--set overrides, old step counts)")
-    ap.add_argument("--exact", action="store_true", help="recompute each final accuracy over the whole test split")
-    a = ap.parse_args(argv)
-    root = Path(a.root)
-    if a.launch:
-        launch(root, a.recipes or curve_recipes())
+def report(root: str | Path = DEFAULT_ROOT, png: str = DEFAULT_PNG, *, launch_runs: bool = False,
+           recipes: list[str] | None = None, include_modified: bool = False, exact: bool = False) -> int:
+    """The table (stdout) and the PNG of the runs under `root` (`mmgen vision-curve`); with
+    launch_runs, first train the missing ones. Returns the exit code."""
+    root = Path(root)
+    if launch_runs:
+        launch(root, recipes or curve_recipes())
     runs = [r for r in (read_run(p) for p in sorted(root.glob("*")) if p.is_dir()) if r is not None]
     skipped = [r["dir"] for r in runs if not r["as_recipe"]]
-    if skipped and not a.include_modified:
+    if skipped and not include_modified:
         print(f"left out (settings differ from the recipe; --include-modified shows them): {', '.join(skipped)}")
         runs = [r for r in runs if r["as_recipe"]]
     if not runs:
@@ -171,23 +164,19 @@ def main(argv=None) -> int:
         return 1
     order = {n: i for i, n in enumerate(curve_recipes())}
     runs.sort(key=lambda r: order.get(r["recipe"], 99))
-    print(f"| model | recipe | steps x 32 | quiet steps/s | minutes | test acc |{' exact |' if a.exact else ''}")
-    print(f"|---|---|---|---|---|---|{'---|' if a.exact else ''}")
+    print(f"| model | recipe | steps x 32 | quiet steps/s | minutes | test acc |{' exact |' if exact else ''}")
+    print(f"|---|---|---|---|---|---|{'---|' if exact else ''}")
     for r in runs:
         s, m, acc = r["points"][-1] if r["points"] else (0, 0.0, float("nan"))
         state = "" if r["done"] else f" (last evaluation at {s} of {r['steps']})"
         if not r["as_recipe"]:
             state += " (modified)"
-        ex = f" {100 * exact_accuracy(r['dir']):.1f} % |" if a.exact and r["done"] else (" |" if a.exact else "")
+        ex = f" {100 * exact_accuracy(r['dir']):.1f} % |" if exact and r["done"] else (" |" if exact else "")
         print(f"| {r['label']} | `{r['recipe']}` | {s}{state} | {r['quiet_steps_per_s']:.2f} | {m:.2f} | "
               f"{100 * acc:.1f} % |{ex}")
     print("\ncurve points (minutes: accuracy %):")
     for r in runs:
         print(f"  {r['recipe']}: " + ", ".join(f"{m:.2f}: {100 * acc:.1f}" for _, m, acc in r["points"]))
-    plot(runs, a.png)
-    print(f"\nwrote {a.png}")
+    plot(runs, png)
+    print(f"\nwrote {png}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -63,6 +63,9 @@ class CLIPConfig:
     truncate: bool = False  # cut over-long captions with a warning instead of raising
     loss: str = "clip"  # clip (softmax InfoNCE) | siglip (sigmoid)
     label_aware: bool = False  # same-class captions are not negatives (class-template captions)
+    # NegCLIP: batches carrying "negative_input_ids" (one caption per image with one binding
+    # changed, e.g. shapes with negatives=True) add them as extra negatives of each image
+    hard_negatives: bool = False
     augment: str = "none"  # training images: none | flip | crop | crop_flip (reflect-pad-4 translation, as ViT/Swin)
     local_loss: bool = False  # DDP: this rank's rows against the gathered columns
     gather_with_grad: bool = True  # DDP: differentiable all-gather (exact global gradient)
@@ -82,6 +85,8 @@ class CLIPConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+        if self.hard_negatives and self.loss != "clip":
+            raise ValueError(f"hard_negatives needs loss='clip' (softmax over the captions), got loss={self.loss!r}")
         if not isinstance(self.vision, dict):
             raise TypeError(f"vision must be a dict of the image tower's config, got {type(self.vision).__name__}")
 
@@ -308,11 +313,18 @@ class CLIP(Model):
         if labels is not None:
             labels = torch.as_tensor(labels, device=image.device)
         img, txt = self.encode_image(image), self.encode_text(self._text_of(batch))
+        negatives = None
+        if self.config.hard_negatives:
+            if "negative_input_ids" not in batch:
+                raise ValueError("hard_negatives=True needs 'negative_input_ids' in the batch: a dataset whose items "
+                                 "carry 'negative_caption' (e.g. shapes with negatives=True)")
+            negatives = self.encode_text(batch["negative_input_ids"].to(image.device))
         scale = self.logit_scale.exp()
         # The global batch (all-gather across ranks) only in training: evaluation may run on
         # one rank alone (the train loop evaluates on rank 0), where a collective would hang.
         loss = self.loss_fn(img, txt, scale, self.logit_bias, labels if self.config.label_aware else None,
-                            distributed=self.training)
+                            distributed=self.training,
+                            **({} if negatives is None else {"negative_text_features": negatives}))
         with torch.no_grad():
             sims = img @ txt.T
             diag = torch.arange(len(img), device=img.device)

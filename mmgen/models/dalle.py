@@ -31,13 +31,15 @@ The VQ tokenizer and the CLIP reranker are not stored in this checkpoint: config
 checkpoint's directory by `save_pretrained`, e.g. "../vq_shapes"). Training needs the VQ
 (`collate` encodes images with it); `attach(vq=...)` sets it in code.
 
-The words of the training captions are recorded in a hashed bitmap buffer (`seen_words`),
-so every checkpoint knows its own vocabulary (the pipeline warns about other words).
+The words of the training captions are recorded (`caption_words`, model state that is not
+weights: `get_extra_state`, saved in the checkpoint's extra_state.json), so every checkpoint
+knows its own vocabulary and the pipeline warns about other words. Checkpoints written before
+kept a hashed bitmap of those words in the weights (`seen_words`); it loads as
+`legacy_word_buckets` and answers the same way.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -54,7 +56,7 @@ from ..registry import register_model, register_preset
 from ..text.captions import CaptionTokenizer, build_tokenizer, check_vocabulary_resolved, resolve_vocabulary
 from .base import Model, eval_mode
 
-WORD_BUCKETS = 1 << 16  # hashed bitmap of the words seen in training captions
+WORD_BUCKETS = 1 << 16  # the hashed bitmap of caption words in checkpoints of older versions
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
 
@@ -67,10 +69,12 @@ def word_bucket(word: str) -> int:
     return zlib.crc32(word.encode("utf-8")) % WORD_BUCKETS
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def caption_buckets(caption: str) -> tuple[int, ...]:
-    """The word buckets of a caption (memoised: training captions repeat every epoch)."""
-    return tuple(word_bucket(w) for w in prompt_words(caption))
+def _read_legacy_seen_words(module, state_dict, prefix, *args) -> None:
+    """Load hook: an older checkpoint's `seen_words` bitmap (bool, WORD_BUCKETS) leaves the
+    weights and becomes the set of its marked buckets."""
+    bitmap = state_dict.pop(prefix + "seen_words", None)
+    if bitmap is not None:
+        module.legacy_word_buckets = set(bitmap.nonzero().flatten().tolist())
 
 
 @dataclass
@@ -169,9 +173,11 @@ class DALLE(Model):
         self.transformer = Transformer(c.block)
         self.text_head = nn.Linear(d, c.text_vocab, bias=False)
         self.image_head = nn.Linear(d, c.image_vocab, bias=False)
-        # training-caption vocabulary: hashed words and text token ids seen by loss()
-        self.register_buffer("seen_words", torch.zeros(WORD_BUCKETS, dtype=torch.bool))
+        # training-caption vocabulary: the words (extra state, not weights) and text token ids seen by loss()
+        self.caption_words: set[str] = set()
+        self.legacy_word_buckets: set[int] = set()  # an older checkpoint's hashed `seen_words` bitmap
         self.register_buffer("seen_text", torch.zeros(c.text_vocab, dtype=torch.bool))
+        self._register_load_state_dict_pre_hook(_read_legacy_seen_words, with_module=True)
         self.transformer.init_weights(std=c.init_std, residual_scale=True)
         for emb in (self.text_embed, self.image_embed, self.text_head, self.image_head):
             nn.init.normal_(emb.weight, std=c.init_std)
@@ -246,11 +252,29 @@ class DALLE(Model):
     @torch.no_grad()
     def record_captions(self, captions: Sequence[str], text: torch.Tensor | None = None) -> None:
         """Mark the words (and token ids) of training captions as seen."""
-        idx = [b for c in captions for b in caption_buckets(c)]
-        if idx:
-            self.seen_words[torch.tensor(idx, device=self.seen_words.device)] = True
+        self.caption_words.update(w for c in captions for w in prompt_words(c))
         if text is not None:
             self.seen_text[text.flatten().to(self.seen_text.device)] = True
+
+    def has_caption_vocabulary(self) -> bool:
+        """Whether training captions were recorded (an untrained model has none)."""
+        return bool(self.caption_words or self.legacy_word_buckets)
+
+    def saw_word(self, word: str) -> bool:
+        """Was this (lower-cased) word in a training caption?"""
+        return word in self.caption_words or word_bucket(word) in self.legacy_word_buckets
+
+    def get_extra_state(self) -> dict:
+        """The recorded caption words: state dicts carry them (training copies, resume), and
+        save_pretrained writes them to extra_state.json, not to the weights."""
+        state = {"caption_words": sorted(self.caption_words)}
+        if self.legacy_word_buckets:
+            state["legacy_word_buckets"] = sorted(self.legacy_word_buckets)
+        return state
+
+    def set_extra_state(self, state: dict) -> None:
+        self.caption_words = set(state.get("caption_words", ()))
+        self.legacy_word_buckets = set(state.get("legacy_word_buckets", ()))
 
     # ------------------------------------------------------------------ forward
     def embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:

@@ -4,7 +4,10 @@ Each Swin block is the shared `TransformerBlock` run on a windowed layout: the (
 map is padded to a multiple of the window, cyclically shifted on odd blocks, and cut into
 windows (B, nW, N, C); the block's grouped self-attention attends inside each window, with
 the learned relative position bias and the shifted-window / padding mask as one additive
-bias. Masks are cached per resolution. Patch merging halves the grid between stages.
+bias. A stage moves the tokens from one block's window layout straight to the next one's
+(one gather per block boundary instead of roll + partition + reverse + roll back); blocks
+only ever see their own layout. Masks and gathers are cached per resolution. Patch merging
+halves the grid between stages.
 
 Padding follows torchvision (pad, then shift), but padded tokens are masked out as keys, so
 real tokens never see them. Windows larger than a stage's grid are clamped to it and not
@@ -133,8 +136,9 @@ def window_mask(H: int, W: int, window: int, shift: tuple[int, int], device=None
 
 
 class SwinBlock(TransformerBlock):
-    """The shared pre-norm TransformerBlock on windows of a (B, H, W, C) map, plus the
-    relative position bias table of its window."""
+    """The shared pre-norm TransformerBlock on the windows of an H x W map, plus the relative
+    position bias table of its window. Its input and output are the map's tokens in this
+    block's window layout (`windows`); SwinStage moves them between layouts."""
 
     def __init__(self, cfg: TransformerConfig, *, window: int, shift: int, drop_path: float = 0.0):
         super().__init__(cfg, drop_path)
@@ -143,7 +147,7 @@ class SwinBlock(TransformerBlock):
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
         self._masks: dict = {}  # (H, W, device) -> (shift, mask, layout): one entry per resolution seen
 
-    def _shift_and_mask(self, H: int, W: int, device):
+    def windows(self, H: int, W: int, device):
         """(shift, additive mask (nW, 1, N, N) or None, layout) for an H x W map; built once per
         resolution. layout[p] = the flat index into the padded (Hp * Wp) map of window-layout
         position p (after the roll), so `x_flat[:, layout]` is the block's (nW * N) ordering."""
@@ -160,7 +164,7 @@ class SwinBlock(TransformerBlock):
 
     def window_bias(self, H: int, W: int, device) -> torch.Tensor:
         """Relative position bias plus the shift / padding mask: (heads, N, N) or (nW, heads, N, N)."""
-        mask = self._shift_and_mask(H, W, device)[1]
+        mask = self.windows(H, W, device)[1]
         bias = self.rel_pos_bias()  # (heads, N, N)
         return bias if mask is None else bias + mask.to(bias.dtype)
 
@@ -169,25 +173,11 @@ class SwinBlock(TransformerBlock):
         bias = self.relative_position_bias_table[self.relative_position_index.flatten()]  # (N*N, heads)
         return rearrange(bias, "(n m) h -> h n m", n=N, m=N)  # (heads, N, N)
 
-    def forward_windows(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """x (B, nW, N, C): the tokens of an H x W map in this block's window layout (see
-        `_shift_and_mask`) -> the same layout. The one block path: attention inside each
-        window with the relative bias and shift / padding mask; norm and MLP per token."""
-        return TransformerBlock.forward(self, x, bias=self.window_bias(H, W, x.device))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, H, W, C) -> (B, H, W, C): this block alone (a SwinStage moves the tokens
-        straight from one block's layout to the next instead)."""
-        B, H, W, C = x.shape
-        w = self.window
-        Hp, Wp = -(-H // w) * w, -(-W // w) * w
-        if (Hp, Wp) != (H, W):
-            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))  # zeros; masked out as keys
-        layout = self._shift_and_mask(H, W, x.device)[2]
-        x = PermuteTokens.apply(x.reshape(B, Hp * Wp, C), layout, torch.argsort(layout))  # (B, nW * N, C)
-        x = self.forward_windows(x.view(B, -1, w * w, C), H, W).flatten(1, 2)
-        x = PermuteTokens.apply(x, torch.argsort(layout), layout).view(B, Hp, Wp, C)
-        return x[:, :H, :W].contiguous() if (Hp, Wp) != (H, W) else x
+        `windows`) -> the same layout. Attention inside each window with the relative bias
+        and the shift / padding mask; norm and MLP per token."""
+        return super().forward(x, bias=self.window_bias(H, W, x.device))
 
 
 class PatchMerging(nn.Module):
@@ -237,18 +227,15 @@ class SwinStage(nn.Module):
         self.blocks = nn.ModuleList(
             SwinBlock(tcfg, window=window, shift=0 if j % 2 == 0 else shift, drop_path=drop_paths[j])
             for j in range(cfg.depths[i]))
-
-        self._plans: dict = {}
+        self._plans: dict = {}  # (H, W, device) -> the gathers between the blocks' layouts (_plan)
 
     def _plan(self, H: int, W: int, device) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-        """Gathers that move the tokens straight from one block's window layout to the next
-        one's: [padded map -> block 0, block 0 -> block 1, ..., last block -> padded map], each
-        a permutation with its inverse (for the gradient), or None where nothing moves (one
-        unshifted window per map, as in late stages). One gather per block boundary replaces
-        roll + partition + reverse + roll back."""
+        """Gathers [padded map -> block 0, block 0 -> block 1, ..., last block -> padded map],
+        each a permutation with its inverse (for the gradient), or None where nothing moves
+        (one unshifted window per map, as in late stages)."""
         key = (H, W, str(device))
         if key not in self._plans:
-            layouts = [blk._shift_and_mask(H, W, device)[2] for blk in self.blocks]
+            layouts = [blk.windows(H, W, device)[2] for blk in self.blocks]
             inverse = [torch.argsort(p) for p in layouts]
             steps = [layouts[0]] + [inverse[j][layouts[j + 1]] for j in range(len(layouts) - 1)] + [inverse[-1]]
             ident = torch.arange(len(steps[0]), device=device)
@@ -271,7 +258,7 @@ class SwinStage(nn.Module):
             if step is not None:
                 x = PermuteTokens.apply(x, *step)
             x = x.view(B, -1, w * w, C)  # (B, nW, N, C) in this block's layout
-            x = blk.forward_windows(x, H, W).flatten(1, 2)
+            x = blk(x, H, W).flatten(1, 2)
         if plan[-1] is not None:
             x = PermuteTokens.apply(x, *plan[-1])
         x = x.view(B, Hp, Wp, C)

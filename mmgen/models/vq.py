@@ -377,6 +377,10 @@ register_preset("dvae_tiny", VQModel, "Gumbel dVAE, 16 px -> 4x4 tokens from 32 
                 quantizer="gumbel", gumbel_anneal_steps=100, gumbel_kl_warmup=10)
 register_preset("vq_32", VQModel, "VQ-VAE tokenizer: 32 px -> 8x8 tokens from 512 codes (EMA codebook)",
                 img_size=32, patch=2, ch=32, ch_mult=(1, 2), codebook_size=512, code_dim=64)
+# 2x downsampling: each token covers 2x2 pixels, so small shapes keep their edges (the 8x8
+# grid of vq_32 turns most 7-px crosses into blobs); 4x the tokens for the generator.
+register_preset("vq_32_16x16", VQModel, "VQ-VAE tokenizer: 32 px -> 16x16 tokens from 512 codes (EMA codebook)",
+                img_size=32, patch=1, ch=32, ch_mult=(1, 2), codebook_size=512, code_dim=64)
 register_preset("vq_32_attn", VQModel, "vq_32 with a 2-block transformer bottleneck at 8x8",
                 img_size=32, patch=2, ch=32, ch_mult=(1, 2), codebook_size=512, code_dim=64,
                 bottleneck="transformer", bottleneck_depth=2, bottleneck_heads=4)

@@ -98,11 +98,9 @@ class DALLEPipeline(Pipeline):
 
     def readers(self) -> list[PromptReader]:
         m = self.model
-        trained = bool(m.seen_words.any())
-        from ..models.dalle import word_bucket
         data = m.config.train_data or m.config.tokenizer_captions
         out = [PromptReader("the DALL-E generator" + (f" (trained on {data} captions)" if data else ""), m.tokenizer,
-                            seen=(lambda w: bool(m.seen_words[word_bucket(w)])) if trained else None,
+                            seen=m.saw_word if m.has_caption_vocabulary() else None,
                             corpus=m.config.tokenizer_captions, max_tokens=m.config.context_length)]
         return out + ([self.clip_reader()] if self.clip is not None else [])
 

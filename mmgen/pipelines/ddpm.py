@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..models.base import eval_mode
-from ..models.ddpm import SCHEDULERS, make_scheduler
+from ..schedulers import SCHEDULERS, make_scheduler
 from ..models.text_encoders import FrozenTextEncoder
 from .base import Pipeline, ProgressReporter, _finite, timed
 from .prompts import PromptReader, quiet

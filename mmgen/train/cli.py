@@ -4,6 +4,7 @@ resolve typed dotted overrides, and run the loop.
   python -m train PRESET --data NAME [--data-set k=v] [--set train.lr=3e-4 --set model.depth=4] [--out DIR]
   python -m train --recipe NAME [--set ...] [--out DIR]      (default DIR: runs/NAME-YYYYmmdd-HHMMSS)
   python -m train --resume --out DIR [--set train.steps=2000]
+  python -m train finetune {gpt,clip,dpo} --base RUN --out DIR [--methods ...] [--set train.KEY=VALUE]
 
 Every user error (a bad flag, value, device, dataset or run directory) is one line on stderr
 and exit code 2.
@@ -39,6 +40,8 @@ def _epilog() -> str:
     lines.append("\nrecipes (--recipe NAME; details with --list-recipes):")
     recipes = list_recipes()
     lines += [f"  {r.name:28s} {r.model} on {r.data}" for r in recipes] or ["  (none registered)"]
+    lines.append("\nfine-tuning methods compared from one base: finetune {gpt,clip,dpo} --base RUN --out DIR "
+                 "(see `finetune --help`)")
     lines.append("\ntrain fields (--set train.NAME=VALUE):")
     lines += [f"  {name:24s} {tp:22s} default {default!r}" for name, tp, default in train_fields()]
     lines.append("\nmodel fields: --set model.FIELD=VALUE (dotted for nested configs, e.g. model.text.depth=2);"
@@ -266,6 +269,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """Run the engine's command line; returns the exit code (0 done, 2 bad input, 3
     non-finite loss, 128 + signal when stopped by SIGTERM / SIGINT after saving)."""
     prog = prog or default_prog()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["finetune"]:  # fine-tuning methods compared from one base (mmgen.train.finetune)
+        from .finetune import main as finetune_main
+        return finetune_main(argv[1:], prog=f"{prog} finetune")
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:

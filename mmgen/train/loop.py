@@ -98,7 +98,8 @@ class Trainer:
     when it exists."""
 
     def __init__(self, model: nn.Module, train_ds, cfg: TrainConfig, out: str | os.PathLike, *, val_ds=None,
-                 resume: bool = False, run_config: dict | None = None, collate: Callable | None = None):
+                 resume: bool = False, run_config: dict | None = None, collate: Callable | None = None,
+                 export: Callable[[nn.Module, Path, dict], None] | None = None):
         self.cfg, self.out, self.val_ds, self.resume = cfg, Path(out), val_ds, resume
         self.device = D.resolve_device(cfg.device)
         self.info = D.init_distributed(self.device)
@@ -128,7 +129,7 @@ class Trainer:
             model, cfg, fused=self.device.type == "cuda" and not self.fsdp)
         self.ema = EMA(model, cfg.ema, cfg.ema_warmup) if cfg.ema > 0 else None
         self.ckpt = Checkpointer(model, self.optimizer, self.scheduler, self.ema, cfg, self.info, self.out,
-                                 self.eval_model, self.fsdp)
+                                 self.eval_model, self.fsdp, export)
         if cfg.compile:
             self.loss_fn = torch.compile(self.loss_fn)
         self.step, self.data_pos = 0, 0
@@ -377,13 +378,16 @@ class Trainer:
 
 
 def fit(model: nn.Module, train_ds, cfg: TrainConfig | None = None, *, out: str | os.PathLike, val_ds=None,
-        resume: bool = False, run_config: dict | None = None, collate: Callable | None = None, **overrides) -> dict:
+        resume: bool = False, run_config: dict | None = None, collate: Callable | None = None,
+        export: Callable[[nn.Module, Path, dict], None] | None = None, **overrides) -> dict:
     """Train `model` on `train_ds` (a map-style or iterable dataset of items the model's
     collate / default_collate turns into the batch `model.loss` takes). Keyword overrides
-    are TrainConfig fields: fit(model, ds, out="runs/x", steps=100, lr=1e-3)."""
+    are TrainConfig fields: fit(model, ds, out="runs/x", steps=100, lr=1e-3). `export(model,
+    out, extra)` writes what each save leaves beside train_state.pt (default: the mmgen
+    checkpoint, config.json + model.safetensors; a fine-tuning run writes its adapter)."""
     if cfg is None:
         cfg = TrainConfig(**overrides)
     elif overrides:
         cfg = dataclasses.replace(cfg, **overrides)
     return Trainer(model, train_ds, cfg, out, val_ds=val_ds, resume=resume, run_config=run_config,
-                   collate=collate).fit()
+                   collate=collate, export=export).fit()

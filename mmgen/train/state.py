@@ -4,12 +4,14 @@ work the same for one process, DDP and FSDP. Also the rule of which directories 
 write (check_out_dir)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import random
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -165,9 +167,11 @@ class Checkpointer:
     save / load / weights_for_eval are collectives under FSDP: call them on every rank."""
 
     def __init__(self, model: nn.Module, optimizer, scheduler, ema: EMA | None, cfg: TrainConfig,
-                 info: D.DistInfo, out: Path, eval_model: nn.Module | None, fsdp: bool):
+                 info: D.DistInfo, out: Path, eval_model: nn.Module | None, fsdp: bool,
+                 export: Callable[[nn.Module, Path, dict], None] | None = None):
         self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
         self.cfg, self.info, self.out, self.eval_model, self.fsdp = cfg, info, out, eval_model, fsdp
+        self.export = export or export_checkpoint  # what a save writes beside train_state.pt
         self.aliases = param_aliases(model)
 
     def _sd_options(self):
@@ -181,7 +185,8 @@ class Checkpointer:
             return get_model_state_dict(self.model, options=self._sd_options())
         if not self.info.is_main:  # DDP replicas: rank 0's copy is the one written
             return {}
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)  # extra state
+                for k, v in self.model.state_dict().items()}
 
     def full_optimizer_state(self) -> dict:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -223,7 +228,7 @@ class Checkpointer:
         # (check_out_dir refuses a checkpoint without one), and a kill in between resumes fine
         atomic_save_file(lambda tmp: torch.save(state, tmp), self.out / STATE_NAME)
         self.sync_eval_model(self.weights_for_eval(model_state, ema_state))
-        export_checkpoint(self.eval_model, self.out, {"train_step": step, "ema": self.ema is not None})
+        self.export(self.eval_model, self.out, {"train_step": step, "ema": self.ema is not None})
         D.barrier(self.info)
 
     def load(self, path: Path) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """Language-task recipes on small byte-level GPTs: in-context learning of a random function
 per sequence, and arithmetic with / without a chain-of-thought scratchpad. Evaluate with
-`python -m mmgen.metrics.lm_tasks icl|cot ...` (docs/llm.md)."""
+`mmgen lm-tasks icl|cot ...` (docs/llm.md)."""
 from . import Recipe, register_recipe
 
 # Two layers is the least an induction head needs (a previous-token head, then a head that

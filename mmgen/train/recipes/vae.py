@@ -15,6 +15,19 @@ register_recipe(Recipe(
                 "(used by the DALL-E generator)",
     expected="test PSNR 27.4 dB, codebook usage 100% (perplexity 403); ~235 CPU s, 1 thread, shared 2-core CPU"))
 
+# The tokenizer for a DALL-E that composes: 2x2-pixel tokens keep the edges the strict shapes
+# checker reads (vq_32's 4x4-pixel tokens turn most small crosses into blobs).
+register_recipe(Recipe(
+    name="vq_shapes_16x16", model="vq_32_16x16", data="shapes", data_kwargs=dict(holdout="default"),
+    train=dict(steps=1250, batch_size=32, lr=1e-3, min_lr=5e-5, warmup=50, weight_decay=0.0, clip=1.0,
+               val_split="val", eval_every=1000, eval_batches=4, log_every=100, save_every=0,
+               save_every_minutes=3.0),
+    description="VQ-VAE tokenizer for shapes at 16x16 tokens (512 EMA codes): what a prompt asks for survives "
+                "the round trip (checkpoints/vq_shapes_16x16)",
+    expected="strict checker on reconstructions: 99.9 % of 1,000 test and 99.0 % of 1,000 heldout_test scenes "
+             "all correct; PSNR 36.0 / 33.8 dB; codebook usage 100 % / 99.8 %; ~25 min on a shared 2-core CPU "
+             "(measured at step 1,230 of a 4,000-step cosine schedule: `scripts/ae_report.py`)"))
+
 register_recipe(Recipe(
     name="vq_emoji", model="vq_32", data="emoji", data_kwargs=dict(image_size=32), train=dict(_SCHEDULE),
     description="VQ-VAE tokenizer for 32 px emoji: 8x8 tokens from 512 EMA codes",
