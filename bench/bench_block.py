@@ -4,6 +4,8 @@ CIFAR-sized token counts): forward and forward+backward, fp32 and bf16 autocast.
     python -m bench block                    # the block comparison
     python -m bench.bench_block --windows    # window attention: fused SDPA vs batched matmuls
                                              # per window size (sets CPU_MATMUL_MAX_TOKENS)
+    python -m bench.bench_block --train-kernels  # bf16 training attention: SDPA vs float32 math
+                                                 # per key count (sets CPU_HALF_TRAIN_MATH_MAX_TOKENS)
 """
 from __future__ import annotations
 
@@ -95,11 +97,37 @@ def windows(heads: int = 3, head_dim: int = 16, tokens: int = 16384, dtype=torch
                 ["tokens/window", "tokens", "SDPA ms", "matmul ms", "matmul speed-up"], rows)
 
 
+def train_kernels(heads: int = 4, head_dims=(16, 32, 64), keys=(16, 41, 64, 100, 128, 144, 196, 256),
+                  tokens: int = 8192) -> None:
+    """One training step's attention (forward + backward) in bf16 on q, k, v of (B, heads, T,
+    D): SDPA's fused kernel against the float32 reference (attention_math), per key count T and
+    head dim D, at about `tokens` query tokens per call. Sets CPU_HALF_TRAIN_MATH_MAX_TOKENS."""
+    import torch.nn.functional as F
+
+    from mmgen.layers.attention import attention_math
+    torch.manual_seed(0)
+    rows = []
+    for D in head_dims:
+        for T in keys:
+            B = max(1, tokens // T // heads)
+            q, k, v = (torch.randn(B, heads, T, D, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+            grad = torch.randn(B, heads, T, D, dtype=torch.bfloat16)
+            res = compare({"sdpa": lambda: F.scaled_dot_product_attention(q, k, v).backward(grad),
+                           "math": lambda: attention_math(q, k, v).backward(grad)}, warmup=1, repeats=8)
+            rows.append([D, T, B, res["sdpa"].median_s * 1e3, res["math"].median_s * 1e3,
+                         res["sdpa"].median_s / res["math"].median_s])
+    print_table(f"attention forward + backward in bf16: SDPA vs the float32 reference ({heads} heads, "
+                f"{torch.get_num_threads()} threads)",
+                ["head dim", "keys", "batch", "SDPA ms", "float32 math ms", "math speed-up"], rows)
+
+
 if __name__ == "__main__":
     import sys
 
     if "--windows" in sys.argv:
         for dt in (torch.float32, torch.bfloat16):
             windows(dtype=dt)
+    elif "--train-kernels" in sys.argv:
+        train_kernels()
     else:
         main()

@@ -92,6 +92,8 @@ RULES = [
     Rule(r"^mmgen retrieve .*--dataset\b", "recall@K on 64 items instead of 1,000", append=["--limit", "64"]),
     Rule(r"bench/bench_llm\.py", "a benchmark: 4 tokens, one repeat, no torch.compile (70-100 s to compile)",
          append=["--tokens", "4", "--repeats", "1", "--no-compile"]),
+    Rule(r"-m bench\.bench_(ddpm|dalle)\b", "a benchmark: tiny presets, batch 4, one repeat (minutes in full)",
+         append=["--tiny"]),
 ]
 
 

@@ -400,10 +400,57 @@ def test_choose_kernel_is_the_one_dispatch():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     kw = dict(device=cpu, dtype=torch.bfloat16, tokens=16)
     assert choose_kernel("math", **kw, grouped=True) == "math"
-    assert choose_kernel("sdpa", **kw) == "sdpa"  # ungrouped: fused, whatever the size
+    assert choose_kernel("sdpa", **kw) == "sdpa"  # ungrouped inference: fused, whatever the size
     assert choose_kernel("sdpa", **kw, grouped=True) == "matmul"  # tiny bf16 windows on CPU
     assert choose_kernel("sdpa", **{**kw, "tokens": 49}, grouped=True) == "sdpa"
     assert choose_kernel("sdpa", **{**kw, "dtype": torch.float32}, grouped=True) == "sdpa"
     assert choose_kernel("sdpa", **{**kw, "device": cuda}, grouped=True) == "sdpa"
     assert choose_kernel("sdpa", **kw, bias_grad=True) == "matmul"  # a learned bias keeps its gradient cheap
     assert choose_kernel("sdpa", **kw, bias_grad=True, is_causal=True) == "sdpa"
+    # half-precision training on CPU over few keys: the float32 reference beats SDPA's backward
+    assert choose_kernel("sdpa", **kw, grad=True) == "math"
+    assert choose_kernel("sdpa", **kw, grad=True, is_causal=True) == "math"
+    assert choose_kernel("sdpa", **{**kw, "tokens": 129}, grad=True) == "sdpa"
+    assert choose_kernel("sdpa", **{**kw, "dtype": torch.float32}, grad=True) == "sdpa"
+    assert choose_kernel("sdpa", **{**kw, "device": cuda}, grad=True) == "sdpa"
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_half_precision_training_kernel_matches_sdpa(cross, monkeypatch):
+    """Under bf16 autocast on CPU a training step's attention runs the float32 reference
+    instead of SDPA (choose_kernel): outputs and gradients agree with the SDPA path, and are
+    as close to a float32 run as SDPA's."""
+    import importlib
+    A = importlib.import_module("mmgen.layers.attention")  # (mmgen.layers.attention is also a function)
+    torch.manual_seed(0)
+    attn = L.Attention(32, 4, context_dim=24 if cross else None)
+    x = torch.randn(3, 20, 32)
+    ctx = torch.randn(3, 11, 24) if cross else None
+    mask = None
+    if cross:
+        mask = torch.ones(3, 1, 1, 11, dtype=torch.bool)
+        mask[1, ..., 7:] = False
+    calls = []
+    reference = A.attention_math
+    monkeypatch.setattr(A, "attention_math", lambda *a, **k: (calls.append(1), reference(*a, **k))[1])
+
+    def run(limit, bf16=True):
+        monkeypatch.setattr(A, "CPU_HALF_TRAIN_MATH_MAX_TOKENS", limit)
+        attn.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = attn(xi, ctx, mask=mask)
+        out.float().square().sum().backward()
+        return out.float(), xi.grad, attn.proj.weight.grad.clone()
+
+    fast = run(128)
+    assert calls, "a bf16 training step over 20 keys on CPU should use the float32 reference"
+    calls.clear()
+    sdpa, ref = run(0), run(0, bf16=False)
+    assert not calls
+    for a, b, r in zip(fast, sdpa, ref):
+        torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+        assert (a - r).abs().max() <= 1.5 * (b - r).abs().max() + 1e-3
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(x, ctx, mask=mask)  # inference keeps SDPA
+    assert not calls

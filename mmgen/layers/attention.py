@@ -160,13 +160,22 @@ def attention_matmul(q, k, v, bias, dropout_p=0.0, scale=None):
 # 36, while from 49 tokens on SDPA wins (python -m bench.bench_block --windows, projections
 # included). float32 keeps SDPA at every size (it wins from 9 tokens on).
 CPU_MATMUL_MAX_TOKENS = {torch.bfloat16: 36, torch.float16: 36}
+# Training (forward + backward) in half precision on CPU over at most this many keys runs the
+# float32 reference (attention_math): SDPA's fused CPU kernel computes in float32 too, with the
+# same error against a float32 result, but its half-precision backward is slow at small sizes:
+# 4-7x slower at 41-64 keys, 2.2-2.7x at 65-100 (UNet, DiT, ViT, DALL-E sizes), 1.5-1.7x at 144,
+# while from 196 keys on SDPA is as fast or faster (python -m bench.bench_block --train-kernels).
+# Inference keeps SDPA.
+CPU_HALF_TRAIN_MATH_MAX_TOKENS = 128
 KERNELS = ("sdpa", "math", "matmul")
 
 
 def choose_kernel(impl: str, *, device: torch.device, dtype: torch.dtype, tokens: int, bias_grad: bool = False,
-                  is_causal: bool = False, grouped: bool = False) -> str:
+                  is_causal: bool = False, grouped: bool = False, grad: bool = False) -> str:
     """The attention kernel for one call, every choice in one place:
-      math    impl="math": the float32 reference (attention_math);
+      math    impl="math": the float32 reference (attention_math); or a training step
+              (`grad`: autograd records q, k or v) in half precision on CPU over at most
+              CPU_HALF_TRAIN_MATH_MAX_TOKENS keys, where it is faster than SDPA's backward;
       matmul  a bias that needs a gradient (SDPA would fall back to its slow math kernel), or
               grouped (window) attention over at most CPU_MATMUL_MAX_TOKENS tokens on CPU
               in half precision (attention_matmul);
@@ -175,8 +184,11 @@ def choose_kernel(impl: str, *, device: torch.device, dtype: torch.dtype, tokens
         return "math"
     if bias_grad and not is_causal:
         return "matmul"
-    if grouped and device.type == "cpu" and tokens <= CPU_MATMUL_MAX_TOKENS.get(dtype, 0):
+    cpu_half = device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+    if grouped and cpu_half and tokens <= CPU_MATMUL_MAX_TOKENS.get(dtype, 0):
         return "matmul"
+    if grad and cpu_half and tokens <= CPU_HALF_TRAIN_MATH_MAX_TOKENS:
+        return "math"
     return "sdpa"
 
 
@@ -193,7 +205,7 @@ def run_kernel(kernel: str, q, k, v, mask=None, is_causal=False, dropout_p=0.0, 
 def attention(q, k, v, mask=None, is_causal=False, dropout_p=0.0, impl="sdpa", scale=None):
     """Attention with the kernel `choose_kernel` picks. q (B,H,T,D), k/v (B,Hkv,S,D) -> (B,H,T,D)."""
     kernel = choose_kernel(impl, device=q.device, dtype=q.dtype, tokens=k.shape[-2], bias_grad=records_grad(mask),
-                           is_causal=is_causal)
+                           is_causal=is_causal, grad=records_grad(q, k, v))
     return run_kernel(kernel, q, k, v, mask, is_causal, dropout_p, scale)
 
 
@@ -288,7 +300,7 @@ class Attention(nn.Module):
         dropout = self.attn_dropout if self.training else 0.0
         qkv = self.qkv(x)  # (B, G, T, 3 * H * D)
         kernel = choose_kernel(self.impl, device=qkv.device, dtype=qkv.dtype, tokens=T, bias_grad=records_grad(bias),
-                               grouped=True)
+                               grouped=True, grad=records_grad(qkv))
         if kernel != "sdpa":
             # one copy to (3, B, G, H, T, D): the batched matmuls then copy nothing and
             # broadcast the per-group mask over the batch

@@ -74,7 +74,9 @@ class PatchEmbed(nn.Module):
         self.check_input(x)
         x = self.forward_map(x)  # (B, dim, h, w)
         grid = (x.shape[2], x.shape[3])
-        return self.norm(rearrange(x, "b c h w -> b (h w) c")), grid
+        # (B, h*w, dim), made contiguous once here: as a transposed view it would make every
+        # later op on the token stream (the norms, each block's residual) run strided or copy
+        return self.norm(rearrange(x, "b c h w -> b (h w) c").contiguous()), grid
 
 
 def _halvings(patch_size) -> int:

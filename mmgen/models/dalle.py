@@ -186,6 +186,7 @@ class DALLE(Model):
         for emb in (self.text_embed, self.image_embed, self.text_head, self.image_head):
             nn.init.normal_(emb.weight, std=c.init_std)
         self._vq = None  # the frozen VQ, not part of this checkpoint's weights
+        self._null_row: torch.Tensor | None = None  # the empty caption's ids, (1, context_length)
         self.token_memo = ImageTokenMemo()  # the VQ's tokens of the training images seen so far
         self._ckpt_dir: Path | None = None
 
@@ -236,8 +237,16 @@ class DALLE(Model):
 
     # ------------------------------------------------------------------ text
     def null_text(self, batch: int = 1) -> torch.Tensor:
-        """The null condition: the empty caption [BOS EOS PAD ..], (batch, context_length)."""
-        return self.tokenize([""] * batch)
+        """The null condition: the empty caption [BOS EOS PAD ..], (batch, context_length)
+        (tokenised once; every training step with condition dropout asks for it)."""
+        return self._null_ids().repeat(batch, 1)
+
+    def _null_ids(self) -> torch.Tensor:
+        """The empty caption's ids (1, context_length) on the model's device, cached."""
+        dev = self.text_embed.weight.device
+        if self._null_row is None or self._null_row.device != dev:
+            self._null_row = self._tokenize([""]).to(dev)
+        return self._null_row
 
     def tokenize(self, texts: str | Sequence[str], *, truncate: bool = False) -> torch.Tensor:
         """Captions -> (N, context_length) ids [BOS text EOS PAD ..]. Over-long text raises a
@@ -360,7 +369,7 @@ class DALLE(Model):
                 self.record_captions(batch["caption"], text)
             if c.cond_drop > 0:
                 keep = torch.rand(B, device=dev) >= c.cond_drop
-                text = torch.where(keep[:, None], text, self.null_text(B))
+                text = torch.where(keep[:, None], text, self._null_ids())  # (B, context_length)
         seq = torch.cat([text, image], 1)  # (B, context_length + h*w)
         text_logits, image_logits = self(seq[:, :-1])
         # text targets: positions 1 .. context_length-1, padding and dropped captions ignored
