@@ -1,0 +1,56 @@
+"""Strict shapes fidelity against training time: score checkpoints saved along one run
+(mmgen.metrics.shapes_fidelity, one sample per prompt) and draw a PNG of all-correct and
+extra-object shares per prompt group against training minutes.
+
+    python scripts/fidelity_curve.py runs/dalle_shapes_16x16_snaps/* --metrics runs/dalle_shapes_16x16/metrics.jsonl \
+        --n 200 --out docs/img/dalle_shapes_16x16_curve.png
+
+Each checkpoint directory is named by its training step (e.g. .../2400); the run's
+metrics.jsonl maps steps to elapsed minutes. Prints one JSON line per (checkpoint, group).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from mmgen.commands._args import OneLineParser, positive_int
+
+
+def main(argv=None) -> int:
+    from mmgen.metrics.plot import line_chart
+    from mmgen.metrics.shapes_fidelity import fidelity, prompt_groups
+    from mmgen.pipelines import load_pipeline
+    ap = OneLineParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", nargs="+", help="checkpoint directories named by their step")
+    ap.add_argument("--metrics", required=True, help="the run's metrics.jsonl (step -> elapsed_s)")
+    ap.add_argument("--n", type=positive_int, default=200, help="prompts per group")
+    ap.add_argument("--out", required=True, help="PNG path")
+    args = ap.parse_args(argv)
+    elapsed = {}
+    for line in Path(args.metrics).read_text().splitlines():
+        rec = json.loads(line)
+        if "elapsed_s" in rec:
+            elapsed[rec["step"]] = rec["elapsed_s"]
+    groups = prompt_groups(args.n)
+    points: dict[str, list[tuple[float, float, float]]] = {g: [] for g in groups}
+    for ckpt in sorted(args.checkpoints, key=lambda p: int(Path(p).name)):
+        step = int(Path(ckpt).name)
+        known = [s for s in elapsed if s <= step]
+        minutes = elapsed[max(known)] / 60 if known else 0.0
+        for row in fidelity(load_pipeline(ckpt), groups, candidates=(1,)):
+            print(json.dumps({"checkpoint": ckpt, "step": step, "minutes": round(minutes, 1), **row}), flush=True)
+            points[row["group"]].append((minutes, 100 * row["correct"], 100 * row["extra"]))
+    series = []
+    for i, (group, pts) in enumerate(points.items()):
+        series.append({"x": [p[0] for p in pts], "y": [p[1] for p in pts], "label": f"{group}: all correct",
+                       "colour": i})
+        series.append({"x": [p[0] for p in pts], "y": [p[2] for p in pts], "label": f"{group}: extra objects",
+                       "colour": i, "dash": True})
+    line_chart(series, title="strict shapes fidelity, 1 sample per prompt", xlabel="training minutes",
+               ylabel="% of images", ylim=(0, 100)).save(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
