@@ -85,6 +85,8 @@ RULES = [
          append=["--n", "4", "--steps", "2", "--batch", "4", "--quiet"]),
     Rule(r"scripts/dalle_eval\.py (shapes|emoji)\b", "4 captions and 1 or 2 candidates instead of 200 and 1 or 8",
          append=["--n", "4", "--candidates", "1", "2", "--quiet"]),
+    Rule(r"scripts/fidelity_curve\.py", "reads checkpoints copied from a run while it trained (minutes of sampling)",
+         skip=True),
     Rule(r"scripts/shapes_fidelity\.py", "2 prompts per group and 1 or 2 candidates instead of 200 and 1 or 8",
          append=["--n", "2", "--candidates", "1", "2"]),
     Rule(r"scripts/ae_report\.py", "the first 16 test images instead of the whole split",
