@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ClipLoss", "SigLipLoss", "all_gather_with_grad", "dist_info", "gather_features", "gather_labels"]
+__all__ = ["ClipLoss", "SigLipLoss", "all_gather_with_grad", "dist_info", "gather_features", "gather_labels", "gather_one"]
 
 
 def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -55,16 +55,21 @@ def gather_features(image_features: torch.Tensor, text_features: torch.Tensor, *
     gather is differentiable (its backward sums the gradients of every rank into the local
     slice); otherwise the gathered copies carry no gradient and, unless local_loss, the local
     slice is swapped back in so that this rank's own features still get one."""
+    kw = dict(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size)
+    return gather_one(image_features, **kw), gather_one(text_features, **kw)
+
+
+def gather_one(x: torch.Tensor, *, local_loss: bool, gather_with_grad: bool, rank: int,
+               world_size: int) -> torch.Tensor:
+    """One feature set of gather_features: (B, D) on every rank -> (W*B, D)."""
     import torch.distributed as dist
     if gather_with_grad:
-        return all_gather_with_grad(image_features), all_gather_with_grad(text_features)
-    imgs = [torch.zeros_like(image_features) for _ in range(world_size)]
-    txts = [torch.zeros_like(text_features) for _ in range(world_size)]
-    dist.all_gather(imgs, image_features.detach())
-    dist.all_gather(txts, text_features.detach())
+        return all_gather_with_grad(x)
+    parts = [torch.zeros_like(x) for _ in range(world_size)]
+    dist.all_gather(parts, x.detach())
     if not local_loss:
-        imgs[rank], txts[rank] = image_features, text_features
-    return torch.cat(imgs, dim=0), torch.cat(txts, dim=0)
+        parts[rank] = x
+    return torch.cat(parts, dim=0)
 
 
 def gather_labels(labels: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -151,8 +156,8 @@ class ClipLoss(nn.Module):
             negatives = negative_text_features
             rows = image_features
             if world > 1:
-                negatives = gather_features(image_features, negative_text_features, local_loss=self.local_loss,
-                                            gather_with_grad=self.gather_with_grad, rank=rank, world_size=world)[1]
+                negatives = gather_one(negative_text_features, local_loss=self.local_loss,
+                                       gather_with_grad=self.gather_with_grad, rank=rank, world_size=world)
                 rows = image_features if self.local_loss else all_img
             extra = logit_scale * rows @ negatives.T  # (rows, W*B)
             if logit_bias is not None:

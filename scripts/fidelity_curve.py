@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=positive_int, default=200, help="prompts per group")
     ap.add_argument("--out", required=True, help="PNG path")
     args = ap.parse_args(argv)
+    if not Path(args.metrics).is_file():
+        ap.error(f"--metrics {args.metrics!r} is not a file: give the run's metrics.jsonl")
     elapsed = {}
     for line in Path(args.metrics).read_text().splitlines():
         rec = json.loads(line)
@@ -34,11 +36,17 @@ def main(argv=None) -> int:
             elapsed[rec["step"]] = rec["elapsed_s"]
     groups = prompt_groups(args.n)
     points: dict[str, list[tuple[float, float, float]]] = {g: [] for g in groups}
-    for ckpt in sorted(args.checkpoints, key=lambda p: int(Path(p).name)):
+    for ckpt in sorted(args.checkpoints, key=lambda p: int(Path(p).name) if Path(p).name.isdigit() else -1):
+        if not Path(ckpt).name.isdigit():
+            ap.error(f"checkpoint directories must be named by their training step, got {ckpt!r}")
         step = int(Path(ckpt).name)
         known = [s for s in elapsed if s <= step]
         minutes = elapsed[max(known)] / 60 if known else 0.0
-        for row in fidelity(load_pipeline(ckpt), groups, candidates=(1,)):
+        try:
+            pipe = load_pipeline(ckpt)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            ap.error(str(e))
+        for row in fidelity(pipe, groups, candidates=(1,)):
             print(json.dumps({"checkpoint": ckpt, "step": step, "minutes": round(minutes, 1), **row}), flush=True)
             points[row["group"]].append((minutes, 100 * row["correct"], 100 * row["extra"]))
     series = []

@@ -28,11 +28,14 @@ def main(argv=None) -> int:
     ap.add_argument("--log", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args(argv)
     extra_parts = {}
-    if args.clip is not None:
-        import mmgen
-        from mmgen.pipelines.paths import find_checkpoint
-        extra_parts["clip"] = mmgen.load_pretrained(find_checkpoint(args.clip))
-    pipe = load_pipeline(args.model, **extra_parts)
+    try:  # a wrong name, a missing directory, a checkpoint of another kind: one line, exit 2
+        if args.clip is not None:
+            import mmgen
+            from mmgen.pipelines.paths import find_checkpoint
+            extra_parts["clip"] = mmgen.load_pretrained(find_checkpoint(args.clip))
+        pipe = load_pipeline(args.model, **extra_parts)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        ap.error(str(e))
     groups = prompt_groups(args.n, args.groups)
     extra = {} if args.steps is None else {"steps": args.steps}
     for guidance in args.guidance:

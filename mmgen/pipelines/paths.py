@@ -7,10 +7,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..checkpoint import shipped_root, shipped_roots
+from ..checkpoint import list_shipped, shipped_root, shipped_roots
 
 # the checkpoints that ship in the repository's checkpoints/ folder and can be named by a user
-SHIPPED = ("dalle_shapes", "dalle_emoji", "ddpm_shapes", "vq_shapes", "vq_emoji", "clip_shapes", "clip_emoji")
+# (named in the error when one is missing from an installation; the list of names offered
+# to the user is what mmgen.checkpoint.list_shipped finds)
+SHIPPED = ("dalle_shapes", "dalle_emoji", "ddpm_shapes", "vq_shapes", "vq_shapes_16x16", "vq_emoji", "clip_shapes",
+           "clip_shapes_reranker", "clip_emoji")
 # short names kept from earlier versions of `mmgen generate --model`
 ALIASES = {"dalle": "dalle_shapes", "ddpm": "ddpm_shapes"}
 
@@ -36,6 +39,6 @@ def find_checkpoint(name_or_path: str | os.PathLike) -> Path:
         if name in SHIPPED:
             raise FileNotFoundError(f"{raw!r} is the shipped checkpoint checkpoints/{name}, which is not in this "
                                     f"installation (looked in {shipped.parent}); pass a checkpoint directory")
-        raise ValueError(f"unknown model {raw!r}: expected one of {sorted(SHIPPED + tuple(ALIASES))} or a "
+        raise ValueError(f"unknown model {raw!r}: expected one of {sorted(set(list_shipped()) | set(ALIASES))} or a "
                          f"checkpoint directory")
     raise FileNotFoundError(f"checkpoint directory {raw!r} does not exist")
