@@ -6,7 +6,9 @@ extra-object shares per prompt group against training minutes.
         --n 200 --out docs/img/dalle_shapes_16x16_curve.png
 
 Each checkpoint directory is named by its training step (e.g. .../2400); the run's
-metrics.jsonl maps steps to elapsed minutes. Prints one JSON line per (checkpoint, group).
+metrics.jsonl maps steps to elapsed minutes, or, with --steps-per-s R (the recipe's rate on a
+quiet machine), minutes are step / R / 60, which holds when the CPU was shared or the run
+was resumed. Prints one JSON line per (checkpoint, group).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmgen.commands._args import OneLineParser, positive_int
+from mmgen.commands._args import OneLineParser, finite_float, positive_int
 
 
 def main(argv=None) -> int:
@@ -23,30 +25,42 @@ def main(argv=None) -> int:
     from mmgen.pipelines import load_pipeline
     ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", help="checkpoint directories named by their step")
-    ap.add_argument("--metrics", required=True, help="the run's metrics.jsonl (step -> elapsed_s)")
+    ap.add_argument("--metrics", default=None, help="the run's metrics.jsonl (step -> elapsed_s)")
+    ap.add_argument("--steps-per-s", type=finite_float, default=None,
+                    help="minutes = step / this / 60 (the recipe's quiet-machine rate) instead of --metrics")
     ap.add_argument("--n", type=positive_int, default=200, help="prompts per group")
+    ap.add_argument("--guidance", type=finite_float, default=None, help="guidance scale (default: the checkpoint's)")
+    ap.add_argument("--top-k", type=positive_int, default=None, help="DALL-E: sample among the k likeliest tokens")
     ap.add_argument("--out", required=True, help="PNG path")
     args = ap.parse_args(argv)
-    if not Path(args.metrics).is_file():
+    if (args.metrics is None) == (args.steps_per_s is None):
+        ap.error("give one of --metrics (the run's metrics.jsonl) or --steps-per-s")
+    if args.steps_per_s is not None and args.steps_per_s <= 0:
+        ap.error(f"--steps-per-s must be > 0, got {args.steps_per_s}")
+    if args.metrics is not None and not Path(args.metrics).is_file():
         ap.error(f"--metrics {args.metrics!r} is not a file: give the run's metrics.jsonl")
     elapsed = {}
-    for line in Path(args.metrics).read_text().splitlines():
+    for line in Path(args.metrics).read_text().splitlines() if args.metrics else []:
         rec = json.loads(line)
         if "elapsed_s" in rec:
             elapsed[rec["step"]] = rec["elapsed_s"]
+    sample_kwargs = {k: v for k, v in dict(guidance=args.guidance, top_k=args.top_k).items() if v is not None}
     groups = prompt_groups(args.n)
     points: dict[str, list[tuple[float, float, float]]] = {g: [] for g in groups}
     for ckpt in sorted(args.checkpoints, key=lambda p: int(Path(p).name) if Path(p).name.isdigit() else -1):
         if not Path(ckpt).name.isdigit():
             ap.error(f"checkpoint directories must be named by their training step, got {ckpt!r}")
         step = int(Path(ckpt).name)
-        known = [s for s in elapsed if s <= step]
-        minutes = elapsed[max(known)] / 60 if known else 0.0
+        if args.steps_per_s is not None:
+            minutes = step / args.steps_per_s / 60
+        else:
+            known = [s for s in elapsed if s <= step]
+            minutes = elapsed[max(known)] / 60 if known else 0.0
         try:
             pipe = load_pipeline(ckpt)
         except (ValueError, TypeError, FileNotFoundError) as e:
             ap.error(str(e))
-        for row in fidelity(pipe, groups, candidates=(1,)):
+        for row in fidelity(pipe, groups, candidates=(1,), **sample_kwargs):
             print(json.dumps({"checkpoint": ckpt, "step": step, "minutes": round(minutes, 1), **row}), flush=True)
             points[row["group"]].append((minutes, 100 * row["correct"], 100 * row["extra"]))
     series = []
@@ -55,7 +69,9 @@ def main(argv=None) -> int:
                        "colour": i})
         series.append({"x": [p[0] for p in pts], "y": [p[2] for p in pts], "label": f"{group}: extra objects",
                        "colour": i, "dash": True})
-    line_chart(series, title="strict shapes fidelity, 1 sample per prompt", xlabel="training minutes",
+    setting = "".join(f", {k.replace('_', '-')} {v:g}" for k, v in sample_kwargs.items())
+    line_chart(series, title="strict shapes fidelity, 1 sample per prompt" + setting,
+               xlabel="training minutes" + (" (quiet machine)" if args.steps_per_s else ""),
                ylabel="% of images", ylim=(0, 100)).save(args.out)
     return 0
 

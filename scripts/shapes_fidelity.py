@@ -4,6 +4,7 @@
     python scripts/shapes_fidelity.py --model dalle_shapes --n 200 --candidates 1 8
     python scripts/shapes_fidelity.py --model dalle_shapes --clip clip_shapes_reranker --candidates 8
     python scripts/shapes_fidelity.py --model ddpm_shapes --n 200 --guidance 1 3 --steps 25
+    python scripts/shapes_fidelity.py --model dalle_shapes --split val --n 100 --top-k 8   # choose settings on val
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from mmgen.commands._args import OneLineParser, finite_float, positive_int
 
 
 def main(argv=None) -> int:
-    from mmgen.metrics.shapes_fidelity import GROUPS, fidelity, prompt_groups
+    from mmgen.metrics.shapes_fidelity import GROUPS, PROMPT_SPLITS, fidelity, prompt_groups
     from mmgen.pipelines import load_pipeline
     ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a shipped name or a DALL-E / DDPM checkpoint directory")
@@ -24,6 +25,12 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance", type=finite_float, nargs="+", default=[None])
     ap.add_argument("--clip", default=None, help="rerank with this CLIP checkpoint instead of the model's own")
     ap.add_argument("--steps", type=positive_int, default=None, help="DDPM sampling steps (default: the pipeline's)")
+    ap.add_argument("--split", choices=PROMPT_SPLITS, default="test",
+                    help="prompts from the test splits, or from val to choose sampling settings on")
+    ap.add_argument("--temperature", type=finite_float, default=None, help="DALL-E sampling temperature "
+                    "(default: the checkpoint's)")
+    ap.add_argument("--top-k", type=positive_int, default=None, help="DALL-E: sample among the k likeliest tokens")
+    ap.add_argument("--top-p", type=finite_float, default=None, help="DALL-E: nucleus sampling mass")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args(argv)
@@ -36,12 +43,14 @@ def main(argv=None) -> int:
         pipe = load_pipeline(args.model, **extra_parts)
     except (ValueError, TypeError, FileNotFoundError) as e:
         ap.error(str(e))
-    groups = prompt_groups(args.n, args.groups)
-    extra = {} if args.steps is None else {"steps": args.steps}
+    groups = prompt_groups(args.n, args.groups, split=args.split)
+    extra = {k: v for k, v in dict(steps=args.steps, temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p).items() if v is not None}
     for guidance in args.guidance:
         kw = dict(extra, **({} if guidance is None else {"guidance": guidance}))
         for row in fidelity(pipe, groups, candidates=args.candidates, seed=args.seed, **kw):
-            line = json.dumps({"model": args.model, "clip": args.clip, "guidance": guidance, **row})
+            line = json.dumps({"model": args.model, "clip": args.clip, "split": args.split, "guidance": guidance,
+                               **{k: v for k, v in extra.items() if k != "steps"}, **row})
             print(line, flush=True)
             if args.log:
                 with open(args.log, "a") as f:

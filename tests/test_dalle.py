@@ -366,21 +366,21 @@ def test_training_sample_grid_hook_draws_through_the_pipeline():
 
 
 def test_shipped_checkpoints_keep_their_hashed_vocabulary(tmp_path):
-    """dalle_shapes / dalle_emoji hold the older hashed `seen_words` bitmap in their weights:
-    it loads as metadata, answers as before, and a re-save moves it to extra_state.json."""
+    """dalle_emoji holds the older hashed `seen_words` bitmap in its weights: it loads as
+    metadata, answers as before, and a re-save moves it to extra_state.json."""
     from safetensors import safe_open
 
     from mmgen.models.dalle import WORD_BUCKETS, word_bucket
-    with safe_open(str(mmgen.checkpoint.find_checkpoint("dalle_shapes") / "model.safetensors"), "pt") as f:
+    with safe_open(str(mmgen.checkpoint.find_checkpoint("dalle_emoji") / "model.safetensors"), "pt") as f:
         bitmap = f.get_tensor("seen_words")
-    m = mmgen.load_pretrained("dalle_shapes")
+    m = mmgen.load_pretrained("dalle_emoji")
     assert bitmap.shape == (WORD_BUCKETS,) and m.legacy_word_buckets == set(bitmap.nonzero().flatten().tolist())
-    for w in ("red", "circle", "left", "zebra", "xylophone"):
+    for w in ("red", "heart", "face", "zebra", "xylophone"):
         assert m.saw_word(w) == bool(bitmap[word_bucket(w)]), w
-    assert m.saw_word("circle") and not m.saw_word("xylophone")
+    assert m.saw_word("heart") and not m.saw_word("xylophone")
     m.save_pretrained(tmp_path / "again")
     again = mmgen.load_pretrained(tmp_path / "again")
-    assert again.legacy_word_buckets == m.legacy_word_buckets and again.saw_word("circle")
+    assert again.legacy_word_buckets == m.legacy_word_buckets and again.saw_word("heart")
 
 
 def test_older_state_dict_with_the_bitmap_loads_strictly():

@@ -140,6 +140,12 @@ def test_shapes_fidelity_groups_and_extra_objects():
     assert all(any(h in c for h in held) for c in groups["heldout"])
     assert not any(h in c for c in groups["two"] for h in held)
     assert prompt_groups(12) == groups  # fixed prompts
+    val = prompt_groups(12, split="val")  # the prompts to choose sampling settings on: other scenes
+    assert all(S.parse_caption(c)[1] is None for c in val["one"])
+    assert all(any(h in c for h in held) for c in val["heldout"])
+    assert val != groups
+    with pytest.raises(ValueError, match="prompt split must be one of"):
+        prompt_groups(2, split="train")
     # Rendered ground truth is all correct with nothing extra; an added object is "extra".
     objs = [dict(colour="red", shape="circle", x=4, y=4, size=10)]
     stray = dict(colour="blue", shape="square", x=20, y=20, size=8)

@@ -50,9 +50,9 @@ def test_companion_paths_are_saved_relative_and_old_values_still_load(tmp_path, 
     pipe = DALLEPipeline.from_pretrained(CKPT / "dalle_shapes")
     pipe.save_pretrained(tmp_path / "mine" / "dalle")
     cfg = json.loads((tmp_path / "mine" / "dalle" / "config.json").read_text())["config"]
-    assert (cfg["vq_path"], cfg["clip_path"]) == ("vq_shapes", "clip_shapes")  # shipped companions: by name
+    assert (cfg["vq_path"], cfg["clip_path"]) == ("vq_shapes_16x16", "clip_shapes_reranker")  # shipped: by name
     pipe.model.config.vq_path = str(tmp_path / "myvq")  # others: relative to the checkpoint directory
-    shutil.copytree(CKPT / "vq_shapes", tmp_path / "myvq")
+    shutil.copytree(CKPT / "vq_shapes_16x16", tmp_path / "myvq")
     pipe.save_pretrained(tmp_path / "mine" / "dalle2")
     cfg = json.loads((tmp_path / "mine" / "dalle2" / "config.json").read_text())["config"]
     assert cfg["vq_path"] == os.path.join("..", "..", "myvq")
@@ -61,8 +61,8 @@ def test_companion_paths_are_saved_relative_and_old_values_still_load(tmp_path, 
     os.chdir(tmp_path)
     # what a recipe run from the repository root wrote before ("checkpoints/vq_shapes"), and a
     # shipped checkpoint copied away from its siblings ("../vq_shapes"): both find the shipped ones
-    for i, (vq, clip) in enumerate([("checkpoints/vq_shapes", "checkpoints/clip_shapes"),
-                                    ("../vq_shapes", "../clip_shapes")]):
+    for i, (vq, clip) in enumerate([("checkpoints/vq_shapes_16x16", "checkpoints/clip_shapes_reranker"),
+                                    ("../vq_shapes_16x16", "../clip_shapes_reranker")]):
         d = tmp_path / f"old{i}"
         shutil.copytree(CKPT / "dalle_shapes", d)
         meta = json.loads((d / "config.json").read_text())

@@ -5,6 +5,9 @@ checker (mmgen.data.shapes.check) on fixed prompt groups, attribute by attribute
   two      two-object captions of the test split, every colour-shape pair seen in training
   heldout  two-object captions of heldout_test: one object is a held-out colour-shape pair
 
+`split="val"` draws the same groups from val / heldout_val: the prompts to choose sampling
+settings on, so that the test figures are not tuned on the test prompts.
+
 Works with any pipeline (DALL-E, DDPM) called as pipe(prompts, num_images=1, candidates=k,
 seed=..., guidance=...). "extra" is the share of images holding an object the prompt did not
 ask for (more objects found than named: the hallucination rate measured on images).
@@ -21,18 +24,23 @@ from typing import Iterable, Iterator
 import numpy as np
 
 GROUPS = ("one", "two", "heldout")
+PROMPT_SPLITS = ("test", "val")
 ATTRIBUTES = ("count", "colour", "shape", "relation", "correct", "extra")
 
 
-def prompt_groups(n: int = 200, groups: Iterable[str] = GROUPS, holdout="default") -> dict[str, list[str]]:
-    """The first n captions of each group (fixed: the splits are pure functions of the index)."""
+def prompt_groups(n: int = 200, groups: Iterable[str] = GROUPS, holdout="default",
+                  split: str = "test") -> dict[str, list[str]]:
+    """The first n captions of each group (fixed: the splits are pure functions of the index),
+    from the test splits or, with split="val", from the validation splits."""
     from ..data import build_dataset
+    if split not in PROMPT_SPLITS:
+        raise ValueError(f"prompt split must be one of {PROMPT_SPLITS}, got {split!r}")
     out = {}
     for group in groups:
         if group not in GROUPS:
             raise ValueError(f"prompt group must be one of {GROUPS}, got {group!r}")
-        split = "heldout_test" if group == "heldout" else "test"
-        ds = build_dataset("shapes", split=split, holdout=holdout, length=100_000)
+        ds_split = f"heldout_{split}" if group == "heldout" else split
+        ds = build_dataset("shapes", split=ds_split, holdout=holdout, length=100_000)
         want_two = group != "one"
         captions, i = [], 0
         while len(captions) < n:
