@@ -109,7 +109,8 @@ def test_resnet_errors():
     ("resnet_tiny", {}),
     ("vit_tiny", {**VIT, "stem": "conv", "global_pool": "avg"}),
     ("swin_tiny_patch2_window4_32", {**SWIN, "stem": "conv"}),
-], ids=["resnet", "vit_conv", "swin_conv"])
+    ("swin_tiny_conv_patch4_window4_32", {}),  # the 2-stage, patch-4 small-data preset as shipped
+], ids=["resnet", "vit_conv", "swin_conv", "swin_conv_p4"])
 def test_loss_decreases_on_one_batch(name, over):
     torch.manual_seed(0)
     model = create_model(name, **over).train()

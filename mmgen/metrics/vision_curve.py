@@ -24,6 +24,9 @@ from pathlib import Path
 DEFAULT_ROOT = "runs/vision_curve"
 DEFAULT_PNG = "docs/img/vision_curve.png"
 COLOURS = {"resnet": (60, 60, 60), "vit": (31, 119, 180), "swin": (214, 39, 40)}
+# one colour per model (the recipe's key in recipes.vision.EQUAL_TIME_MODELS), its family's otherwise
+MODEL_COLOURS = {"vit_cct": (31, 119, 180), "vit_conv": (23, 190, 207), "swin_conv": (214, 39, 40),
+                 "swin_p4": (255, 127, 14)}
 
 
 def curve_recipes() -> list[str]:
@@ -126,7 +129,8 @@ def plot(runs: list[dict], path: str, *, width: int = 960, height: int = 560) ->
     d.text((12, T - 24), "test accuracy (%) on animal-mnist", fill="black", font=f)
     ly = T + 10
     for r in runs:
-        col = COLOURS.get(r["family"], (120, 120, 120))
+        key = next((k for k in MODEL_COLOURS if r["recipe"].startswith(k + "_")), None)
+        col = MODEL_COLOURS[key] if key else COLOURS.get(r["family"], (120, 120, 120))
         if r["recipe"].endswith("_1min"):  # the short runs in a lighter shade of their family's colour
             col = tuple(int(c + (255 - c) * 0.45) for c in col)
         pts = [(X(m), Y(acc)) for _, m, acc in r["points"]]

@@ -393,6 +393,10 @@ register_preset("swin_tiny", Swin, "alias of swin_tiny_patch2_window4_32", **_SW
 register_preset("swin_tiny_conv_patch2_window4_32", Swin,
                 "swin_tiny_patch2_window4_32 with an early-convolution stem (3x3 convs + BN down to the 16x16 "
                 "grid): the small-data hybrid (~1.3M)", **{**_SWIN32, "stem": "conv"})
+register_preset("swin_tiny_conv_patch4_window4_32", Swin,
+                "Swin for 32 px images with the early-convolution stem down to an 8x8 grid (patch 4), window 4, "
+                "2 stages (8, 4 grids) of width 48-96 (~0.33M): many cheap steps, the small-data choice on a CPU",
+                **{**_SWIN32, "stem": "conv", "patch_size": 4, "depths": (2, 2), "num_heads": (3, 6)})
 register_preset("swin_tiny_patch4_window7_224", Swin,
                 "Swin-T at 224 px (timm swin_tiny_patch4_window7_224 / torchvision swin_t)",
                 img_size=224, patch_size=4, window_size=7, num_classes=1000, embed_dim=96,
