@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.timing import autocast, compare, matmul_peak_flops, print_table  # noqa: E402
+from bench.timing import autocast, compare, matmul_peak_flops, print_table, train_step  # noqa: E402
 
 
 def open_clip_config(model) -> dict:
@@ -71,13 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     opt_t = torch.optim.AdamW(theirs.parameters(), lr=1e-4)
     rows = []
     for dtype in ("fp32", "bf16"):
-        def step_ours():
-            with autocast(dtype, dev.split(":")[0]):
-                loss, _ = ours.loss(batch)
-            opt_o.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_o.step()
-            ours.post_step()
+        step_ours = train_step(ours, batch, opt_o, dtype, dev, after=ours.post_step)
 
         def step_theirs():
             with autocast(dtype, dev.split(":")[0]):

@@ -23,7 +23,7 @@ import warnings
 
 import torch
 
-from bench.timing import autocast, compare, print_table
+from bench.timing import compare, print_table, train_step
 
 CAPTIONS = ("a red circle above a blue square", "a green triangle", "a yellow square left of a magenta circle",
             "a blue circle", "a cyan cross below a red diamond", "a magenta triangle")
@@ -68,17 +68,8 @@ def train_table(model, name: str, batch: int, repeats: int, device: str) -> None
     tokens = batch * (c.seq_len - 1)  # positions predicted per step, both sides
     rows = []
     for dtype in ("fp32", "bf16"):
-        def step(model, b, opt):
-            def run():
-                with autocast(dtype, device.split(":")[0]):
-                    loss, _ = model.loss(b)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            return run
-
-        res = compare({"dalle": step(ours, b_dalle, torch.optim.AdamW(ours.parameters(), 1e-4)),
-                       "gpt": step(gpt, b_gpt, torch.optim.AdamW(gpt.parameters(), 1e-4))},
+        res = compare({"dalle": train_step(ours, b_dalle, torch.optim.AdamW(ours.parameters(), 1e-4), dtype, device),
+                       "gpt": train_step(gpt, b_gpt, torch.optim.AdamW(gpt.parameters(), 1e-4), dtype, device)},
                       warmup=2, repeats=repeats)
         d, g = res["dalle"].median_s, res["gpt"].median_s
         rows.append([dtype, tokens / d, tokens / g, g / d])

@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from bench.timing import autocast, compare, print_table
+from bench.timing import compare, print_table, train_step
 
 REFERENCE = "resnet18_animal_mnist"
 
@@ -67,17 +67,7 @@ def make_step(preset: str, over: dict, amp: str, batch: int, device: str = "cpu"
     torch.manual_seed(0)
     model = mmgen.create_model(preset, **over).to(device).train()
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
-    b = model.example_batch(batch, device=device)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def step():
-        with autocast(amp, device):
-            loss, _ = model.loss(b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-    return step, model.num_params()
+    return train_step(model, model.example_batch(batch, device=device), opt, amp, device, clip=1.0), model.num_params()
 
 
 def measure_ratios(entries: list[tuple[str, str, dict, str, int]], *, repeats: int = 20, warmup: int = 3,

@@ -65,6 +65,26 @@ def autocast(dtype: str, device: str = "cpu"):
     raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
 
 
+def train_step(model, batch, opt, amp: str = "fp32", device: str = "cpu", *, clip: float | None = None,
+               after=None):
+    """A closure running one training step of an mmgen model as the engine does: its loss under
+    autocast `amp`, backward, optional gradient-norm clipping, the optimizer step, then `after()`
+    (e.g. CLIP's logit-scale clamp)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run():
+        with autocast(amp, device.split(":")[0]):
+            loss, _ = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        if after is not None:
+            after()
+    return run
+
+
 def matmul_peak_flops(dtype: str = "fp32", n: int = 1024, device: str = "cpu") -> float:
     """Measured matmul throughput (FLOP/s) of an n x n x n product, the MFU denominator."""
     dt = torch.float32 if dtype == "fp32" else torch.bfloat16

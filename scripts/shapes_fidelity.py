@@ -43,6 +43,10 @@ def main(argv=None) -> int:
         pipe = load_pipeline(args.model, **extra_parts)
     except (ValueError, TypeError, FileNotFoundError) as e:
         ap.error(str(e))
+    token_sampling = [f for f in ("temperature", "top_k", "top_p") if getattr(args, f) is not None]
+    if token_sampling and pipe.kind != "dalle":
+        ap.error(f"--{token_sampling[0].replace('_', '-')} sets DALL-E token sampling; {args.model!r} is a "
+                 f"{pipe.kind} model")
     groups = prompt_groups(args.n, args.groups, split=args.split)
     extra = {k: v for k, v in dict(steps=args.steps, temperature=args.temperature, top_k=args.top_k,
                                    top_p=args.top_p).items() if v is not None}
