@@ -21,7 +21,7 @@ from mmgen.commands._args import OneLineParser, finite_float, positive_int
 
 def main(argv=None) -> int:
     from mmgen.metrics.plot import line_chart
-    from mmgen.metrics.shapes_fidelity import fidelity, prompt_groups
+    from mmgen.metrics.shapes_fidelity import GROUPS, fidelity, prompt_groups
     from mmgen.pipelines import load_pipeline
     ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", help="checkpoint directories named by their step")
@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps-per-s", type=finite_float, default=None,
                     help="minutes = step / this / 60 (the recipe's quiet-machine rate) instead of --metrics")
     ap.add_argument("--n", type=positive_int, default=200, help="prompts per group")
+    ap.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
     ap.add_argument("--guidance", type=finite_float, default=None, help="guidance scale (default: the checkpoint's)")
     ap.add_argument("--top-k", type=positive_int, default=None, help="DALL-E: sample among the k likeliest tokens")
     ap.add_argument("--out", required=True, help="PNG path")
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
         if "elapsed_s" in rec:
             elapsed[rec["step"]] = rec["elapsed_s"]
     sample_kwargs = {k: v for k, v in dict(guidance=args.guidance, top_k=args.top_k).items() if v is not None}
-    groups = prompt_groups(args.n)
+    groups = prompt_groups(args.n, args.groups)
     points: dict[str, list[tuple[float, float, float]]] = {g: [] for g in groups}
     for ckpt in sorted(args.checkpoints, key=lambda p: int(Path(p).name) if Path(p).name.isdigit() else -1):
         if not Path(ckpt).name.isdigit():

@@ -385,6 +385,46 @@ def test_clip_text_tower_as_text_encoder(tmp_path):
     assert sample(loaded, prompts, steps=2).shape == (2, 3, 16, 16)
 
 
+def test_fine_tuned_clip_text_tower(tmp_path):
+    """train_text_encoder=True: the CLIP text tower learns with the denoiser (its image tower
+    stays frozen), the tuned tower is saved in the DDPM checkpoint, and the pipeline does not
+    rerank with a CLIP whose text tower no longer matches its image tower, only with the one
+    named in its config (clip_path)."""
+    from mmgen.pipelines import DDPMPipeline
+    clip = mmgen.create_model("clip_tiny").eval()
+    clip.save_pretrained(tmp_path / "clip")
+    model = mmgen.create_model("ddpm_unet_text_tiny", text_encoder="clip", text_encoder_path=str(tmp_path / "clip"),
+                               train_text_encoder=True).train()
+    loss, _ = model.loss(model.example_batch(2))
+    loss.backward()
+    enc = model.text_encoder.model
+    assert all(p.grad is not None for p in enc.text.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in enc.visual.parameters())
+    with torch.no_grad():
+        next(enc.text.parameters()).add_(0.5)  # a "tuned" tower
+    model.save_pretrained(tmp_path / "ddpm")
+    loaded = mmgen.load_pretrained(tmp_path / "ddpm")
+    torch.testing.assert_close(next(loaded.text_encoder.model.text.parameters()), next(enc.text.parameters()))
+    assert loaded.text_encoder.trainable
+    assert DDPMPipeline(loaded).clip is None
+    # a reranker named in the config (clip_path) is found again wherever the two directories move
+    import dataclasses
+    import json
+    import shutil
+    from mmgen.pipelines import load_pipeline
+    model.config = dataclasses.replace(model.config, clip_path=str(tmp_path / "clip"))
+    model.save_pretrained(tmp_path / "runs" / "ddpm")
+    assert json.loads((tmp_path / "runs" / "ddpm" / "config.json").read_text())["config"]["clip_path"] == "../../clip"
+    shutil.move(tmp_path / "runs", tmp_path / "moved" / "runs")
+    shutil.move(tmp_path / "clip", tmp_path / "moved" / "clip")
+    pipe = load_pipeline(tmp_path / "moved" / "runs" / "ddpm")
+    torch.testing.assert_close(next(pipe.clip.visual.parameters()), next(enc.visual.parameters()))
+    out = pipe(["a red circle"], num_images=1, candidates=2, steps=2, seed=0)
+    assert out.scores.shape == (1, 1)
+    with pytest.raises(ValueError, match="train_text_encoder fine-tunes a CLIP / GPT text encoder"):
+        mmgen.create_model("ddpm_unet_text_tiny", train_text_encoder=True)
+
+
 def test_prompt_the_pruned_text_encoder_cannot_read_is_refused():
     """The shipped shapes model reads text through a CLIP with a pruned vocabulary: a prompt
     with none of its words would be ignored (an unconditional sample), so the pipeline refuses

@@ -151,6 +151,14 @@ def test_shapes_fidelity_groups_and_extra_objects():
     stray = dict(colour="blue", shape="square", x=20, y=20, size=8)
     images = torch.stack([S._to_float(S.render(objs)), S._to_float(S.render(objs + [stray]))])
     assert score(images[:1], ["a red circle"]) == {"count": 1.0, "colour": 1.0, "shape": 1.0, "correct": 1.0,
-                                                   "relation": None, "extra": 0.0}
+                                                   "relation": None, "extra": 0.0, "clean": 1.0}
     both = score(images, ["a red circle", "a red circle"])
     assert both["extra"] == 0.5 and both["correct"] == 0.5 and both["colour"] == 1.0
+    # Background noise of 10/255 on a third of the pixels: the scene still reads right, the
+    # background is no longer clean; faint noise below 8/255 leaves it clean.
+    g = torch.Generator().manual_seed(0)
+    speckle = (torch.rand(images[0].shape[1:], generator=g) < 1 / 3).float() * 20 / 255  # (H, W), 0 or 10/255 in [-1, 1]
+    noisy = score((images[:1] + speckle).clamp(-1, 1), ["a red circle"])
+    assert noisy["correct"] == 1.0 and 0.6 < noisy["clean"] < 0.72, noisy
+    faint = score((images[:1] + speckle * 0.6).clamp(-1, 1), ["a red circle"])
+    assert faint["clean"] == 1.0, faint

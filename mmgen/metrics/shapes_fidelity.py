@@ -10,7 +10,10 @@ settings on, so that the test figures are not tuned on the test prompts.
 
 Works with any pipeline (DALL-E, DDPM) called as pipe(prompts, num_images=1, candidates=k,
 seed=..., guidance=...). "extra" is the share of images holding an object the prompt did not
-ask for (more objects found than named: the hallucination rate measured on images).
+ask for (more objects found than named: the hallucination rate measured on images);
+"clean" is the share of background pixels (outside every found object's box grown by one
+pixel, the antialiased edge) whose brightest channel is below 8/255: residual noise and
+faint blobs in the black background lower it.
 
     from mmgen.metrics.shapes_fidelity import prompt_groups, fidelity
     for row in fidelity(load_pipeline("dalle_shapes"), prompt_groups(200), candidates=(1, 8)):
@@ -25,7 +28,8 @@ import numpy as np
 
 GROUPS = ("one", "two", "heldout")
 PROMPT_SPLITS = ("test", "val")
-ATTRIBUTES = ("count", "colour", "shape", "relation", "correct", "extra")
+ATTRIBUTES = ("count", "colour", "shape", "relation", "correct", "extra", "clean")
+DARK = 8 / 255  # a background pixel is clean when its brightest channel is below this
 
 
 def prompt_groups(n: int = 200, groups: Iterable[str] = GROUPS, holdout="default",
@@ -56,17 +60,33 @@ def score(images, captions) -> dict[str, float]:
     """Attribute shares of images (N, 3, H, W) in [-1, 1] against their captions; relation
     over two-object captions only, "extra" = more objects found than the caption names."""
     from ..data.shapes import check, detect
-    checks, extra = [], []
+    checks, extra, dark, background = [], [], 0, 0
     for image, caption in zip(images, captions):
         found = detect(image)
         c = check(image, caption, found=found)
         checks.append(c)
         extra.append(len(found) > len(c["expected"]["objects"]))
+        d, n = background_dark(image, found)
+        dark, background = dark + d, background + n
     out = {k: float(np.mean([c[k] for c in checks])) for k in ("count", "colour", "shape", "correct")}
     rel = [c["relation"] for c in checks if c["relation"] is not None]
     out["relation"] = float(np.mean(rel)) if rel else None
     out["extra"] = float(np.mean(extra))
+    out["clean"] = dark / background if background else None
     return out
+
+
+def background_dark(image, found: list[dict]) -> tuple[int, int]:
+    """(dark background pixels, background pixels) of one image (3, H, W) in [-1, 1]: the
+    background is everything outside the found objects' boxes grown by one pixel."""
+    bright = (image.float().clamp(-1, 1) + 1).amax(0) / 2  # (H, W) brightest channel in [0, 1]
+    H, W = bright.shape
+    background = np.ones((H, W), dtype=bool)
+    for o in found:
+        x0, y0, x1, y1 = o["bbox"]
+        background[max(0, y0 - 1):y1 + 1, max(0, x0 - 1):x1 + 1] = False
+    dark = (bright.cpu().numpy() < DARK) & background
+    return int(dark.sum()), int(background.sum())
 
 
 def fidelity(pipe, groups: dict[str, list[str]], *, candidates: Iterable[int] = (1,), seed: int = 0,

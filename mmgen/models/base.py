@@ -1,7 +1,9 @@
 """The base class of every mmgen model: checkpointing plus the training contract."""
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,30 @@ class Model(nn.Module, PretrainedMixin):
     """
 
     config_class: type
+    # config fields naming checkpoints the model reads when it is used (DALL-E's VQ and CLIP,
+    # a DDPM's reranker CLIP): written relative to the checkpoint, so it loads from anywhere
+    companion_fields: tuple[str, ...] = ()
+    _ckpt_dir: Path | None = None  # the directory this model was loaded from
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs):
+        model = super().from_pretrained(path, **kwargs)
+        model._ckpt_dir = Path(path).resolve()
+        return model
+
+    def save_pretrained(self, path, **kwargs):
+        """As PretrainedMixin's, with the companion_fields rewritten relative to `path`."""
+        if not self.companion_fields:
+            return super().save_pretrained(path, **kwargs)
+        from ..checkpoint import relative_companion
+        kept = self.config
+        self.config = dataclasses.replace(  # what config.json holds; the model's own config is left as it was
+            kept, **{f: relative_companion(getattr(kept, f), self._ckpt_dir, path, f.removesuffix("_path"))
+                     for f in self.companion_fields})
+        try:
+            return super().save_pretrained(path, **kwargs)
+        finally:
+            self.config = kept
 
     def __init__(self, config):
         super().__init__()

@@ -43,7 +43,6 @@ import dataclasses
 import re
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -147,6 +146,7 @@ class DALLE(Model):
     """Text-to-image transformer over [text; image tokens]. See the module docstring."""
 
     config_class = DALLEConfig
+    companion_fields = ("vq_path", "clip_path")
 
     @classmethod
     def resolve_config(cls, config: DALLEConfig) -> DALLEConfig:
@@ -188,7 +188,6 @@ class DALLE(Model):
         self._vq = None  # the frozen VQ, not part of this checkpoint's weights
         self._null_row: torch.Tensor | None = None  # the empty caption's ids, (1, context_length)
         self.token_memo = ImageTokenMemo()  # the VQ's tokens of the training images seen so far
-        self._ckpt_dir: Path | None = None
 
     # ------------------------------------------------------------------ the VQ tokenizer (training)
     def attach(self, vq=None) -> "DALLE":
@@ -215,25 +214,6 @@ class DALLE(Model):
             vq = load_companion(self.config.vq_path, self._ckpt_dir, "vq", expect="vq", owner="DALL-E")
             self.attach(vq=vq.to(self.device))
         return self._vq
-
-    @classmethod
-    def from_pretrained(cls, path, **kwargs):
-        model = super().from_pretrained(path, **kwargs)
-        model._ckpt_dir = Path(path).resolve()
-        return model
-
-    def save_pretrained(self, path, **kwargs):
-        """As every model, with vq_path / clip_path rewritten relative to `path`, so the
-        checkpoint finds its companions from any working directory."""
-        from ..checkpoint import relative_companion
-        kept = self.config
-        self.config = dataclasses.replace(  # what config.json holds; the model's own config is left as it was
-            kept, vq_path=relative_companion(kept.vq_path, self._ckpt_dir, path, "vq"),
-            clip_path=relative_companion(kept.clip_path, self._ckpt_dir, path, "clip"))
-        try:
-            return super().save_pretrained(path, **kwargs)
-        finally:
-            self.config = kept
 
     # ------------------------------------------------------------------ text
     def null_text(self, batch: int = 1) -> torch.Tensor:

@@ -10,10 +10,11 @@ conditioning, `loss` and presets. The network predicts eps, v or x0 (`prediction
 
 Text conditioning comes from one of three encoders (`text_encoder`):
   builtin  a small bidirectional transformer over UTF-8 bytes, trained jointly;
-  clip     the text tower of a trained mmgen CLIP, frozen;
-  gpt      the hidden states of a trained mmgen GPT decoder, frozen.
-A frozen encoder is copied into this model's weights (its config into config.json), so a
-checkpoint is self-contained: `text_encoder_path` is only read when the model is first built.
+  clip     the text tower of a trained mmgen CLIP;
+  gpt      the hidden states of a trained mmgen GPT decoder;
+frozen, or fine-tuned with the denoiser when `train_text_encoder` is set. The encoder is
+copied into this model's weights (its config into config.json), so a checkpoint is
+self-contained: `text_encoder_path` is only read when the model is first built.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from ..registry import register_model, register_preset
 from ..schedulers import BETA_SCHEDULES, PREDICTIONS, SCHEDULERS, make_scheduler
 from .base import Model
 from .dit import DiT, DiTConfig
-from .text_encoders import ByteTextEncoder, FrozenTextEncoder, TextEncoderConfig
+from .text_encoders import ByteTextEncoder, PretrainedTextEncoder, TextEncoderConfig
 from .unet import UNet, UNetConfig
 
 WEIGHTINGS = ("none", "min_snr")
@@ -65,6 +66,8 @@ class DDPMConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     text_encoder_path: str | None = None  # clip/gpt: checkpoint dir read when the model is first built
     text_encoder_meta: dict | None = None  # clip/gpt: filled in from that checkpoint (model_type, config)
+    train_text_encoder: bool = False  # clip/gpt: fine-tune the encoder with the denoiser instead of freezing it
+    clip_path: str = ""  # CLIP checkpoint (shipped name or dir) that reranks candidates; "" = the frozen text encoder's CLIP, if any
     vae_path: str | None = None  # latent diffusion: a Gaussian VAE checkpoint dir read at first build
     vae_meta: dict | None = None  # filled in from that checkpoint; the VAE weights live in ours
     latent_scale: float = 1.0  # latents are multiplied by this before diffusion (SD's 0.18215)
@@ -118,6 +121,7 @@ def _build_from_meta(meta: dict):
 @register_model("ddpm")
 class DDPM(Model):
     config_class = DDPMConfig
+    companion_fields = ("clip_path",)  # read when sampling; vae_path / text_encoder_path are copied in at build
 
     @classmethod
     def resolve_config(cls, config: DDPMConfig) -> DDPMConfig:
@@ -135,6 +139,9 @@ class DDPM(Model):
             if (getattr(config, p) is not None and meta is None) or (meta is not None and "preset" in meta):
                 raise ValueError(f"DDPMConfig.{m} is not resolved yet: build the model with mmgen.create_model(...) "
                                  f"or DDPM.create(config), which read {p} once before the model is built")
+        if config.train_text_encoder and not (config.conditioning == "text" and config.text_encoder != "builtin"):
+            raise ValueError("train_text_encoder fine-tunes a CLIP / GPT text encoder: it needs conditioning='text' "
+                             "and text_encoder 'clip' or 'gpt' (the builtin encoder always trains)")
         if config.conditioning == "text" and config.text_encoder != "builtin" and config.text_encoder_meta is None:
             raise ValueError(f"DDPMConfig.text_encoder_path must name a checkpoint directory "
                              f"(text_encoder={config.text_encoder!r})")
@@ -156,7 +163,8 @@ class DDPM(Model):
             if cfg.text_encoder == "builtin":
                 self.text_encoder = ByteTextEncoder(cfg.text)
             else:
-                self.text_encoder = FrozenTextEncoder(cfg.text_encoder, _build_from_meta(cfg.text_encoder_meta))
+                self.text_encoder = PretrainedTextEncoder(cfg.text_encoder, _build_from_meta(cfg.text_encoder_meta),
+                                                          trainable=cfg.train_text_encoder)
             context_dim = self.text_encoder.width
             self.text_proj = nn.Linear(context_dim, cfg.cond_dim)
         cond_dim = cfg.cond_dim if cfg.conditioning != "none" else None
@@ -354,6 +362,12 @@ register_preset("ddpm_unet_shapes", DDPM, "text-conditional pixel UNet for the s
                 img_size=32, conditioning="text", cond_dim=128, sample_prompts=_SHAPES_PROMPTS,
                 text={"embed_dim": 128, "depth": 2, "num_heads": 4, "context_length": 64},
                 unet={"base_ch": 32, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4,
+                      "groups": 8})
+register_preset("ddpm_unet_shapes_latent", DDPM,
+                "text-conditional UNet on a Gaussian VAE's (4, 8, 8) latents of shapes (set vae_path)",
+                img_size=32, conditioning="text", cond_dim=128, clip_sample=False, sample_prompts=_SHAPES_PROMPTS,
+                text={"embed_dim": 128, "depth": 2, "num_heads": 4, "context_length": 64},
+                unet={"base_ch": 64, "ch_mult": (1, 2), "num_res_blocks": 2, "attn_res": (8, 4), "num_heads": 4,
                       "groups": 8})
 register_preset("ddpm_unet_animal_mnist", DDPM,
                 "class-conditional pixel UNet for animal-mnist as the dataset serves it (3x32x32, the CIFAR stand-in)",

@@ -5,8 +5,9 @@
                       every token's state, used by CLIP (pooled) and DDPM (cross-attention).
   ByteTextEncoder     DDPM's built-in encoder: a small bidirectional transformer over bytes,
                       trained jointly.
-  FrozenTextEncoder   a trained mmgen CLIP (its TextTower) or GPT decoder, frozen, as a
-                      conditioning encoder.
+  PretrainedTextEncoder
+                      a trained mmgen CLIP (its TextTower) or GPT decoder as a
+                      conditioning encoder, frozen or fine-tuned with the model that reads it.
 """
 from __future__ import annotations
 
@@ -145,8 +146,10 @@ class ByteTextEncoder(nn.Module):
         return h, mask, pooled
 
 
-class FrozenTextEncoder(nn.Module):
-    """A trained mmgen CLIP text tower or GPT decoder, frozen, as a text encoder.
+class PretrainedTextEncoder(nn.Module):
+    """A trained mmgen CLIP text tower or GPT decoder as a text encoder, frozen or, with
+    trainable=True, fine-tuned together with the model that reads it (a CLIP's image tower
+    stays frozen: only the text tower gets gradients).
 
     clip: the text tower's token states (B, T, width) before its pooling, real up to the EOS
           token; pooled = the state it pools (the EOS token), before CLIP's projection.
@@ -154,14 +157,16 @@ class FrozenTextEncoder(nn.Module):
           right padding does not change them); pooled = the state at EOS, which has read the
           whole prompt."""
 
-    def __init__(self, kind: str, model: nn.Module):
+    def __init__(self, kind: str, model: nn.Module, trainable: bool = False):
         super().__init__()
         expected = {"clip": "clip", "gpt": "gpt"}[kind]
         if getattr(model, "model_type", None) != expected:
             raise TypeError(f"text_encoder={kind!r} needs a {expected!r} checkpoint, got a "
                             f"{getattr(model, 'model_type', type(model).__name__)!r} model")
-        self.kind = kind
+        self.kind, self.trainable = kind, trainable
         self.model = model.eval().requires_grad_(False)
+        if trainable:
+            (model.text if kind == "clip" else model).requires_grad_(True)
         if kind == "gpt":
             from ..text import get_tokenizer
             self.tokenizer = get_tokenizer("byte")
@@ -173,14 +178,16 @@ class FrozenTextEncoder(nn.Module):
     def width(self) -> int:
         return self.model.text.cfg.embed_dim if self.kind == "clip" else self.model.config.block.embed_dim
 
-    def train(self, mode: bool = True):  # always frozen in eval mode
+    def train(self, mode: bool = True):  # eval mode even when fine-tuned: no dropout in the encoder
         super().train(mode)
         self.model.eval()
         return self
 
-    @torch.no_grad()
     def forward(self, texts, device):
-        texts = list(texts)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            return self._encode(list(texts), device)
+
+    def _encode(self, texts, device):
         if self.kind == "clip":
             tokens = self.model.tokenize(texts).to(device)  # (B, T) with BOS ... EOS pad
             states, eos = self.model.text.encode_states(tokens)  # (B, T, width), (B,)

@@ -4,8 +4,9 @@ scheduler, in one short loop (`DDPMPipeline.denoise`), then an optional CLIP rer
     pipe = DDPMPipeline.from_pretrained("checkpoints/ddpm_shapes")
     out = pipe(["a green cross"], num_images=4, steps=25, guidance=3, candidates=4, seed=0)
 
-The reranker is a CLIP passed as clip=, else the CLIP whose text tower conditions the model
-(text_encoder="clip" checkpoints carry that whole CLIP), else none.
+The reranker is a CLIP passed as clip=, else the checkpoint's `clip_path`, else the CLIP whose
+frozen text tower conditions the model (text_encoder="clip" checkpoints carry that whole CLIP;
+a fine-tuned tower no longer matches its image tower, so it does not rerank), else none.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 
 from ..models.base import eval_mode
 from ..schedulers import SCHEDULERS, make_scheduler
-from ..models.text_encoders import FrozenTextEncoder
+from ..models.text_encoders import PretrainedTextEncoder
 from .base import Pipeline, ProgressReporter, _finite, timed
 from .prompts import PromptReader, quiet
 
@@ -30,12 +31,15 @@ class DDPMPipeline(Pipeline):
     def __init__(self, model, clip=None, *, name: str = ""):
         if clip is None:  # the CLIP that conditions the model can rerank its images too
             enc = getattr(model, "text_encoder", None)
-            if isinstance(enc, FrozenTextEncoder) and enc.kind == "clip":
+            if isinstance(enc, PretrainedTextEncoder) and enc.kind == "clip" and not enc.trainable:
                 clip = enc.model
         super().__init__(model, clip=clip, name=name)
 
     @classmethod
     def _from_model(cls, model, ckpt_dir: Path, clip=None):
+        if clip is None and model.config.clip_path:
+            from ..checkpoint import load_companion
+            clip = load_companion(model.config.clip_path, ckpt_dir, "clip", expect="clip", owner="DDPM")
         return cls(model, clip=clip)
 
     def parts(self) -> list:
@@ -43,13 +47,13 @@ class DDPMPipeline(Pipeline):
 
     def _encoder_clip(self):
         enc = getattr(self.model, "text_encoder", None)
-        return enc.model if isinstance(enc, FrozenTextEncoder) else None
+        return enc.model if isinstance(enc, PretrainedTextEncoder) else None
 
     def readers(self) -> list[PromptReader]:
         cfg, enc = self.model.config, self.model.text_encoder
         out = []
         if cfg.conditioning == "text":
-            if isinstance(enc, FrozenTextEncoder) and enc.kind == "clip":
+            if isinstance(enc, PretrainedTextEncoder) and enc.kind == "clip":
                 out.append(PromptReader("the CLIP text encoder", enc.model.tokenizer.tokenizer,
                                         corpus=enc.model.config.tokenizer_captions.split(":")[0],
                                         max_tokens=enc.model.tokenizer.context_length))
@@ -162,7 +166,7 @@ class DDPMPipeline(Pipeline):
         batches = range(0, len(prompts), batch_size)
         tick = ProgressReporter(progress, len(batches) * steps, f"{scheduler} x{steps}, {len(prompts)} image(s)")
         enc = getattr(m, "text_encoder", None)
-        cut = isinstance(enc, FrozenTextEncoder) and enc.kind == "clip" and truncate
+        cut = isinstance(enc, PretrainedTextEncoder) and enc.kind == "clip" and truncate
         try:
             if cut:
                 enc.model.tokenizer.truncate = True

@@ -44,3 +44,9 @@ register_recipe(Recipe(
     train=dict(_SCHEDULE),
     description="Gaussian VAE on animal-mnist: latents (4, 8, 8), discretised Gaussian decoder, bits/dim",
     expected="test 1.41 bits/dim (recon 1.29 + KL 0.12), PSNR 28.3 dB; ~230 CPU s, 1 thread, shared 2-core CPU"))
+
+register_recipe(Recipe(
+    name="vae_shapes", model="vae_32", data="shapes", model_overrides=dict(kl_warmup_steps=300),
+    train=dict(_SCHEDULE),
+    description="Gaussian VAE on shapes: latents (4, 8, 8), the space of the latent diffusion run (ddpm_shapes_latent)",
+    expected="measured in docs/ddpm.md (strict checker on reconstructions)"))
