@@ -8,7 +8,9 @@ extra-object shares per prompt group against training minutes.
 Each checkpoint directory is named by its training step (e.g. .../2400); the run's
 metrics.jsonl maps steps to elapsed minutes, or, with --steps-per-s R (the recipe's rate on a
 quiet machine), minutes are step / R / 60, which holds when the CPU was shared or the run
-was resumed. Prints one JSON line per (checkpoint, group).
+was resumed. Prints one JSON line per (checkpoint, group); with --log FILE they are also
+appended there, and rows already in FILE (same checkpoint, group, prompts and guidance) are
+reused, so the curve can be measured while the run trains and redrawn at the end.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ def main(argv=None) -> int:
     from mmgen.metrics.plot import line_chart
     from mmgen.metrics.shapes_fidelity import GROUPS, fidelity, prompt_groups
     from mmgen.pipelines import load_pipeline
+    from mmgen.schedulers import SCHEDULERS
     ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", help="checkpoint directories named by their step")
     ap.add_argument("--metrics", default=None, help="the run's metrics.jsonl (step -> elapsed_s)")
@@ -32,6 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
     ap.add_argument("--guidance", type=finite_float, default=None, help="guidance scale (default: the checkpoint's)")
     ap.add_argument("--top-k", type=positive_int, default=None, help="DALL-E: sample among the k likeliest tokens")
+    ap.add_argument("--steps", type=positive_int, default=None, help="DDPM sampling steps (default: the checkpoint's)")
+    ap.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="DDPM sampler (default: the checkpoint's)")
+    ap.add_argument("--log", default=None, help="JSON lines file: rows found there are reused, new rows appended")
     ap.add_argument("--out", required=True, help="PNG path")
     args = ap.parse_args(argv)
     if (args.metrics is None) == (args.steps_per_s is None):
@@ -45,9 +51,19 @@ def main(argv=None) -> int:
         rec = json.loads(line)
         if "elapsed_s" in rec:
             elapsed[rec["step"]] = rec["elapsed_s"]
-    sample_kwargs = {k: v for k, v in dict(guidance=args.guidance, top_k=args.top_k).items() if v is not None}
+    sample_kwargs = {k: v for k, v in dict(guidance=args.guidance, top_k=args.top_k, steps=args.steps,
+                                           scheduler=args.scheduler).items() if v is not None}
     groups = prompt_groups(args.n, args.groups)
     points: dict[str, list[tuple[float, float, float]]] = {g: [] for g in groups}
+    def key(ckpt, group):
+        return (str(Path(ckpt).resolve()), group, args.n, args.guidance, args.top_k, args.steps, args.scheduler)
+
+    done = {}
+    if args.log and Path(args.log).is_file():
+        for line in Path(args.log).read_text().splitlines():
+            row = json.loads(line)
+            done[(str(Path(row["checkpoint"]).resolve()), row["group"], row["n"], row.get("guidance"),
+                  row.get("top_k"), row.get("steps"), row.get("scheduler"))] = row
     for ckpt in sorted(args.checkpoints, key=lambda p: int(Path(p).name) if Path(p).name.isdigit() else -1):
         if not Path(ckpt).name.isdigit():
             ap.error(f"checkpoint directories must be named by their training step, got {ckpt!r}")
@@ -57,12 +73,22 @@ def main(argv=None) -> int:
         else:
             known = [s for s in elapsed if s <= step]
             minutes = elapsed[max(known)] / 60 if known else 0.0
-        try:
-            pipe = load_pipeline(ckpt)
-        except (ValueError, TypeError, FileNotFoundError) as e:
-            ap.error(str(e))
-        for row in fidelity(pipe, groups, candidates=(1,), **sample_kwargs):
-            print(json.dumps({"checkpoint": ckpt, "step": step, "minutes": round(minutes, 1), **row}), flush=True)
+        todo = {g: c for g, c in groups.items() if key(ckpt, g) not in done}
+        rows = [done[key(ckpt, g)] for g in groups if g not in todo]
+        if todo:
+            try:
+                pipe = load_pipeline(ckpt)
+            except (ValueError, TypeError, FileNotFoundError) as e:
+                ap.error(str(e))
+            for row in fidelity(pipe, todo, candidates=(1,), **sample_kwargs):
+                row = {"checkpoint": ckpt, "step": step, "minutes": round(minutes, 1), "guidance": args.guidance,
+                       "top_k": args.top_k, "steps": args.steps, "scheduler": args.scheduler, **row}
+                print(json.dumps(row), flush=True)
+                if args.log:
+                    with open(args.log, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                rows.append(row)
+        for row in rows:
             points[row["group"]].append((minutes, 100 * row["correct"], 100 * row["extra"]))
     series = []
     for i, (group, pts) in enumerate(points.items()):
@@ -70,7 +96,8 @@ def main(argv=None) -> int:
                        "colour": i})
         series.append({"x": [p[0] for p in pts], "y": [p[2] for p in pts], "label": f"{group}: extra objects",
                        "colour": i, "dash": True})
-    setting = "".join(f", {k.replace('_', '-')} {v:g}" for k, v in sample_kwargs.items())
+    setting = "".join(f", {k.replace('_', '-')} {v:g}" if isinstance(v, (int, float)) else f", {v}"
+                      for k, v in sample_kwargs.items())
     line_chart(series, title="strict shapes fidelity, 1 sample per prompt" + setting,
                xlabel="training minutes" + (" (quiet machine)" if args.steps_per_s else ""),
                ylabel="% of images", ylim=(0, 100)).save(args.out)

@@ -17,6 +17,7 @@ from mmgen.commands._args import OneLineParser, finite_float, positive_int
 def main(argv=None) -> int:
     from mmgen.metrics.shapes_fidelity import GROUPS, PROMPT_SPLITS, fidelity, prompt_groups
     from mmgen.pipelines import load_pipeline
+    from mmgen.schedulers import SCHEDULERS
     ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a shipped name or a DALL-E / DDPM checkpoint directory")
     ap.add_argument("--n", type=positive_int, default=200, help="prompts per group")
@@ -24,7 +25,8 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", type=positive_int, nargs="+", default=[1])
     ap.add_argument("--guidance", type=finite_float, nargs="+", default=[None])
     ap.add_argument("--clip", default=None, help="rerank with this CLIP checkpoint instead of the model's own")
-    ap.add_argument("--steps", type=positive_int, default=None, help="DDPM sampling steps (default: the pipeline's)")
+    ap.add_argument("--steps", type=positive_int, default=None, help="DDPM sampling steps (default: the checkpoint's)")
+    ap.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="DDPM sampler (default: the checkpoint's)")
     ap.add_argument("--split", choices=PROMPT_SPLITS, default="test",
                     help="prompts from the test splits, or from val to choose sampling settings on")
     ap.add_argument("--temperature", type=finite_float, default=None, help="DALL-E sampling temperature "
@@ -43,13 +45,15 @@ def main(argv=None) -> int:
         pipe = load_pipeline(args.model, **extra_parts)
     except (ValueError, TypeError, FileNotFoundError) as e:
         ap.error(str(e))
+    if pipe.kind != "ddpm" and (args.steps is not None or args.scheduler is not None):
+        ap.error(f"--steps / --scheduler set DDPM sampling; {args.model!r} is a {pipe.kind} model")
     token_sampling = [f for f in ("temperature", "top_k", "top_p") if getattr(args, f) is not None]
     if token_sampling and pipe.kind != "dalle":
         ap.error(f"--{token_sampling[0].replace('_', '-')} sets DALL-E token sampling; {args.model!r} is a "
                  f"{pipe.kind} model")
     groups = prompt_groups(args.n, args.groups, split=args.split)
-    extra = {k: v for k, v in dict(steps=args.steps, temperature=args.temperature, top_k=args.top_k,
-                                   top_p=args.top_p).items() if v is not None}
+    extra = {k: v for k, v in dict(steps=args.steps, scheduler=args.scheduler, temperature=args.temperature,
+                                   top_k=args.top_k, top_p=args.top_p).items() if v is not None}
     for guidance in args.guidance:
         kw = dict(extra, **({} if guidance is None else {"guidance": guidance}))
         for row in fidelity(pipe, groups, candidates=args.candidates, seed=args.seed, **kw):

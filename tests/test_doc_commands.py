@@ -52,6 +52,7 @@ TRAIN_OVERRIDES = ["--set", "train.steps=2", "--set", "train.batch_size=4", "--s
 PREREQUISITES = {
     "runs/clip_animal_mnist": "python -m train --recipe clip_animal_mnist --out runs/clip_animal_mnist",
     "runs/clip_shapes": "python -m train --recipe clip_shapes --out runs/clip_shapes",
+    "runs/vae_shapes": "python -m train --recipe vae_shapes --out runs/vae_shapes",
 }
 
 
@@ -89,6 +90,7 @@ RULES = [
          skip=True),
     Rule(r"scripts/shapes_fidelity\.py", "2 prompts per group and 1 or 2 candidates instead of 200 and 1 or 8",
          append=["--n", "2", "--candidates", "1", "2"]),
+    Rule(r"scripts/text_use\.py", "8 test images instead of 256", append=["--n", "8"]),
     Rule(r"scripts/ae_report\.py", "the first 16 test images instead of the whole split",
          append=["--limit", "16"]),
     Rule(r"^mmgen retrieve .*--dataset\b", "recall@K on 64 items instead of 1,000", append=["--limit", "64"]),

@@ -343,6 +343,15 @@ def parse_caption(caption: str):
     return objs, m["rel"]
 
 
+def reverse_relation(caption: str) -> str:
+    """'a red circle above a blue square' -> 'a red circle below a blue square' (left of <->
+    right of likewise); a one-object caption comes back as it is."""
+    objs, rel = parse_caption(caption)
+    if rel is None:
+        return caption
+    return caption_of([dict(colour=c, shape=s) for c, s in objs], _OPPOSITE[rel])
+
+
 def _to_uint8_hwc(image) -> np.ndarray:
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
