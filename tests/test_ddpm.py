@@ -450,8 +450,8 @@ def test_training_sample_grid_hook_draws_through_the_pipeline():
 
 def test_shipped_text_model_reads_its_captions():
     """The shipped shapes DDPM denoises worse with the batch's captions shuffled or empty: it
-    uses the text (measured: SHUFFLED_PCT % higher loss shuffled), and its text states follow a colour
-    change. It does not read the relation: its fine-tuned text tower gives "above" and "below"
+    uses the text (measured on 256 test images: 3.2x the loss shuffled, 1.29x empty), and its
+    text states follow a colour change. It does not read the relation: its fine-tuned text tower gives "above" and "below"
     nearly the same states, and the reversed relation costs nothing (docs/ddpm.md)."""
     from mmgen.data import build_dataset
     from mmgen.metrics.text_use import seeded_loss, text_use
@@ -461,7 +461,7 @@ def test_shipped_text_model_reads_its_captions():
     images = torch.stack([it["image"] for it in items])
     captions = [it["caption"] for it in items]
     r = text_use(model, images, captions)
-    assert r["loss_shuffled"] > 1.1 * r["loss_true"] and r["loss_empty"] > 1.03 * r["loss_true"], r
+    assert r["loss_shuffled"] > 2 * r["loss_true"] and r["loss_empty"] > 1.1 * r["loss_true"], r
     assert r["states_red_green"] > 0.2, r
     # the same draws for the same captions: the comparison above is between caption sets only
     torch.testing.assert_close(seeded_loss(model, images[:4], captions[:4]), seeded_loss(model, images[:4], captions[:4]))
