@@ -245,6 +245,18 @@ def test_bf16_autocast_trains(tmp_path):
     assert next(m.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
 
 
+def test_keep_every_keeps_the_weights_of_those_steps(tmp_path):
+    torch.manual_seed(0)
+    m = mmgen.create_model("train_toy_tiny")
+    train.fit(m, toy_data(n=16), out=tmp_path / "k", steps=5, batch_size=4, progress=False, keep_every=2,
+              save_every=0)
+    assert sorted(p.name for p in (tmp_path / "k" / "steps").iterdir()) == ["2", "4"]
+    two, final = (mmgen.load_pretrained(d) for d in (tmp_path / "k" / "steps" / "2", tmp_path / "k"))
+    assert not torch.equal(next(two.parameters()), next(final.parameters()))  # step 2's weights, not the last
+    with pytest.raises(ValueError, match="keep_every must be >= 0"):
+        train.TrainConfig(keep_every=-1)
+
+
 def _snapshot(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
 

@@ -44,6 +44,8 @@ class TrainConfig:
     num_samples: int = 16
     log_every: int = 10
     save_every: int = 500
+    keep_every: int = 0  # also keep the exported weights of every N-th step in <out>/steps/<step> (0 = off):
+    #                      the checkpoints that quality-against-training-time curves are drawn from
     save_every_minutes: float = 3.0  # also save when this much time passed since the last save (0 = off):
     #                                  a SIGKILL loses at most this much work, whatever save_every is
     progress: bool = True  # rank 0: a tqdm bar on a terminal, else a plain line every progress_every_s
@@ -71,7 +73,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup", "eval_every", "eval_batches", "sample_every", "num_samples", "log_every",
-                     "save_every", "num_workers"):
+                     "save_every", "keep_every", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema < 1.0:

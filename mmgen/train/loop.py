@@ -278,7 +278,8 @@ class Trainer:
                     window = Window()
                 t_side = time.perf_counter()  # evaluation / sampling / saving: not in the throughput
                 summary.update(self._evaluate_and_sample(last, metrics, progress))
-                if last or (cfg.save_every and self.step % cfg.save_every == 0) or self.save_due:
+                if (last or (cfg.save_every and self.step % cfg.save_every == 0) or self.save_due
+                        or (cfg.keep_every and self.step % cfg.keep_every == 0)):
                     self.save()
                 window.pause(time.perf_counter() - t_side)
                 if self.stop_all and not last:

@@ -229,6 +229,10 @@ class Checkpointer:
         atomic_save_file(lambda tmp: torch.save(state, tmp), self.out / STATE_NAME)
         self.sync_eval_model(self.weights_for_eval(model_state, ema_state))
         self.export(self.eval_model, self.out, {"train_step": step, "ema": self.ema is not None})
+        if self.cfg.keep_every and step % self.cfg.keep_every == 0:
+            kept = self.out / "steps" / str(step)
+            kept.mkdir(parents=True, exist_ok=True)
+            self.export(self.eval_model, kept, {"train_step": step, "ema": self.ema is not None})
         D.barrier(self.info)
 
     def load(self, path: Path) -> tuple[int, int]:
