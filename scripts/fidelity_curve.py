@@ -55,15 +55,16 @@ def main(argv=None) -> int:
                                            scheduler=args.scheduler).items() if v is not None}
     groups = prompt_groups(args.n, args.groups)
     points: dict[str, list[tuple[float, float, float]]] = {g: [] for g in groups}
-    def key(ckpt, group):
-        return (str(Path(ckpt).resolve()), group, args.n, args.guidance, args.top_k, args.steps, args.scheduler)
+    recorded = dict(guidance=args.guidance, top_k=args.top_k, steps=args.steps, scheduler=args.scheduler)
+
+    def row_key(row: dict) -> tuple:  # a logged row is reused for the same checkpoint, prompts and settings
+        return (str(Path(row["checkpoint"]).resolve()), row["group"], row["n"], *(row.get(k) for k in recorded))
 
     done = {}
     if args.log and Path(args.log).is_file():
         for line in Path(args.log).read_text().splitlines():
             row = json.loads(line)
-            done[(str(Path(row["checkpoint"]).resolve()), row["group"], row["n"], row.get("guidance"),
-                  row.get("top_k"), row.get("steps"), row.get("scheduler"))] = row
+            done[row_key(row)] = row
     for ckpt in sorted(args.checkpoints, key=lambda p: int(Path(p).name) if Path(p).name.isdigit() else -1):
         if not Path(ckpt).name.isdigit():
             ap.error(f"checkpoint directories must be named by their training step, got {ckpt!r}")
@@ -73,16 +74,16 @@ def main(argv=None) -> int:
         else:
             known = [s for s in elapsed if s <= step]
             minutes = elapsed[max(known)] / 60 if known else 0.0
-        todo = {g: c for g, c in groups.items() if key(ckpt, g) not in done}
-        rows = [done[key(ckpt, g)] for g in groups if g not in todo]
+        wanted = {g: row_key({"checkpoint": ckpt, "group": g, "n": args.n, **recorded}) for g in groups}
+        todo = {g: c for g, c in groups.items() if wanted[g] not in done}
+        rows = [done[wanted[g]] for g in groups if g not in todo]
         if todo:
             try:
                 pipe = load_pipeline(ckpt)
             except (ValueError, TypeError, FileNotFoundError) as e:
                 ap.error(str(e))
             for row in fidelity(pipe, todo, candidates=(1,), **sample_kwargs):
-                row = {"checkpoint": ckpt, "step": step, "minutes": round(minutes, 1), "guidance": args.guidance,
-                       "top_k": args.top_k, "steps": args.steps, "scheduler": args.scheduler, **row}
+                row = {"checkpoint": ckpt, "step": step, "minutes": round(minutes, 1), **recorded, **row}
                 print(json.dumps(row), flush=True)
                 if args.log:
                     with open(args.log, "a") as f:
