@@ -575,3 +575,48 @@ def test_swin_image_tower(tmp_path):
     loaded = mmgen.load_pretrained(tmp_path / "ck")
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_image(b["image"]), model.encode_image(b["image"]))
+
+
+class _CaptionOracle(torch.nn.Module):
+    """A stand-in CLIP that reads images perfectly: an image's embedding is the embedding of
+    its true caption (looked up by pixels), a caption's is a fixed random vector for the whole
+    string (word_bag=False) or the normalised sum of its words' vectors, relation words left
+    out (word_bag=True: the bag of words a contrastive model drifts to)."""
+
+    def __init__(self, scenes: dict, word_bag: bool):
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.zeros(()))
+        self.scenes, self.word_bag, self.captions = scenes, word_bag, []
+
+    def _vec(self, text: str) -> torch.Tensor:
+        g = torch.Generator().manual_seed(abs(hash(text)) % 2**31)
+        return torch.randn(32, generator=g)
+
+    def tokenize(self, texts):
+        self.captions.extend(texts)
+        return torch.arange(len(self.captions) - len(texts), len(self.captions))
+
+    def encode_text(self, ids):
+        out = []
+        for i in ids.tolist():
+            cap = self.captions[i]
+            words = sorted(w for w in cap.split() if w not in ("above", "below", "left", "right", "of"))
+            out.append(sum(self._vec(w) for w in words) if self.word_bag else self._vec(cap))
+        return torch.nn.functional.normalize(torch.stack(out), dim=-1)
+
+    def encode_image(self, x, normalize=True):
+        return self.encode_text(self.tokenize([self.scenes[img.numpy().tobytes()] for img in x]))
+
+
+def test_shapes_binding_tells_a_reader_of_relations_from_a_bag_of_words():
+    from mmgen.data import build_dataset
+    from mmgen.metrics.clip_eval import shapes_binding
+    ds = build_dataset("shapes", "test")
+    scenes = {ds[i]["image"].numpy().tobytes(): ds[i]["caption"] for i in range(120)}
+    reader = shapes_binding(_CaptionOracle(scenes, word_bag=False), limit=40)
+    assert reader["n"] == 40 and reader["relation_reversed"] == 1.0 and reader["colours_swapped"] == 1.0
+    assert reader["text_cosine_relation"] < 0.9
+    bag = shapes_binding(_CaptionOracle(scenes, word_bag=True), limit=40)
+    # the same words in another order score the same: never preferred (ties count against)
+    assert bag["relation_reversed"] == 0.0 and bag["colours_swapped"] == 0.0
+    assert bag["text_cosine_relation"] > 0.999

@@ -343,3 +343,21 @@ def test_shapes_hard_negatives_change_one_binding_and_keep_held_out_pairs_unseen
     assert counts["relation"] > 60 and counts["swap"] > 30, counts
     assert ds[5]["negative_caption"] == ds[5]["negative_caption"]  # a pure function of the index
     assert "negative_caption" not in build_dataset("shapes", "val", length=2)[0]
+
+
+def test_shapes_negative_weights_set_the_share_of_each_kind_and_bad_weights_are_refused():
+    from mmgen.data.shapes import parse_caption
+    ds = build_dataset("shapes", "train", holdout="default", negatives={"relation": 1.0}, length=200)
+    reversed_, possible = 0, 0
+    for i in range(200):
+        item = ds[i]
+        (objs, rel), (nobjs, nrel) = parse_caption(item["caption"]), parse_caption(item["negative_caption"])
+        if rel is not None and objs[0] != objs[1]:
+            possible += 1
+            reversed_ += nrel != rel and nobjs == objs
+        else:  # no reversal possible (one object, or two equal ones): another kind, still one change
+            assert item["negative_caption"] != item["caption"]
+    assert possible > 100 and reversed_ == possible  # every scene that can be reversed is
+    for bad in ({"order": 1.0}, {"relation": -1.0}, {"relation": 0.0}):
+        with pytest.raises(ValueError, match="negatives weights"):
+            build_dataset("shapes", "train", negatives=bad, length=2)

@@ -42,6 +42,12 @@ def run(args) -> int:
         from ._clip_common import dataset_kwargs
         m = dataset_retrieval(model, args.dataset, split=args.split, limit=args.limit,
                               data_kwargs=dataset_kwargs(args.dataset, args.split, args.data_set))
+        if args.dataset == "shapes":  # what recall does not show: relation and colour binding
+            from mmgen.metrics.clip_eval import shapes_binding
+            b = shapes_binding(model, split=args.split, data_kwargs=dataset_kwargs(args.dataset, args.split,
+                                                                                   args.data_set))
+            m.update({f"prefers_own_caption_over_{k}": b[k] for k in ("relation_reversed", "colours_swapped")},
+                     text_cosine_caption_vs_relation_reversed=b["text_cosine_relation"])
         for k, v in m.items():
             print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
         return 0

@@ -138,14 +138,19 @@ def _place_two(rng, s1, s2, relation, n=IMAGE_SIZE):
 _OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 
 
-def hard_negative(objects, relation, rng: np.random.Generator, allowed=PAIRS) -> str:
+NEGATIVE_KINDS = ("relation", "swap", "replace")
+
+
+def hard_negative(objects, relation, rng: np.random.Generator, allowed=PAIRS, weights=None) -> str:
     """A caption that differs from the scene's in exactly one binding, for contrastive
     training with hard negatives (NegCLIP, Yuksekgonul et al. 2023). The kind of change is
     drawn first, uniformly among those possible: the relation reversed, the two objects'
     colours or shapes swapped, or one object's colour or shape replaced (the last is what
     in-batch negatives already teach; the first two they almost never do). Every (colour,
     shape) pair it writes is in ``allowed``, so held-out pairs stay unseen; changes that would
-    describe the same scene (reversing the relation of two identical objects) are never drawn."""
+    describe the same scene (reversing the relation of two identical objects) are never drawn.
+    ``weights`` ({kind: weight}, kinds as in ``NEGATIVE_KINDS``) draws the kind in those
+    proportions among the kinds possible for the scene instead of uniformly."""
     pairs = [(o["colour"], o["shape"]) for o in objects]
     kinds: dict[str, list] = {"relation": [], "swap": [], "replace": []}
     if relation is not None and pairs[0] != pairs[1]:
@@ -161,8 +166,14 @@ def hard_negative(objects, relation, rng: np.random.Generator, allowed=PAIRS) ->
                 changed = list(pairs)
                 changed[k] = new
                 kinds["replace"].append((changed, relation))
-    options = [v for v in kinds.values() if v]
-    chosen = options[int(rng.integers(len(options)))]
+    if weights is None:
+        options = [v for v in kinds.values() if v]
+        chosen = options[int(rng.integers(len(options)))]
+    else:
+        possible = [k for k, v in kinds.items() if v and weights.get(k, 0) > 0] or [k for k, v in kinds.items() if v]
+        p = np.array([weights.get(k, 0) for k in possible], dtype=np.float64)
+        p = p / p.sum() if p.sum() > 0 else np.full(len(possible), 1 / len(possible))
+        chosen = kinds[possible[int(rng.choice(len(possible), p=p))]]
     new_pairs, rel = chosen[int(rng.integers(len(chosen)))]
     return caption_of([dict(colour=c, shape=s) for c, s in new_pairs], rel)
 
@@ -232,15 +243,24 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     Items: ``{"image": (3, 32, 32) float in [-1, 1], "label": index of the first object's
     (colour, shape) pair in ``classes``, "caption": str}``, and with ``negatives=True`` a
-    ``"negative_caption"`` (``hard_negative``: one binding changed). ``scene(i)`` gives the objects.
+    ``"negative_caption"`` (``hard_negative``: one binding changed; ``negatives={"relation": 2,
+    "swap": 1, "replace": 1}`` draws the kinds of change in those proportions). ``scene(i)``
+    gives the objects.
     ``transform`` (a torchvision v2 transform) receives the uint8 (3, H, W) image tensor.
     """
 
     def __init__(self, split: str = "train", *, holdout=None, seed: int = 0, length: int | None = None,
-                 p_two: float = 0.75, transform=None, negatives: bool = False):
+                 p_two: float = 0.75, transform=None, negatives: bool | dict = False):
         if split not in SPLIT_CODES:
             raise ValueError(f"shapes split must be one of {list(SPLIT_CODES)}, got {split!r}")
         self.split, self.seed, self.p_two, self.transform = split, seed, p_two, transform
+        self.negative_weights = None
+        if isinstance(negatives, dict):
+            bad = {k: v for k, v in negatives.items() if k not in NEGATIVE_KINDS or not float(v) >= 0}
+            if bad or not sum(negatives.values()) > 0:
+                raise ValueError(f"negatives weights must map kinds {list(NEGATIVE_KINDS)} to weights >= 0, "
+                                 f"at least one > 0; got {negatives!r}")
+            self.negative_weights = {k: float(v) for k, v in negatives.items()}
         self.negatives = bool(negatives)
         self.holdout = _normalise_holdout(holdout)
         self.allowed = [p for p in PAIRS if p not in self.holdout]
@@ -284,7 +304,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         item = {"image": image, "label": label, "caption": caption}
         if self.negatives:
             rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], i, 1])
-            item["negative_caption"] = hard_negative(objs, relation, rng, self.allowed)
+            item["negative_caption"] = hard_negative(objs, relation, rng, self.allowed, self.negative_weights)
         return item
 
     def captions(self) -> list[str]:
@@ -295,7 +315,7 @@ class ShapesStream(torch.utils.data.IterableDataset):
     """Endless seeded training stream (each DataLoader worker gets its own sub-stream)."""
 
     def __init__(self, *, holdout=None, seed: int = 0, p_two: float = 0.75, transform=None,
-                 negatives: bool = False):
+                 negatives: bool | dict = False):
         self.base = ShapesDataset("train", holdout=holdout, seed=seed, p_two=p_two,
                                   transform=transform, length=2**62, negatives=negatives)
         self.classes = self.base.classes

@@ -221,3 +221,37 @@ def dataset_linear_probe(model, name: str, *, train_split: str = "train", test_s
     out = linear_probe(ftr, ytr, fte, yte)
     out.update(n_train=len(ytr), n_test=len(yte))
     return out
+
+
+def shapes_binding(model, *, split: str = "test", limit: int = 200, data_kwargs: dict | None = None) -> dict:
+    """Does a CLIP read the whole shapes caption? Over the first `limit` two-object scenes of
+    `split` whose objects differ, the share of images scoring their own caption above the
+    same caption with (a) the relation reversed ("above" <-> "below", "left of" <-> "right of")
+    and (b) the two objects' colours swapped; 0.5 is a bag of words. `text_cosine_relation` is
+    the mean cosine between a caption's embedding and its reversed one's (1.0: the text tower
+    cannot tell them apart)."""
+    from ..data import build_dataset
+    from ..data.shapes import caption_of, parse_caption, reverse_relation
+    ds = build_dataset("shapes", split=split, **(data_kwargs or {}))
+    images, captions, swapped = [], [], []
+    for i in range(len(ds)):
+        objs, rel, cap = ds.scene(i)
+        if rel is None or (objs[0]["colour"], objs[0]["shape"]) == (objs[1]["colour"], objs[1]["shape"]):
+            continue
+        pairs = parse_caption(cap)[0]
+        if pairs[0][0] == pairs[1][0]:  # same colour: a colour swap describes the same scene
+            continue
+        images.append(ds[i]["image"])
+        captions.append(cap)
+        swapped.append(caption_of([dict(colour=pairs[1][0], shape=pairs[0][1]),
+                                   dict(colour=pairs[0][0], shape=pairs[1][1])], rel))
+        if len(captions) == limit:
+            break
+    if not captions:
+        raise ValueError(f"shapes split {split!r} has no two-object scenes to test binding on")
+    img = encode_images(model, torch.stack(images))
+    true, rev, swap = (encode_texts(model, c) for c in (captions, [reverse_relation(c) for c in captions], swapped))
+    score = lambda t: (img * t).sum(-1)  # noqa: E731 (unit vectors: cosine)
+    return {"relation_reversed": float((score(true) > score(rev)).float().mean()),
+            "colours_swapped": float((score(true) > score(swap)).float().mean()),
+            "text_cosine_relation": float((true * rev).sum(-1).mean()), "n": len(captions)}
