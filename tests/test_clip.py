@@ -285,6 +285,18 @@ def test_eos_pooling_ignores_padding_and_needs_eos():
         model.encode_text(torch.full((1, 5), 10_000, dtype=torch.long))
 
 
+def test_mean_pooling_averages_the_states_up_to_eos():
+    model = make_clip(text=dict(context_length=32, width=32, depth=2, heads=2, pool="mean")).eval()
+    tokens = model.tokenize(["a cat", "a red circle"])
+    padded = model.tokenizer(["a cat"], context_length=32)
+    padded[0, 8:] = 5  # junk after EOS is not averaged in
+    with torch.no_grad():
+        states, eos = model.text.encode_states(tokens)
+        n = int(eos[0]) + 1
+        torch.testing.assert_close(model.text(tokens)[0], states[0, :n].mean(0))
+        torch.testing.assert_close(model.encode_text(tokens[:1]), model.encode_text(padded))
+
+
 def test_pruned_vocabulary_round_trips_through_the_checkpoint(tmp_path):
     from mmgen.text import get_tokenizer
     captions = ["a red circle on the left", "two blue squares", "a green triangle at the top right"]

@@ -21,7 +21,7 @@ from ..layers import LearnedPositions, Transformer, TransformerConfig
 from ..layers.mlp import MLPS
 from ..layers.norm import NORMS
 
-POOLS = ("eos", "argmax", "last")
+POOLS = ("eos", "argmax", "last", "mean")
 TEXT_POS = ("learned", "rope")
 
 
@@ -37,7 +37,9 @@ class CLIPTextConfig:
     norm: str = "layernorm"
     pos: str = "learned"  # learned | rope
     causal: bool = True  # CLIP's text tower is causal; False = bidirectional with a padding mask
-    pool: str = "eos"  # eos (first EOS token) | argmax (open_clip: highest id) | last
+    # eos (first EOS token) | argmax (open_clip: highest id) | last | mean (of the states up to
+    # EOS: every word reaches the embedding directly from the first step, not only through attention)
+    pool: str = "eos"
     dropout: float = 0.0
     pad_id: int = -1  # -1: from the tokenizer
     eos_id: int = -1
@@ -70,7 +72,8 @@ class TextTower(nn.Module):
         self.transformer.init_weights(std=0.02)
 
     def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B,) position of the token whose hidden state represents the text."""
+        """(B,) position of the token whose hidden state represents the text (pool='mean': the
+        last one averaged, the first EOS)."""
         cfg = self.cfg
         if cfg.pool == "argmax":
             return tokens.argmax(dim=-1)
@@ -99,10 +102,16 @@ class TextTower(nn.Module):
         key_padding = None if cfg.causal else tokens != cfg.pad_id  # causal: padding sits after EOS
         return self.transformer(x, key_padding=key_padding), self.pool_index(tokens)
 
+    def pool(self, states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Every token's state (B, T, width) and pool_index (B,) -> the text's state (B, width)."""
+        if self.cfg.pool == "mean":
+            real = (torch.arange(states.shape[1], device=states.device)[None] <= idx[:, None])  # (B, T)
+            return (states * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+        return states[torch.arange(states.shape[0], device=states.device), idx]
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> the pooled state (B, width)."""
-        x, idx = self.encode_states(tokens)  # (B, T, width), (B,)
-        return x[torch.arange(x.shape[0], device=x.device), idx]  # (B, width)
+        return self.pool(*self.encode_states(tokens))
 
 
 @dataclass
@@ -191,6 +200,7 @@ class PretrainedTextEncoder(nn.Module):
         if self.kind == "clip":
             tokens = self.model.tokenize(texts).to(device)  # (B, T) with BOS ... EOS pad
             states, eos = self.model.text.encode_states(tokens)  # (B, T, width), (B,)
+            pooled = self.model.text.pool(states, eos)  # (B, width)
         else:
             from ..data.collate import tokenize_captions
             tok = tokenize_captions(texts, self.tokenizer, self.model.config.context_length, on_overflow="truncate",
@@ -198,6 +208,6 @@ class PretrainedTextEncoder(nn.Module):
             ids, real = tok["input_ids"].to(device), tok["attention_mask"].to(device)
             _, states = self.model(ids, key_padding=real, return_hidden=True)  # (B, T, dim)
             eos = tok["eot_index"].to(device)
+            pooled = states[torch.arange(states.shape[0], device=device), eos]  # (B, width)
         mask = torch.arange(states.shape[1], device=device)[None] <= eos[:, None]  # (B, T) real tokens
-        pooled = states[torch.arange(states.shape[0], device=device), eos]  # (B, width)
         return states.float(), mask, pooled.float()
