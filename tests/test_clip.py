@@ -632,3 +632,62 @@ def test_shapes_binding_tells_a_reader_of_relations_from_a_bag_of_words():
     # the same words in another order score the same: never preferred (ties count against)
     assert bag["relation_reversed"] == 0.0 and bag["colours_swapped"] == 0.0
     assert bag["text_cosine_relation"] > 0.999
+
+
+# captioning cross-attends to image tokens: a real (1-block) ViT rather than the pooled test tower
+VIT_8PX = dict(vision_model="vit_tiny_patch4_32", vision=dict(img_size=8, patch_size=4, embed_dim=32, depth=1,
+                                                              num_heads=2))
+
+
+def test_caption_loss_trains_the_image_tower_without_seeing_the_next_token():
+    torch.manual_seed(0)
+    model = make_clip(caption_loss=2.0, caption_depth=1, **VIT_8PX)
+    tok = model.tokenize(["a red dot above blue", "a blue dot above red"])
+    image = torch.rand(2, 3, 8, 8) * 2 - 1
+    # causal: the decoder's prediction at t does not change when a later token does
+    model.eval()
+    with torch.no_grad():
+        feats = model.visual.forward_features(image)
+        states, _ = model.text.encode_states(tok)
+        h = model.captioner.transformer(states[:, :-1], context=feats)
+        changed = tok.clone()
+        changed[:, 6] = tok[1, 3]
+        states2, _ = model.text.encode_states(changed)
+        h2 = model.captioner.transformer(states2[:, :-1], context=feats)
+    torch.testing.assert_close(h[:, :6], h2[:, :6])
+    assert not torch.allclose(h[:, 6:], h2[:, 6:])
+    # the captioning loss alone reaches the image tower
+    model.train()
+    cap = model.captioner.loss(*model.text.encode_states(tok)[:1], model.visual.forward_features(image), tok,
+                               model.config.text.pad_id)
+    cap.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.visual.parameters())
+    loss, logs = model.loss({"image": image, "input_ids": tok})
+    assert {"contrastive_loss", "caption_loss"} <= set(logs)
+    assert logs["loss"] == pytest.approx(logs["contrastive_loss"] + 2.0 * logs["caption_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="causal"):
+        make_clip(caption_loss=1.0, text=dict(context_length=32, width=32, depth=2, heads=2, causal=False), **VIT_8PX)
+    with pytest.raises(ValueError, match="caption_loss"):
+        make_clip(caption_loss=float("nan"), **VIT_8PX)
+    with pytest.raises(ValueError, match="image tokens"):  # a tower that only gives pooled features
+        make_clip(caption_loss=1.0).loss({"image": image, "input_ids": tok})
+
+
+def test_caption_loss_overfits_one_batch_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = make_clip(caption_loss=1.0, caption_depth=1, **VIT_8PX)
+    batch = {"image": torch.rand(4, 3, 8, 8) * 2 - 1,
+             "input_ids": model.tokenize(["a red circle", "a blue square", "a green cross", "a cyan diamond"])}
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    first = None
+    for _ in range(150):
+        loss, logs = model.loss(batch)
+        first = first or logs["caption_loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert logs["caption_loss"] < 0.25 * first, (first, logs["caption_loss"])
+    model.eval().save_pretrained(tmp_path / "ck")
+    loaded = mmgen.load_pretrained(tmp_path / "ck").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.loss(batch)[1]["caption_loss"], model.loss(batch)[1]["caption_loss"])

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import config_from_dict, config_to_dict, merge_overrides, rename_fields
+from ..layers import Transformer, TransformerConfig
 from ..losses import ClipLoss, SigLipLoss
 from ..registry import get_family, get_preset, register_model, register_preset
 from ..text.captions import CaptionTokenizer, build_tokenizer, check_vocabulary_resolved, resolve_vocabulary
@@ -66,6 +67,12 @@ class CLIPConfig:
     # NegCLIP: batches carrying "negative_input_ids" (one caption per image with one binding
     # changed, e.g. shapes with negatives=True) add them as extra negatives of each image
     hard_negatives: bool = False
+    # CoCa (Yu et al., 2022): a captioning loss beside the contrastive one. A small causal
+    # decoder reads the text tower's token states and cross-attends to the image tower's
+    # tokens to predict each next caption token, so the image tower must carry what the words
+    # say (which object is on top), which the contrastive loss alone may never ask for.
+    caption_loss: float = 0.0  # its weight (CoCa: 2.0); 0 = no decoder
+    caption_depth: int = 2  # blocks of the captioning decoder (text tower width and heads)
     augment: str = "none"  # training images: none | flip | crop | crop_flip (reflect-pad-4 translation, as ViT/Swin)
     local_loss: bool = False  # DDP: this rank's rows against the gathered columns
     gather_with_grad: bool = True  # DDP: differentiable all-gather (exact global gradient)
@@ -85,6 +92,9 @@ class CLIPConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+        if not (self.caption_loss >= 0 and math.isfinite(self.caption_loss)) or self.caption_depth < 1:
+            raise ValueError(f"caption_loss must be a finite weight >= 0 and caption_depth >= 1, got "
+                             f"{self.caption_loss} and {self.caption_depth}")
         if self.hard_negatives and self.loss != "clip":
             raise ValueError(f"hard_negatives needs loss='clip' (softmax over the captions), got loss={self.loss!r}")
         if not isinstance(self.vision, dict):
@@ -110,6 +120,38 @@ def resolve_vision(vision_model: str, vision: dict) -> tuple[type, Any]:
     if "num_classes" in field_names:
         overrides.setdefault("num_classes", 0)
     return cls, config_from_dict(cls.config_class, merge_overrides(cls.config_class, base, overrides))
+
+
+def _token_sequence(features: torch.Tensor) -> torch.Tensor:
+    """An image tower's forward_features as a token sequence (B, S, C): a ViT's (B, S, C)
+    as it is, a Swin's (B, H, W, C) flattened."""
+    if features.ndim == 4:
+        return features.flatten(1, 2)
+    if features.ndim != 3:
+        raise ValueError(f"captioning needs image tokens (B, S, C) or (B, H, W, C), got {tuple(features.shape)}")
+    return features
+
+
+class CaptionDecoder(nn.Module):
+    """CoCa's multimodal decoder: causal blocks over the text tower's token states, each with
+    cross-attention to the image tokens, and a head predicting the next caption token."""
+
+    def __init__(self, text: CLIPTextConfig, image_dim: int, depth: int):
+        super().__init__()
+        self.transformer = Transformer(TransformerConfig(
+            embed_dim=text.embed_dim, depth=depth, num_heads=text.num_heads, mlp=text.mlp, mlp_ratio=text.mlp_ratio,
+            norm=text.norm, causal=True, cross_attn=True, context_dim=image_dim, final_norm=True))
+        self.transformer.init_weights(std=0.02)
+        self.head = nn.Linear(text.embed_dim, text.vocab_size, bias=False)
+        nn.init.normal_(self.head.weight, std=0.02)
+
+    def loss(self, states: torch.Tensor, image_tokens: torch.Tensor, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+        """states (B, T, width) of ids (B, T), image tokens (B, S, C) -> the mean cross-entropy
+        of each next token (padding after EOS not predicted; the text tower is causal, so the
+        state at t has seen tokens <= t only)."""
+        h = self.transformer(states[:, :-1], context=image_tokens)  # (B, T-1, width)
+        target = ids[:, 1:].masked_fill(ids[:, 1:] == pad_id, -100)  # (B, T-1)
+        return F.cross_entropy(self.head(h).flatten(0, 1).float(), target.flatten(), ignore_index=-100)
 
 
 @register_model("clip")
@@ -149,6 +191,10 @@ class CLIP(Model):
             raise TypeError(f"image tower {vcls.__name__} needs forward_features / forward_head(x, pre_logits=True) "
                             f"/ num_features (the timm encoder API)")
         self.text = TextTower(t)
+        if cfg.caption_loss and not t.causal:
+            raise ValueError("caption_loss needs a causal text tower (text.causal=True): a bidirectional one lets "
+                             "each token's state see the token it is asked to predict")
+        self.captioner = CaptionDecoder(t, self.visual.num_features, cfg.caption_depth) if cfg.caption_loss else None
         self.image_proj = nn.Linear(self.visual.num_features, cfg.embed_dim, bias=False)
         self.text_proj = nn.Linear(t.embed_dim, cfg.embed_dim, bias=False)
         nn.init.normal_(self.image_proj.weight, std=self.visual.num_features ** -0.5)
@@ -312,7 +358,15 @@ class CLIP(Model):
             raise ValueError("label_aware=True needs 'label' in the batch")
         if labels is not None:
             labels = torch.as_tensor(labels, device=image.device)
-        img, txt = self.encode_image(image), self.encode_text(self._text_of(batch))
+        ids = self._text_of(batch)
+        if self.captioner is None:
+            img, txt = self.encode_image(image), self.encode_text(ids)
+        else:  # the towers' token states feed both losses
+            tokens = self.visual.forward_features(image)
+            img = F.normalize(self.image_proj(self.visual.forward_head(tokens, pre_logits=True)), dim=-1)
+            states, eos = self.text.encode_states(ids)  # (B, T, width), (B,)
+            txt = F.normalize(self.text_proj(self.text.pool(states, eos)), dim=-1)
+            caption = self.captioner.loss(states, _token_sequence(tokens), ids, self.config.text.pad_id)
         negatives = None
         if self.config.hard_negatives:
             if "negative_input_ids" not in batch:
@@ -325,10 +379,15 @@ class CLIP(Model):
         loss = self.loss_fn(img, txt, scale, self.logit_bias, labels if self.config.label_aware else None,
                             distributed=self.training,
                             **({} if negatives is None else {"negative_text_features": negatives}))
+        contrastive = loss
+        if self.captioner is not None:
+            loss = contrastive + self.config.caption_loss * caption
         with torch.no_grad():
             sims = img @ txt.T
             diag = torch.arange(len(img), device=img.device)
             logs = {"loss": float(loss), "logit_scale": float(scale),
+                    **({} if self.captioner is None else {"contrastive_loss": float(contrastive),
+                                                          "caption_loss": float(caption)}),
                     "i2t_acc": float((sims.argmax(1) == diag).float().mean()),
                     "t2i_acc": float((sims.argmax(0) == diag).float().mean())}
         return loss, logs

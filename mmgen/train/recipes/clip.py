@@ -104,6 +104,24 @@ register_recipe(Recipe(
     expected="700 steps (3.6 min, 1 thread): heldout_val t2i R@1 0.419 (clip_shapes_reranker at 2,000 steps: "
              "0.414 on heldout_test); relation still at chance (56 %); docs/clip.md"))
 
+# CoCa on top of clip_shapes_meanpool: a 2-block captioning decoder cross-attending to the
+# ViT's tokens must predict "above" after "a red circle", which it can only do if the image
+# tower encodes which object is on top: the signal the contrastive loss alone never starts.
+register_recipe(Recipe(
+    name="clip_shapes_coca", model="clip_tiny", data="shapes",
+    model_overrides={"vision_model": "vit_tiny_patch4_32",
+                     "vision": {"embed_dim": 96, "depth": 4, "num_heads": 3, "pos": "sincos"},
+                     "embed_dim": 96, "tokenizer": "clip_bpe",
+                     "text": {"context_length": 16, "embed_dim": 96, "depth": 3, "num_heads": 3, "pool": "mean"},
+                     "tokenizer_captions": "shapes:val", "tokenizer_captions_kwargs": {"holdout": "default"},
+                     "hard_negatives": True, "caption_loss": 2.0, "caption_depth": 2},
+    data_kwargs={"holdout": "default", "negatives": {"relation": 2.0, "swap": 1.0, "replace": 1.0}},
+    train=dict(steps=3000, batch_size=64, lr=1e-3, warmup=100, weight_decay=0.1, val_split="heldout_val",
+               eval_batches=4, eval_every=500, log_every=50, save_every=0, save_every_minutes=3.0),
+    description="shapes CLIP reranker with a captioning loss (CoCa): clip_shapes_meanpool plus a 2-block decoder "
+                "predicting each caption token from the image tokens",
+    expected="see docs/clip.md"))
+
 # The base `python -m train finetune clip` starts from: the same small towers with the byte
 # tokenizer, so the captions of any dataset (animal-mnist's templates) tokenize.
 register_recipe(Recipe(
