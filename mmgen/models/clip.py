@@ -292,13 +292,21 @@ class CLIP(Model):
         return self.visual.forward_head(self.visual.forward_features(image), pre_logits=True)
 
     def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        x = self.image_proj(self.image_features(image))  # (B, embed_dim)
-        return F.normalize(x, dim=-1) if normalize else x
+        return self._embed_image(self.visual.forward_features(image), normalize)
 
     def encode_text(self, text: torch.Tensor | Sequence[str], normalize: bool = True) -> torch.Tensor:
         if isinstance(text, str) or (isinstance(text, (list, tuple)) and text and isinstance(text[0], str)):
             text = self.tokenize(text)
-        x = self.text_proj(self.text(text))  # (B, embed_dim)
+        return self._embed_text(*self.text.encode_states(text), normalize)
+
+    def _embed_image(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """The image tower's forward_features -> the joint embedding (B, embed_dim)."""
+        x = self.image_proj(self.visual.forward_head(tokens, pre_logits=True))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def _embed_text(self, states: torch.Tensor, pool_index: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """The text tower's token states (B, T, width) -> the joint embedding (B, embed_dim)."""
+        x = self.text_proj(self.text.pool(states, pool_index))
         return F.normalize(x, dim=-1) if normalize else x
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -359,14 +367,8 @@ class CLIP(Model):
         if labels is not None:
             labels = torch.as_tensor(labels, device=image.device)
         ids = self._text_of(batch)
-        if self.captioner is None:
-            img, txt = self.encode_image(image), self.encode_text(ids)
-        else:  # the towers' token states feed both losses
-            tokens = self.visual.forward_features(image)
-            img = F.normalize(self.image_proj(self.visual.forward_head(tokens, pre_logits=True)), dim=-1)
-            states, eos = self.text.encode_states(ids)  # (B, T, width), (B,)
-            txt = F.normalize(self.text_proj(self.text.pool(states, eos)), dim=-1)
-            caption = self.captioner.loss(states, _token_sequence(tokens), ids, self.config.text.pad_id)
+        tokens, (states, pool_index) = self.visual.forward_features(image), self.text.encode_states(ids)
+        img, txt = self._embed_image(tokens), self._embed_text(states, pool_index)  # (B, embed_dim) each
         negatives = None
         if self.config.hard_negatives:
             if "negative_input_ids" not in batch:
@@ -380,7 +382,8 @@ class CLIP(Model):
                             distributed=self.training,
                             **({} if negatives is None else {"negative_text_features": negatives}))
         contrastive = loss
-        if self.captioner is not None:
+        if self.captioner is not None:  # the same token states feed the captioning decoder
+            caption = self.captioner.loss(states, _token_sequence(tokens), ids, self.config.text.pad_id)
             loss = contrastive + self.config.caption_loss * caption
         with torch.no_grad():
             sims = img @ txt.T
