@@ -238,7 +238,7 @@ def test_prompt_checks():
     with pytest.raises(ValueError, match="no CLIP reranker"):
         pipe(["a red circle"], num_images=1, candidates=4)
     for bad in ({"guidance": -1.0}, {"guidance": float("nan")}, {"guidance": float("inf")}, {"num_images": 0},
-                {"candidates": 0}, {"temperature": float("nan")}, {"top_p": 1.5}, {"top_k": 0}):
+                {"candidates": 0}, {"temperature": float("nan")}, {"top_p": 1.5}, {"top_k": -1}):
         with pytest.raises(ValueError):
             pipe(["a red circle"], **bad)
     with pytest.raises(TypeError, match="diffusion"):

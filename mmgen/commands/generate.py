@@ -111,7 +111,7 @@ def run(args) -> int:
     seed = draw_seed() if args.seed is None else args.seed
     kw = dict(num_images=args.num_images, seed=seed, guidance=args.guidance, candidates=candidates,
               rerank=not args.no_rerank, steps=args.steps, temperature=args.temperature,
-              top_k=args.top_k or None, top_p=args.top_p or None, truncate=args.truncate)
+              top_k=args.top_k, top_p=args.top_p or None, truncate=args.truncate)
     if args.scheduler is not None:
         kw["scheduler"] = args.scheduler
     pipe.check_args(prompts, args.num_images, candidates, args.guidance, args.steps, args.temperature,

@@ -203,7 +203,7 @@ class Pipeline:
         _finite("guidance", guidance, low=0.0, allow_none=True)
         _count("steps", steps, allow_none=True)
         _finite("temperature", temperature, low=0.0, allow_none=True)
-        _count("top_k", top_k, allow_none=True)
+        _count("top_k", top_k, low=0, allow_none=True)  # 0: no top-k filter
         _finite("top_p", top_p, allow_none=True)
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
@@ -216,15 +216,15 @@ class Pipeline:
         return list(prompts)
 
     def __call__(self, prompts: Sequence[str], num_images: int = 4, seed: int | None = None,
-                 guidance: float | None = 3.0, candidates: int = 1, rerank: bool = True, steps: int | None = 25,
-                 temperature: float | None = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 guidance: float | None = None, candidates: int = 1, rerank: bool = True, steps: int | None = None,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  progress: Progress = False, *, truncate: bool = False, batch_size: int = 64,
                  **kwargs) -> PipelineOutput:
         """Images for prompts: num_images per prompt. With candidates > 1, num_images *
         candidates are drawn per prompt and the num_images with the best CLIP score are kept
         (rerank=False keeps the first ones). With a CLIP and rerank=True the kept images are
-        sorted best first. seed=None draws a seed (out.seed holds it). guidance, steps and
-        temperature None take the checkpoint's defaults."""
+        sorted best first. seed=None draws a seed (out.seed holds it). guidance, steps,
+        temperature, top_k and top_p None take the checkpoint's defaults (top_k=0: no top-k)."""
         prompts = self.check_args(prompts, num_images, candidates, guidance, steps, temperature, top_k, top_p,
                                   progress)
         _count("batch_size", batch_size)

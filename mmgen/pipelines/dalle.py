@@ -113,8 +113,9 @@ class DALLEPipeline(Pipeline):
                   batch_size) -> torch.Tensor:
         m, c = self.model, self.model.config
         guidance = c.guidance_scale if guidance is None else float(guidance)
+        top_k = c.top_k if top_k is None else top_k
         params = SamplingParams(temperature=c.temperature if temperature is None else temperature,
-                                top_k=top_k, top_p=top_p)
+                                top_k=top_k or None, top_p=c.top_p if top_p is None else top_p)
         reader = self.readers()[0]
         text = quiet(m.tokenize, [reader.clean(p) for p in prompts], truncate=truncate)  # (P, context_length)
         text = text.repeat_interleave(n, 0)  # (P * n, context_length), prompt-major
