@@ -120,7 +120,8 @@ register_recipe(Recipe(
                eval_batches=4, eval_every=500, log_every=50, save_every=0, save_every_minutes=3.0),
     description="shapes CLIP reranker with a captioning loss (CoCa): clip_shapes_meanpool plus a 2-block decoder "
                 "predicting each caption token from the image tokens",
-    expected="see docs/clip.md"))
+    expected="heldout_test text->image R@1 0.746 (R@10 0.996); prefers its caption over the relation-reversed one "
+             "for 99 % of two-object scenes (chance at 700 steps); 13.7 min on one thread (checkpoints/clip_shapes_coca)"))
 
 # The base `python -m train finetune clip` starts from: the same small towers with the byte
 # tokenizer, so the captions of any dataset (animal-mnist's templates) tokenize.
