@@ -166,15 +166,14 @@ def hard_negative(objects, relation, rng: np.random.Generator, allowed=PAIRS, we
                 changed = list(pairs)
                 changed[k] = new
                 kinds["replace"].append((changed, relation))
+    possible = [k for k, v in kinds.items() if v]
     if weights is None:
-        options = [v for v in kinds.values() if v]
-        chosen = options[int(rng.integers(len(options)))]
-    else:
-        possible = [k for k, v in kinds.items() if v and weights.get(k, 0) > 0] or [k for k, v in kinds.items() if v]
-        p = np.array([weights.get(k, 0) for k in possible], dtype=np.float64)
-        p = p / p.sum() if p.sum() > 0 else np.full(len(possible), 1 / len(possible))
-        chosen = kinds[possible[int(rng.choice(len(possible), p=p))]]
-    new_pairs, rel = chosen[int(rng.integers(len(chosen)))]
+        kind = possible[int(rng.integers(len(possible)))]
+    else:  # a scene that allows none of the weighted kinds falls back to a uniform draw
+        w = np.array([weights.get(k, 0.0) for k in possible])
+        w = w if w.sum() > 0 else np.ones(len(possible))
+        kind = possible[int(rng.choice(len(possible), p=w / w.sum()))]
+    new_pairs, rel = kinds[kind][int(rng.integers(len(kinds[kind])))]
     return caption_of([dict(colour=c, shape=s) for c, s in new_pairs], rel)
 
 

@@ -231,20 +231,17 @@ def shapes_binding(model, *, split: str = "test", limit: int = 200, data_kwargs:
     the mean cosine between a caption's embedding and its reversed one's (1.0: the text tower
     cannot tell them apart)."""
     from ..data import build_dataset
-    from ..data.shapes import caption_of, parse_caption, reverse_relation
+    from ..data.shapes import caption_of, reverse_relation
     ds = build_dataset("shapes", split=split, **(data_kwargs or {}))
     images, captions, swapped = [], [], []
     for i in range(len(ds)):
         objs, rel, cap = ds.scene(i)
-        if rel is None or (objs[0]["colour"], objs[0]["shape"]) == (objs[1]["colour"], objs[1]["shape"]):
-            continue
-        pairs = parse_caption(cap)[0]
-        if pairs[0][0] == pairs[1][0]:  # same colour: a colour swap describes the same scene
+        if rel is None or objs[0]["colour"] == objs[1]["colour"]:  # a colour swap would be the same scene
             continue
         images.append(ds[i]["image"])
         captions.append(cap)
-        swapped.append(caption_of([dict(colour=pairs[1][0], shape=pairs[0][1]),
-                                   dict(colour=pairs[0][0], shape=pairs[1][1])], rel))
+        a, b = objs
+        swapped.append(caption_of([dict(a, colour=b["colour"]), dict(b, colour=a["colour"])], rel))
         if len(captions) == limit:
             break
     if not captions:

@@ -64,16 +64,16 @@ register_recipe(Recipe(
 # negatives (each image also scored against its caption with one binding changed:
 # relation reversed, colours or shapes swapped, one attribute replaced; never a held-out
 # pair) and wider, deeper towers.
+RERANKER = dict(vision_model="vit_tiny_patch4_32", vision={"embed_dim": 96, "depth": 4, "num_heads": 3},
+                embed_dim=96, tokenizer="clip_bpe", text={"context_length": 16, "embed_dim": 96, "depth": 3, "num_heads": 3},
+                tokenizer_captions="shapes:val", tokenizer_captions_kwargs={"holdout": "default"}, hard_negatives=True)
+RERANKER_TRAIN = dict(steps=2000, batch_size=64, lr=1e-3, warmup=100, weight_decay=0.1, val_split="heldout_test",
+                      eval_batches=4, eval_every=500, log_every=50, save_every=0, save_every_minutes=3.0)
 register_recipe(Recipe(
     name="clip_shapes_reranker", model="clip_tiny", data="shapes",
-    model_overrides={"vision_model": "vit_tiny_patch4_32", "vision": {"embed_dim": 96, "depth": 4, "num_heads": 3},
-                     "embed_dim": 96, "tokenizer": "clip_bpe",
-                     "text": {"context_length": 16, "embed_dim": 96, "depth": 3, "num_heads": 3},
-                     "tokenizer_captions": "shapes:val", "tokenizer_captions_kwargs": {"holdout": "default"},
-                     "hard_negatives": True},
+    model_overrides=RERANKER,
     data_kwargs={"holdout": "default", "negatives": True},
-    train=dict(steps=2000, batch_size=64, lr=1e-3, warmup=100, weight_decay=0.1, val_split="heldout_test",
-               eval_batches=4, eval_every=500, log_every=50, save_every=0, save_every_minutes=3.0),
+    train=RERANKER_TRAIN,
     description="shapes CLIP for reranking DALL-E samples: 4-block ViT and 3-block text tower (96 wide), "
                 "hard-negative captions (NegCLIP); six colour-shape pairs never seen in training",
     expected="text->image R@1 0.414 (R@10 0.913) on 1,000 heldout_test captions; prefers the true caption over "
@@ -88,17 +88,12 @@ register_recipe(Recipe(
 # fixed 2D sin-cos positions (as strong as the content from the first step), the text tower is
 # mean-pooled up to EOS (every word reaches the embedding directly) and half of the hard
 # negatives reverse the relation where the scene allows it. docs/clip.md has the ablations.
+MEANPOOL = {**RERANKER, "vision": {**RERANKER["vision"], "pos": "sincos"}, "text": {**RERANKER["text"], "pool": "mean"}}
+MEANPOOL_DATA = {"holdout": "default", "negatives": {"relation": 2.0, "swap": 1.0, "replace": 1.0}}
+MEANPOOL_TRAIN = {**RERANKER_TRAIN, "steps": 3000, "val_split": "heldout_val"}
 register_recipe(Recipe(
     name="clip_shapes_meanpool", model="clip_tiny", data="shapes",
-    model_overrides={"vision_model": "vit_tiny_patch4_32",
-                     "vision": {"embed_dim": 96, "depth": 4, "num_heads": 3, "pos": "sincos"},
-                     "embed_dim": 96, "tokenizer": "clip_bpe",
-                     "text": {"context_length": 16, "embed_dim": 96, "depth": 3, "num_heads": 3, "pool": "mean"},
-                     "tokenizer_captions": "shapes:val", "tokenizer_captions_kwargs": {"holdout": "default"},
-                     "hard_negatives": True},
-    data_kwargs={"holdout": "default", "negatives": {"relation": 2.0, "swap": 1.0, "replace": 1.0}},
-    train=dict(steps=3000, batch_size=64, lr=1e-3, warmup=100, weight_decay=0.1, val_split="heldout_val",
-               eval_batches=4, eval_every=500, log_every=50, save_every=0, save_every_minutes=3.0),
+    model_overrides=MEANPOOL, data_kwargs=MEANPOOL_DATA, train=MEANPOOL_TRAIN,
     description="shapes CLIP reranker: clip_shapes_reranker's towers with fixed 2D sin-cos positions in the ViT, a "
                 "mean-pooled text tower and half of the hard negatives relation-reversed",
     expected="700 steps (3.6 min, 1 thread): heldout_val t2i R@1 0.419 (clip_shapes_reranker at 2,000 steps: "
@@ -109,15 +104,8 @@ register_recipe(Recipe(
 # tower encodes which object is on top: the signal the contrastive loss alone never starts.
 register_recipe(Recipe(
     name="clip_shapes_coca", model="clip_tiny", data="shapes",
-    model_overrides={"vision_model": "vit_tiny_patch4_32",
-                     "vision": {"embed_dim": 96, "depth": 4, "num_heads": 3, "pos": "sincos"},
-                     "embed_dim": 96, "tokenizer": "clip_bpe",
-                     "text": {"context_length": 16, "embed_dim": 96, "depth": 3, "num_heads": 3, "pool": "mean"},
-                     "tokenizer_captions": "shapes:val", "tokenizer_captions_kwargs": {"holdout": "default"},
-                     "hard_negatives": True, "caption_loss": 2.0, "caption_depth": 2},
-    data_kwargs={"holdout": "default", "negatives": {"relation": 2.0, "swap": 1.0, "replace": 1.0}},
-    train=dict(steps=3000, batch_size=64, lr=1e-3, warmup=100, weight_decay=0.1, val_split="heldout_val",
-               eval_batches=4, eval_every=500, log_every=50, save_every=0, save_every_minutes=3.0),
+    model_overrides={**MEANPOOL, "caption_loss": 2.0, "caption_depth": 2},
+    data_kwargs=MEANPOOL_DATA, train=MEANPOOL_TRAIN,
     description="shapes CLIP reranker with a captioning loss (CoCa): clip_shapes_meanpool plus a 2-block decoder "
                 "predicting each caption token from the image tokens",
     expected="heldout_test text->image R@1 0.746 (R@10 0.996); prefers its caption over the relation-reversed one "
