@@ -467,6 +467,23 @@ def test_shipped_text_model_reads_its_captions():
     torch.testing.assert_close(seeded_loss(model, images[:4], captions[:4]), seeded_loss(model, images[:4], captions[:4]))
 
 
+def test_coca_text_states_keep_the_relation_apart():
+    """The conditioning a denoiser reads for "... above ..." and "... below ..." differs clearly
+    with the CoCa CLIP's text tower (max per-token change 1.26, about a colour change's 1.43),
+    and not with the contrastive-only reranker's (0.083): the captioning loss is what made the
+    relation reach the states (docs/clip.md)."""
+    from mmgen.checkpoint import find_checkpoint
+    from mmgen.metrics.text_use import PROBE, state_change
+    change = {}
+    for clip in ("clip_shapes_coca", "clip_shapes_reranker"):
+        model = mmgen.create_model("ddpm_unet_shapes", text_encoder="clip",
+                                   text_encoder_path=str(find_checkpoint(clip))).eval()
+        change[clip] = (state_change(model, PROBE, PROBE.replace("above", "below")),
+                        state_change(model, PROBE, PROBE.replace("red", "green")))
+    relation, colour = change["clip_shapes_coca"]
+    assert relation > 0.5 * colour and relation > 5 * change["clip_shapes_reranker"][0], change
+
+
 def test_reverse_relation():
     from mmgen.data.shapes import reverse_relation
     assert reverse_relation("a red circle above a blue square") == "a red circle below a blue square"

@@ -49,6 +49,20 @@ register_recipe(Recipe(
              "copy), two objects 2.5 % (relation 34 %); see docs/ddpm.md",
 ))
 
+# The CoCa reranker's text tower separates "above" from "below" (cosine 0.77 between a caption
+# and its reversal; the towers before were at 0.9998), so it is read frozen: the denoiser
+# cross-attends over its per-token states and nothing can wash the relation out of them.
+register_recipe(Recipe(
+    name="ddpm_shapes_coca",
+    model="ddpm_unet_shapes",
+    data="shapes",
+    train={**_SHAPES_TRAIN, "steps": 24000, "warmup": 200, "save_every": 1000, "keep_every": 4000},
+    model_overrides={"text_encoder": "clip", "text_encoder_path": "clip_shapes_coca", "clip_path": "clip_shapes_coca"},
+    description="ddpm_shapes_2h's UNet reading the frozen per-token text states of clip_shapes_coca, the CLIP "
+                "whose captioning loss taught its text tower the relation; the same CLIP reranks candidates",
+    expected="measured in docs/ddpm.md",
+))
+
 register_recipe(Recipe(
     name="ddpm_shapes_latent",
     model="ddpm_unet_shapes_latent",
