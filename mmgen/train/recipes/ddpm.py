@@ -43,8 +43,7 @@ register_recipe(Recipe(
     train={**_SHAPES_TRAIN, "steps": 12000, "warmup": 200, "save_every": 1000, "keep_every": 2000},
     model_overrides=_TUNED_CLIP_TEXT,
     description="checkpoints/ddpm_shapes before ddpm_shapes_coca: ddpm_shapes for up to 2 hours on a 2-core CPU, "
-                "the text "
-                "tower of clip_shapes_reranker fine-tuned jointly (per-token cross-attention at 8x8)",
+                "the text tower of clip_shapes_reranker fine-tuned jointly (per-token cross-attention at 8x8)",
     expected="89 min on 2 threads; strict checker, 200 test prompts, DPM-Solver++ 25 "
              "steps, guidance 1.25: one object 48.5 % all correct (colour 96 %, shape 93.5 %, 43.5 % with an extra "
              "copy), two objects 2.5 % (relation 34 %); see docs/ddpm.md",
@@ -60,8 +59,8 @@ register_recipe(Recipe(
     train={**_SHAPES_TRAIN, "steps": 24000, "warmup": 200, "save_every": 1000, "keep_every": 4000},
     model_overrides={"text_encoder": "clip", "text_encoder_path": "clip_shapes_coca", "clip_path": "clip_shapes_coca"},
     description="the shipped checkpoints/ddpm_shapes: ddpm_shapes_2h's UNet reading the frozen per-token text "
-                "states of clip_shapes_coca, the CLIP "
-                "whose captioning loss taught its text tower the relation; the same CLIP reranks candidates",
+                "states of clip_shapes_coca, the CLIP whose captioning loss taught its text tower the relation; "
+                "the same CLIP reranks candidates",
     expected="83 min on 2 threads; strict checker, 200 test prompts, DPM-Solver++ 25 steps, guidance 2: "
              "one object 98 % all correct, two objects 49.5 % (relation 58 %) from one sample, 92.5 % best of 8 "
              "by the CLIP; see docs/ddpm.md",
