@@ -257,6 +257,31 @@ def test_keep_every_keeps_the_weights_of_those_steps(tmp_path):
         train.TrainConfig(keep_every=-1)
 
 
+def test_init_from_starts_from_another_runs_weights(tmp_path, capsys):
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    quiet = ["--set", "train.progress=false", "--set", "train.save_every=0"]
+    assert train.main(TOY + quiet + ["--set", "train.steps=3", "--out", str(base)]) == 0
+    # one step at a learning rate too small to move anything: the run starts at base's weights
+    assert train.main(TOY + quiet + ["--set", "train.steps=1", "--set", "train.lr=1e-12", "--set", "train.warmup=0",
+                                     "--set", f"train.init_from={base}", "--out", str(ft)]) == 0
+    theirs, ours = load_file(base / "model.safetensors"), load_file(ft / "model.safetensors")
+    assert theirs.keys() == ours.keys() and all(torch.allclose(theirs[k], ours[k], atol=1e-6) for k in theirs)
+    fresh = train.main(TOY + quiet + ["--set", "train.steps=1", "--set", "train.lr=1e-12", "--set", "train.warmup=0",
+                                      "--out", str(tmp_path / "fresh")])
+    assert fresh == 0 and not torch.allclose(load_file(tmp_path / "fresh" / "model.safetensors")["head.weight"],
+                                             theirs["head.weight"])  # without init_from: random weights
+    capsys.readouterr()
+    # other weights, another family or no checkpoint at all: one line naming the problem
+    mmgen.create_model("ddpm_unet_tiny").save_pretrained(tmp_path / "ddpm")
+    for source, needle in ((base, "does not fit this model"), (tmp_path / "ddpm", "holds a 'ddpm' checkpoint"),
+                           (tmp_path / "nothing", "not found")):
+        extra = ["--set", "model.depth=1"] if source == base else []
+        assert train.main(TOY + quiet + extra + ["--set", f"train.init_from={source}",
+                                                 "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("train: error:") and "train.init_from" in err and needle in err, err
+
+
 def _snapshot(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
 

@@ -26,7 +26,7 @@ from mmgen.config import field_type, parse_value
 
 from .config import TrainConfig, train_fields
 from .loop import NonFiniteLossError, fit
-from .state import RUN_CONFIG_NAME, check_out_dir, seed_everything
+from .state import RUN_CONFIG_NAME, STATE_NAME, check_out_dir, seed_everything
 from .recipes import get_recipe, list_recipes
 
 PREFIXES = ("model.", "data.", "train.")
@@ -218,6 +218,8 @@ def run(rc: dict, out: Path, resume: bool, argv: list[str] | None = None) -> dic
     cfg: TrainConfig = rc["train"]
     seed_everything(cfg.seed)  # the initial weights depend on the seed only
     model = mmgen.create_model(rc["preset"], **rc["model_overrides"])
+    if cfg.init_from and not (out / STATE_NAME).exists():  # a run being resumed has its own weights
+        warm_start(model, cfg.init_from)
     train_ds = build_dataset(rc["data"], "train", **rc["data_kwargs"])
     val_ds = None
     if cfg.val_split and cfg.eval_batches:
@@ -236,6 +238,25 @@ def run(rc: dict, out: Path, resume: bool, argv: list[str] | None = None) -> dic
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def warm_start(model, source: str) -> None:
+    """Copy every weight of the checkpoint `source` (a run directory or a shipped name) into
+    `model`: a fine-tune that continues another run with a changed loss or data. The two must
+    be the same model family with the same weights; config fields that hold no weights (loss
+    terms, sampling defaults) may differ."""
+    from mmgen.checkpoint import load_companion
+    src = load_companion(source, None, "train.init_from")
+    if src.model_type != model.model_type:
+        raise ValueError(f"train.init_from {source!r} holds a {src.model_type!r} checkpoint; the model being trained "
+                         f"is a {model.model_type!r}")
+    theirs, ours = src.state_dict(), model.state_dict()
+    missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    shapes = [k for k in set(ours) & set(theirs) if ours[k].shape != theirs[k].shape]
+    if missing or extra or shapes:
+        raise ValueError(f"train.init_from {source!r} does not fit this model: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}, other shapes {sorted(shapes)[:3]}")
+    model.load_state_dict(theirs)
 
 
 def default_out(name: str, device_name: str = "auto") -> Path:

@@ -34,6 +34,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile(model.loss)
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
     seed: int = 0
+    init_from: str = ""  # start from this checkpoint's weights (a run directory or shipped name), not at random
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     # evaluation, sampling, logging, checkpoints (every N optimizer steps; 0 = never, the
     # final step always evaluates, samples and saves)
