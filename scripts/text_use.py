@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=positive_int, default=256, help="test images")
     ap.add_argument("--t-min", type=int, default=0, help="timesteps are drawn from [t-min, t-max)")
     ap.add_argument("--t-max", type=int, default=1000)
+    ap.add_argument("--space", choices=("eps", "x0"), default="eps",
+                    help="the error of the implied noise (the usual loss) or of the implied clean image")
     args = ap.parse_args(argv)
     if not 0 <= args.t_min < args.t_max:
         ap.error(f"need 0 <= --t-min < --t-max, got {args.t_min}, {args.t_max}")
@@ -39,11 +41,11 @@ def main(argv=None) -> int:
             model = mmgen.load_pretrained(find_checkpoint(ckpt)).eval()
         except (ValueError, TypeError, FileNotFoundError) as e:
             ap.error(str(e))
-        if model.model_type != "ddpm" or model.config.conditioning != "text" or model.config.prediction != "eps":
-            ap.error(f"{ckpt!r} is not a text-conditional eps-prediction DDPM")
+        if model.model_type != "ddpm" or model.config.conditioning != "text":
+            ap.error(f"{ckpt!r} is not a text-conditional DDPM")
         t_range = (args.t_min, min(args.t_max, model.config.num_train_timesteps))
-        row = text_use(model, images, captions, t_range)
-        print(json.dumps({"checkpoint": ckpt, "t": list(t_range), "n": args.n,
+        row = text_use(model, images, captions, t_range, space=args.space)
+        print(json.dumps({"checkpoint": ckpt, "t": list(t_range), "n": args.n, "space": args.space,
                           **{k: v if v is None else round(v, 6) for k, v in row.items()}}), flush=True)
     return 0
 

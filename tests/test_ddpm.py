@@ -361,6 +361,19 @@ def test_clip_prediction_keeps_in_range_predictions_and_clips_x0(prediction):
     assert implied.abs().max() <= 1 + 1e-5
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_eps_and_x0_recover_the_noise_and_the_image_per_timestep(prediction):
+    model = mmgen.create_model("ddpm_unet_tiny", prediction=prediction)
+    sched = model.noise_scheduler
+    x0, eps, t = torch.rand(3, 3, 4, 4) * 2 - 1, torch.randn(3, 3, 4, 4), torch.tensor([10, 500, 990])
+    xt = sched.add_noise(x0, eps, t)
+    target = {"eps": eps, "x0": x0, "v": sched.get_velocity(x0, eps, t)}[prediction]
+    got_eps, got_x0 = model.eps_and_x0(target, xt, t)
+    # eps implied at t=10 and x0 at t=990 divide by a small number: looser there
+    torch.testing.assert_close(got_eps[1:], eps[1:], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(got_x0[:2], x0[:2], atol=1e-3, rtol=1e-3)
+
+
 def test_clip_text_tower_as_text_encoder(tmp_path):
     """Text conditioning from a frozen CLIP text tower: its token states up to EOS, pooled at EOS
     (projected by CLIP, the pooled state is CLIP's text embedding); the DDPM checkpoint carries it."""

@@ -16,11 +16,13 @@ PROBE = "a red circle above a blue square"
 
 @torch.no_grad()
 def seeded_loss(model, images: torch.Tensor, captions, t_range: tuple[int, int] = (0, 1000),
-                seed: int = 0) -> torch.Tensor:
-    """(B,) MSE of the denoiser's eps prediction per image (pixels or latents), at noise and
-    timesteps in [t_range) drawn from `seed`: the same draws for every caption set."""
-    if model.config.prediction != "eps":
-        raise ValueError(f"seeded_loss compares eps predictions, the model predicts {model.config.prediction!r}")
+                seed: int = 0, space: str = "eps") -> torch.Tensor:
+    """(B,) MSE per image (pixels or latents) of the noise (space="eps") or of the clean image
+    (space="x0") implied by the denoiser's prediction, whatever it predicts, at noise and
+    timesteps in [t_range) drawn from `seed`: the same draws for every caption set. At high
+    noise the eps error hides what the x0 error shows: the layout the model has in mind."""
+    if space not in ("eps", "x0"):
+        raise ValueError(f"space must be 'eps' or 'x0', got {space!r}")
     g = torch.Generator().manual_seed(seed)
     images = images.to(model.device)
     if model.vae is not None:
@@ -28,8 +30,9 @@ def seeded_loss(model, images: torch.Tensor, captions, t_range: tuple[int, int] 
     noise = torch.randn(images.shape, generator=g).to(images.device)
     t = torch.randint(*t_range, (len(images),), generator=g).to(images.device)
     xt = model.noise_scheduler.add_noise(images, noise, t)
-    pred = model.net(xt, t.float(), **model.encode_condition(list(captions)))
-    return (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+    out = model.net(xt, t.float(), **model.encode_condition(list(captions)))
+    eps, x0 = model.eps_and_x0(out.float(), xt, t)
+    return ((eps - noise) if space == "eps" else (x0 - images)).pow(2).mean(dim=(1, 2, 3))
 
 
 @torch.no_grad()
@@ -40,7 +43,7 @@ def state_change(model, a: str, b: str) -> float:
 
 
 def text_use(model, images: torch.Tensor, captions: list[str], t_range: tuple[int, int] = (0, 1000),
-             seed: int = 0) -> dict[str, float]:
+             seed: int = 0, space: str = "eps") -> dict[str, float]:
     """Mean losses with the true, shuffled (a fixed permutation), empty and relation-reversed
     captions (the last two over two-object captions only), and the encoder's state change
     for above -> below and red -> green in PROBE."""
@@ -48,7 +51,7 @@ def text_use(model, images: torch.Tensor, captions: list[str], t_range: tuple[in
     n = len(captions)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1)).tolist()
     two = torch.tensor([reverse_relation(c) != c for c in captions])
-    loss = {name: seeded_loss(model, images, caps, t_range, seed) for name, caps in (
+    loss = {name: seeded_loss(model, images, caps, t_range, seed, space) for name, caps in (
         ("true", captions), ("shuffled", [captions[i] for i in perm]), ("empty", [""] * n),
         ("reversed", [reverse_relation(c) for c in captions]))}
     return {"loss_true": float(loss["true"].mean()), "loss_shuffled": float(loss["shuffled"].mean()),

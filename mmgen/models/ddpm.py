@@ -304,17 +304,30 @@ class DDPM(Model):
         c, u = out.chunk(2)
         return u + guidance_scale * (c - u)
 
+    def eps_and_x0(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's prediction `out` (eps, v or x0) at the variance-preserving input x and
+        integer timesteps t (a scalar or (B,)) as both the noise and the image it implies."""
+        t = torch.as_tensor(t, device=x.device)
+        idx = t.round().long() if t.is_floating_point() else t.long()
+        a = self.alphas_cumprod.to(x.device)[idx].to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+        sa, s1a = a.sqrt(), (1 - a).sqrt()
+        pred = self.config.prediction
+        if pred == "eps":
+            return out, (x - s1a * out) / sa
+        if pred == "x0":
+            return (x - sa * out) / s1a, out
+        return s1a * x + sa * out, sa * x - s1a * out  # v = sa * eps - s1a * x0
+
     def clip_prediction(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The prediction (eps, v or x0) whose implied x0 is clipped to [-1, 1], given the
         variance-preserving input x at integer timestep t. At the first steps of a cosine
         schedule (alpha_t ~ 0) a small eps error means a huge x0; this keeps it in range."""
-        a = self.alphas_cumprod[int(round(float(t)))].to(x.dtype)
-        sa, s1a = a.sqrt(), (1 - a).sqrt()
+        x0 = self.eps_and_x0(out, x, t)[1].clamp(-1, 1)
         pred = self.config.prediction
-        x0 = out if pred == "x0" else (x - s1a * out) / sa if pred == "eps" else sa * x - s1a * out
-        x0 = x0.clamp(-1, 1)
         if pred == "x0":
             return x0
+        a = self.alphas_cumprod[int(round(float(t)))].to(x.dtype)
+        sa, s1a = a.sqrt(), (1 - a).sqrt()
         eps = (x - sa * x0) / s1a
         return eps if pred == "eps" else sa * eps - s1a * x0
 
