@@ -89,6 +89,23 @@ def test_guidance_scale_one_is_the_conditional_prediction(name):
     assert not torch.allclose(c, u, atol=1e-4), "the condition does not change the prediction"
 
 
+def test_attention_rope_gives_the_tokens_positions_and_no_new_weights():
+    from mmgen.models.unet import SpatialTransformer
+    torch.manual_seed(0)
+    plain, rope = SpatialTransformer(16, 2, 4, context_dim=12), SpatialTransformer(16, 2, 4, context_dim=12, rope=True)
+    assert plain.state_dict().keys() == rope.state_dict().keys()  # a trained UNet loads into either
+    rope.load_state_dict(_wake(plain).state_dict())
+    x, ctx = torch.randn(1, 16, 4, 4), torch.randn(1, 3, 12)
+    swap = lambda z: z.flip(-2)  # the rows upside down
+    with torch.no_grad():
+        # without positions the block cannot tell the rows apart: it commutes with the flip
+        torch.testing.assert_close(plain(swap(x), ctx), swap(plain(x, ctx)), atol=1e-5, rtol=1e-5)
+        assert (rope(swap(x), ctx) - swap(rope(x, ctx))).abs().max() > 1e-2
+    net = UNet(UNetConfig(base_ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_res=(8,), num_heads=2, groups=4,
+                          attn_rope=True), img_size=16, in_chans=3)
+    assert net(torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0])).shape == (2, 3, 16, 16)
+
+
 def test_unet_shapes_and_gradients():
     net = UNet(UNetConfig(base_ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_res=(8,), num_heads=2, groups=4),
                img_size=16, in_chans=3, cond_dim=8, context_dim=12)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..layers import Downsample, ResBlock, TimestepEmbedding, TransformerBlock, TransformerConfig, Upsample
+from ..layers import (Downsample, ResBlock, RotaryEmbedding, TimestepEmbedding, TransformerBlock, TransformerConfig,
+                      Upsample, grid_positions)
 from ..layers import group_norm
 
 
@@ -30,6 +31,9 @@ class UNetConfig:
     groups: int = 32  # GroupNorm groups (lowered to divide the channel count)
     dropout: float = 0.0
     emb_mode: str = "scale_shift"  # add | scale_shift (how ResBlocks take the embedding)
+    # 2-D rotary positions in the attention blocks' self-attention: without them attention is
+    # blind to where a token sits, and only the convolutions know what lies above what
+    attn_rope: bool = False
 
     def __post_init__(self):
         if not self.ch_mult or any(m < 1 for m in self.ch_mult):
@@ -45,12 +49,14 @@ class SpatialTransformer(nn.Module):
     """(B, C, H, W) -> (B, C, H, W): GroupNorm, 1x1 in, one TransformerBlock over the H*W
     tokens (self-attention [+ cross-attention to `context`] + MLP), 1x1 out (zero init), residual."""
 
-    def __init__(self, ch: int, num_heads: int, groups: int, context_dim: int | None):
+    def __init__(self, ch: int, num_heads: int, groups: int, context_dim: int | None, rope: bool = False):
         super().__init__()
         self.norm = group_norm(ch, groups)
         self.proj_in = nn.Conv2d(ch, ch, 1)
         self.block = TransformerBlock(TransformerConfig(embed_dim=ch, depth=1, num_heads=num_heads, mlp="geglu",
-                                                        cross_attn=context_dim is not None, context_dim=context_dim))
+                                                        cross_attn=context_dim is not None, context_dim=context_dim,
+                                                        rope="2d" if rope else "none"))
+        self.rope = RotaryEmbedding(ch // num_heads, dims=2) if rope else None  # no weights: buffers only
         self.proj_out = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
@@ -58,7 +64,8 @@ class SpatialTransformer(nn.Module):
     def forward(self, x, context=None, context_mask=None):
         B, C, H, W = x.shape
         h = rearrange(self.proj_in(self.norm(x)), "b c h w -> b (h w) c")  # (B, H*W, C)
-        h = self.block(h, context=context, context_mask=context_mask)
+        rope = self.rope(grid_positions(H, W, x.device)) if self.rope is not None else None
+        h = self.block(h, context=context, context_mask=context_mask, rope=rope)
         return x + self.proj_out(rearrange(h, "b (h w) c -> b c h w", h=H, w=W))
 
 
@@ -82,7 +89,7 @@ class UNet(nn.Module):
         res_kw = dict(emb_dim=emb, dropout=cfg.dropout, groups=cfg.groups, emb_mode=cfg.emb_mode, zero_init=True)
 
         def attn(ch):
-            return SpatialTransformer(ch, cfg.num_heads, cfg.groups, context_dim)
+            return SpatialTransformer(ch, cfg.num_heads, cfg.groups, context_dim, rope=cfg.attn_rope)
 
         self.conv_in = nn.Conv2d(in_chans, cfg.base_ch, 3, padding=1)
         skips, ch = [cfg.base_ch], cfg.base_ch  # channels of each skip connection
