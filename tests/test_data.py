@@ -313,6 +313,22 @@ def test_text_file_and_captions(tmp_path):
     assert caps.text.startswith("a ") and caps[0]["input_ids"].shape == (32,)
 
 
+def test_canonical_caption_names_the_same_scene_with_one_word_per_axis():
+    assert S.canonical_caption("a red circle below a blue square") == "a blue square above a red circle"
+    assert S.canonical_caption("a red circle right of a blue square") == "a blue square left of a red circle"
+    for same in ("a red circle above a blue square", "a cyan cross left of a red circle", "a red circle", "a cat", ""):
+        assert S.canonical_caption(same) == same
+    ds = build_dataset("shapes", split="test")
+    rewritten = 0
+    for i in range(100):
+        objs, _, caption = ds.scene(i)
+        canonical = S.canonical_caption(caption)
+        rewritten += canonical != caption
+        assert S.check(S.render(objs), canonical)["correct"], (caption, canonical)  # the same scene
+        assert S.parse_caption(canonical)[1] in (None, "above", "left of")
+    assert rewritten > 20
+
+
 def test_shapes_hard_negatives_change_one_binding_and_keep_held_out_pairs_unseen():
     from mmgen.data.shapes import DEFAULT_HOLDOUT, parse_caption
     ds = build_dataset("shapes", "train", holdout="default", negatives=True, length=300)

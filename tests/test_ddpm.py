@@ -106,6 +106,18 @@ def test_attention_rope_gives_the_tokens_positions_and_no_new_weights():
     assert net(torch.randn(2, 3, 16, 16), torch.tensor([3.0, 700.0])).shape == (2, 3, 16, 16)
 
 
+def test_canonical_relations_read_converse_captions_as_one():
+    a, b = "a red circle below a blue square", "a blue square above a red circle"
+    plain = mmgen.create_model("ddpm_unet_text_tiny").eval()
+    canon = mmgen.create_model("ddpm_unet_text_tiny", canonical_relations=True).eval()
+    canon.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        ca, cb = (canon.encode_condition([p])["context"] for p in (a, b))
+        pa, pb = (plain.encode_condition([p])["context"] for p in (a, b))
+    assert torch.equal(ca, cb) and torch.equal(ca, pb)  # "A below B" is read as "B above A"
+    assert not torch.allclose(pa, pb)
+
+
 def test_unet_shapes_and_gradients():
     net = UNet(UNetConfig(base_ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_res=(8,), num_heads=2, groups=4),
                img_size=16, in_chans=3, cond_dim=8, context_dim=12)

@@ -371,6 +371,20 @@ def reverse_relation(caption: str) -> str:
     return caption_of([dict(colour=c, shape=s) for c, s in objs], _OPPOSITE[rel])
 
 
+def canonical_caption(caption: str) -> str:
+    """The same scene with one relation word per axis: 'a red circle below a blue square' ->
+    'a blue square above a red circle' (right of -> left of likewise), so the object named
+    first is always the upper or the left one. Other captions, and text outside the grammar,
+    come back as they are."""
+    try:
+        objs, rel = parse_caption(caption)
+    except ValueError:
+        return caption
+    if rel not in ("below", "right of"):
+        return caption
+    return caption_of([dict(colour=c, shape=s) for c, s in objs[::-1]], _OPPOSITE[rel])
+
+
 def _to_uint8_hwc(image) -> np.ndarray:
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))

@@ -62,6 +62,9 @@ class DDPMConfig:
     class_names: tuple[str, ...] = ()  # lets the pipeline take class names as prompts
     cond_dim: int = 128  # width of the class / pooled-text vector given to the denoiser
     cond_dropout: float = 0.1  # classifier-free guidance: drop the condition this often in training
+    # shapes captions: read "X below Y" as "Y above X" and "X right of Y" as "Y left of X" (the same
+    # scene), so the object named first is always the upper / left one (mmgen.data.shapes.canonical_caption)
+    canonical_relations: bool = False
     text_encoder: str = "builtin"  # builtin | clip | gpt
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     text_encoder_path: str | None = None  # clip/gpt: checkpoint dir read when the model is first built
@@ -243,6 +246,9 @@ class DDPM(Model):
                 labels = torch.where(drop, torch.full_like(labels, cfg.num_classes), labels)
             return {"cond": self.class_embed(labels)}
         texts = [""] * batch_size if unconditional else list(prompts)
+        if cfg.canonical_relations:
+            from ..data.shapes import canonical_caption
+            texts = [canonical_caption(t) for t in texts]
         if drop is not None:
             texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
         states, mask, pooled = self.text_encoder(texts, self.device)
