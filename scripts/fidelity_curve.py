@@ -8,7 +8,9 @@ extra-object shares per prompt group against training minutes.
 Each checkpoint directory is named by its training step (e.g. .../2400); the run's
 metrics.jsonl maps steps to elapsed minutes, or, with --steps-per-s R (the recipe's rate on a
 quiet machine), minutes are step / R / 60, which holds when the CPU was shared or the run
-was resumed. Prints one JSON line per (checkpoint, group); with --log FILE they are also
+was resumed. A run started from another's weights (train.init_from) is drawn after them:
+--offset-minutes M adds the minutes those weights had trained, and --start CKPT scores that
+checkpoint as the first point, at M. Prints one JSON line per (checkpoint, group); with --log FILE they are also
 appended there, and rows already in FILE (same checkpoint, group, prompts and guidance) are
 reused, so the curve can be measured while the run trains and redrawn at the end.
 """
@@ -38,6 +40,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=positive_int, default=None, help="DDPM sampling steps (default: the checkpoint's)")
     ap.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="DDPM sampler (default: the checkpoint's)")
     ap.add_argument("--log", default=None, help="JSON lines file: rows found there are reused, new rows appended")
+    ap.add_argument("--offset-minutes", type=finite_float, default=0.0,
+                    help="training minutes of the weights the run started from (train.init_from)")
+    ap.add_argument("--start", default=None, help="the checkpoint the run started from, drawn at --offset-minutes")
     ap.add_argument("--out", required=True, help="PNG path")
     args = ap.parse_args(argv)
     if (args.metrics is None) == (args.steps_per_s is None):
@@ -68,12 +73,17 @@ def main(argv=None) -> int:
     for ckpt in sorted(args.checkpoints, key=lambda p: int(Path(p).name) if Path(p).name.isdigit() else -1):
         if not Path(ckpt).name.isdigit():
             ap.error(f"checkpoint directories must be named by their training step, got {ckpt!r}")
-        step = int(Path(ckpt).name)
+    if args.offset_minutes < 0:
+        ap.error(f"--offset-minutes must be >= 0, got {args.offset_minutes}")
+    start = [args.start] if args.start else []
+    for ckpt in start + sorted(args.checkpoints, key=lambda p: int(Path(p).name)):
+        step = 0 if ckpt in start else int(Path(ckpt).name)
         if args.steps_per_s is not None:
             minutes = step / args.steps_per_s / 60
         else:
             known = [s for s in elapsed if s <= step]
-            minutes = elapsed[max(known)] / 60 if known else 0.0
+            minutes = elapsed[max(known)] / 60 if known and step else 0.0
+        minutes += args.offset_minutes
         wanted = {g: row_key({"checkpoint": ckpt, "group": g, "n": args.n, **recorded}) for g in groups}
         todo = {g: c for g, c in groups.items() if wanted[g] not in done}
         rows = [done[wanted[g]] for g in groups if g not in todo]

@@ -44,7 +44,7 @@ def outputs(name: str) -> dict[str, list[float]]:
         chans, size = m.latent_chans, m.latent_size
         x = torch.randn(2, chans, size, size, generator=g)
         t = torch.tensor([10.0, 500.0])
-        return {"eps": _summary(m.net(x, t, **m.encode_condition(PROMPTS)))}
+        return {"prediction": _summary(m.net(x, t, **m.encode_condition(PROMPTS)))}
     if kind == "vq":
         c = m.config
         size, chans = c.img_size, c.in_chans
@@ -81,7 +81,7 @@ REFERENCE: dict[str, dict[str, list[float]]] = {  # outputs() on the code before
         'image_logits': [-3572.98215, 19206.9612, 4.10544538, 0.755056798, -1.01798224, 0.465771347],
     },
     'ddpm_shapes': {
-        'eps': [1523.50931, 6800.91958, -0.352175444, -0.429478168, 1.09975517, 0.520487607],
+        'prediction': [3005.72372, 6966.07679, -0.212419957, -0.303968459, 1.06199384, 0.675023317],
     },
     'vq_emoji': {
         'tokens': [37775, 37775, 54, 418, 338, 283],

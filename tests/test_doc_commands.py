@@ -239,7 +239,11 @@ class Scratch:
     def ensure_inputs(self, argv: list[str]) -> None:
         """Train (tiny) the run directories this command reads and nobody made yet."""
         own_out = _value(argv, "--out") if trains(argv) and "--resume" not in argv else None
-        for tok in argv:
+        tokens = list(argv)
+        if trains(argv) and _value(argv, "--recipe"):  # a recipe that starts from another run's weights
+            from mmgen.train.recipes import get_recipe
+            tokens.append(get_recipe(_value(argv, "--recipe")).train.get("init_from", ""))
+        for tok in tokens:
             for cand in {tok, tok.rstrip("/")}:
                 if cand in self.producers and cand != own_out and not (self.path / cand).exists():
                     rc = self.run(shlex.split(self.producers[cand]) + TRAIN_OVERRIDES, {})
