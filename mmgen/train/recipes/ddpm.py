@@ -53,12 +53,16 @@ register_recipe(Recipe(
 # The CoCa reranker's text tower separates "above" from "below" (cosine 0.77 between a caption
 # and its reversal; the towers before were at 0.9998), so it is read frozen: the denoiser
 # cross-attends over its per-token states and nothing can wash the relation out of them.
+_COCA_TEXT = {"text_encoder": "clip", "text_encoder_path": "clip_shapes_coca", "clip_path": "clip_shapes_coca"}
+# the runs that continue ddpm_shapes_coca from its weights (train.init_from)
+_FROM_COCA = {**_SHAPES_TRAIN, "init_from": "runs/ddpm_shapes_coca", "lr": 5e-4, "min_lr": 5e-5, "warmup": 200,
+              "save_every": 1000}
 register_recipe(Recipe(
     name="ddpm_shapes_coca",
     model="ddpm_unet_shapes",
     data="shapes",
     train={**_SHAPES_TRAIN, "steps": 24000, "warmup": 200, "save_every": 1000, "keep_every": 4000},
-    model_overrides={"text_encoder": "clip", "text_encoder_path": "clip_shapes_coca", "clip_path": "clip_shapes_coca"},
+    model_overrides=_COCA_TEXT,
     description="the first part of the shipped checkpoints/ddpm_shapes: ddpm_shapes_2h's UNet reading the frozen "
                 "per-token text states of clip_shapes_coca, the CLIP whose captioning loss taught its text tower the "
                 "relation; the same CLIP reranks candidates",
@@ -77,10 +81,8 @@ register_recipe(Recipe(
     name="ddpm_shapes_v",
     model="ddpm_unet_shapes",
     data="shapes",
-    train={**_SHAPES_TRAIN, "init_from": "runs/ddpm_shapes_coca", "steps": 8500, "lr": 5e-4, "min_lr": 5e-5,
-           "warmup": 200, "save_every": 1000, "keep_every": 1500},
-    model_overrides={"text_encoder": "clip", "text_encoder_path": "clip_shapes_coca", "clip_path": "clip_shapes_coca",
-                     "prediction": "v"},
+    train={**_FROM_COCA, "steps": 8500, "keep_every": 1500},
+    model_overrides={**_COCA_TEXT, "prediction": "v"},
     description="ddpm_shapes_coca continued (train.init_from) as v-prediction for the rest of the 2-hour budget",
     expected="stopped at 4,570 steps (22 min): at 3,000 steps two objects 37 % all correct, relation 48 % (val, "
              "guidance 2; the start: 42 %); the denoiser reads the caption at high noise but not the relation; "
@@ -95,10 +97,8 @@ register_recipe(Recipe(
     name="ddpm_shapes_rope",
     model="ddpm_unet_shapes",
     data="shapes",
-    train={**_SHAPES_TRAIN, "init_from": "runs/ddpm_shapes_coca", "steps": 8500, "lr": 5e-4, "min_lr": 5e-5,
-           "warmup": 200, "save_every": 1000, "keep_every": 1500},
-    model_overrides={"text_encoder": "clip", "text_encoder_path": "clip_shapes_coca", "clip_path": "clip_shapes_coca",
-                     "prediction": "v", "unet.attn_rope": True},
+    train={**_FROM_COCA, "steps": 8500, "keep_every": 1500},
+    model_overrides={**_COCA_TEXT, "prediction": "v", "unet.attn_rope": True},
     description="ddpm_shapes_coca continued (train.init_from) as v-prediction with 2-D rotary positions in "
                 "the UNet's self-attention, for the rest of the 2-hour budget",
     expected="stopped at 3,518 steps (17 min): which object goes on top or left still a coin flip at 3,000 steps "
@@ -113,10 +113,8 @@ register_recipe(Recipe(
     name="ddpm_shapes_canonical",
     model="ddpm_unet_shapes",
     data="shapes",
-    train={**_SHAPES_TRAIN, "init_from": "runs/ddpm_shapes_coca", "steps": 7000, "lr": 5e-4, "min_lr": 5e-5,
-           "warmup": 200, "save_every": 1000, "keep_every": 1750},
-    model_overrides={"text_encoder": "clip", "text_encoder_path": "clip_shapes_coca", "clip_path": "clip_shapes_coca",
-                     "prediction": "v", "canonical_relations": True},
+    train={**_FROM_COCA, "steps": 7000, "keep_every": 1750},
+    model_overrides={**_COCA_TEXT, "prediction": "v", "canonical_relations": True},
     description="the shipped checkpoints/ddpm_shapes: ddpm_shapes_coca continued (train.init_from) as "
                 "v-prediction, reading each relation caption in its canonical form (above / left of)",
     expected="30 min on 2 threads (113 with ddpm_shapes_coca); strict checker, 200 test prompts, DPM-Solver++ 25 "
@@ -129,8 +127,7 @@ register_recipe(Recipe(
     model="ddpm_unet_shapes_latent",
     data="shapes",
     train={**_SHAPES_TRAIN, "steps": 4000, "warmup": 200, "save_every": 1000, "keep_every": 1000},
-    model_overrides={"text_encoder": "clip", "text_encoder_path": "clip_shapes_coca", "clip_path": "clip_shapes_coca",
-                     "vae_path": "runs/vae_shapes"},
+    model_overrides={**_COCA_TEXT, "vae_path": "runs/vae_shapes"},
     description="ddpm_shapes_coca's conditioning (frozen CoCa text tower) on the (4, 8, 8) latents of the vae_shapes "
                 "recipe's VAE (train that first, or point model.vae_path at it); as many steps as the pixel run's "
                 "first kept checkpoint, to compare fidelity per CPU-minute",
