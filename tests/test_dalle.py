@@ -102,6 +102,14 @@ def test_text_tokens_and_null_condition():
     assert m.null_text(2).tolist() == [[tok.bos_id, tok.eos_id] + [tok.pad_id] * (m.config.context_length - 2)] * 2
 
 
+def test_canonical_relations_tokenize_converse_captions_alike():
+    a, b = "a red circle below a blue square", "a blue square above a red circle"
+    plain, canon = tiny(context_length=40), tiny(context_length=40, canonical_relations=True)
+    assert torch.equal(canon.tokenize(a), canon.tokenize([b])) and torch.equal(canon.tokenize(a), plain.tokenize(b))
+    assert not torch.equal(plain.tokenize(a), plain.tokenize(b))
+    assert torch.equal(canon.tokenize(["a red circle"]), plain.tokenize(["a red circle"]))
+
+
 def test_causal_image_does_not_change_text_logits():
     m = tiny()
     seq = torch.cat([m.tokenize(["a red circle"]), torch.randint(0, 32, (1, 16))], 1)

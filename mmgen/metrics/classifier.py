@@ -21,3 +21,22 @@ def evaluate_classifier(model, dataset, batch_size: int = 256, device="cpu") -> 
         correct += (logits.argmax(-1) == label).sum().item()
         total += len(items)
     return {"acc": correct / total, "loss": nll / total, "n": total}
+
+
+@torch.no_grad()
+def class_agreement(model, images: torch.Tensor, labels, batch_size: int = 256) -> float:
+    """The share of `images` (N, C, H, W) that the classifier `model` assigns to the class each
+    was made for (`labels`, N ints): how recognisable class-conditional samples are to a
+    classifier trained on the real images. Run it on real test images too: that is the ceiling."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"need one label per image, got {tuple(labels.shape)} labels for {images.shape[0]} images")
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    try:
+        pred = torch.cat([model(images[i:i + batch_size].to(dev).float()).argmax(-1).cpu()
+                          for i in range(0, images.shape[0], batch_size)])
+    finally:
+        model.train(was)
+    return (pred == labels).float().mean().item()

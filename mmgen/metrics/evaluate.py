@@ -11,7 +11,9 @@ For each guidance scale: N samples for the first N captions of the shapes `test`
     trained CLIP's image tower (NOT Inception: never compare with FID figures);
   - CLIP score (100 x cosine) with the same CLIP;
   - prompt fidelity (shapes only): the shapes checker's `correct` rate, plus its colour /
-    shape / relation / count rates.
+    shape / relation / count rates;
+  - class agreement (a labelled set whose --encoder is a classifier of its classes): the share
+    of samples it assigns to the asked class, and of the real test images (the ceiling).
 Writes results.json and one sample grid per guidance scale to --out. The command line is
 mmgen/commands/evaluate.py; `evaluate(args)` takes its parsed arguments."""
 from __future__ import annotations
@@ -31,6 +33,7 @@ def evaluate(args) -> int:
     from torchvision.utils import save_image
 
     from . import clip_score, fd_kid
+    from .classifier import class_agreement
 
     from mmgen.pipelines import load_pipeline
     from mmgen.pipelines.base import to_float
@@ -57,6 +60,15 @@ def evaluate(args) -> int:
     items = [test[i] for i in index]
     captions = [it["caption"] if text else int(it["label"]) for it in items]
     real = torch.stack([it["image"] for it in items])
+    # a labelled set with a classifier of its classes as the encoder: also the share of samples
+    # it assigns to the asked class (recognisability), and its rate on the real test images
+    classifier = encoder if (not text and encoder is not None and hasattr(encoder, "forward_head")
+                             and getattr(getattr(encoder, "config", None), "num_classes", 0) == len(test.classes)) else None
+    # CLIP score of class-conditional samples: against the set's first caption template
+    def prompt_of(label: int) -> str:
+        return test.templates[0].format(test.classes[label].replace("_", " "))
+
+    clip_texts = captions if text else [prompt_of(c) for c in captions]
     results = {"model": str(args.model), "clip": args.clip, "encoder": args.encoder or args.clip,
                "dataset": args.dataset, "n": args.n, "steps": args.steps,
                "scheduler": args.scheduler, "seed": args.seed, "data_kwargs": data_kwargs,
@@ -70,8 +82,11 @@ def evaluate(args) -> int:
         val_items = [val[i] for i in val_index]
         ref = torch.stack([it["image"] for it in val_items])
         floor = fd_kid(encoder, real, ref)
-        if text and clip is not None:
-            floor["clip_score"] = clip_score(clip, ref, [it["caption"] for it in val_items])
+        if clip is not None:
+            floor["clip_score"] = clip_score(clip, ref, [it["caption"] for it in val_items] if text else
+                                             [prompt_of(int(it["label"])) for it in val_items])
+        if classifier is not None:
+            floor["class_agreement"] = class_agreement(classifier, real, captions)
         if shapes:
             floor.update({f"fidelity_{k}": v for k, v in check_batch(ref, [it["caption"] for it in val_items]).items()
                           if k != "n"})
@@ -98,9 +113,11 @@ def evaluate(args) -> int:
             rec.update({f"fidelity_{k}": v for k, v in check_batch(fake, captions).items() if k != "n"})
         if encoder is not None:
             rec.update(fd_kid(encoder, real, fake))
-        if clip is not None and text:
-            rec["clip_score"] = clip_score(clip, fake, captions)
-            rec["clip_score_real"] = clip_score(clip, real, captions)
+        if classifier is not None:
+            rec["class_agreement"] = class_agreement(classifier, fake, captions)
+        if clip is not None:
+            rec["clip_score"] = clip_score(clip, fake, clip_texts)
+            rec["clip_score_real"] = clip_score(clip, real, clip_texts)
         results["runs"].append(rec)
         save_image((fake[:32] + 1) / 2, out / f"samples_g{g:g}.png", nrow=8, padding=1)
         bar.write(json.dumps(rec), file=sys.stdout)

@@ -97,6 +97,10 @@ class DALLEConfig:
     text_loss_weight: float = 1.0
     image_loss_weight: float = 7.0  # DALL-E: image tokens weigh 7x the text tokens
     cond_drop: float = 0.15  # probability of training a row on the null caption (for guidance)
+    # read "A below B" as "B above A" (right of -> left of) in training and sampling: the object
+    # named first is then the upper / left one, the one the raster order draws first
+    # (mmgen.data.shapes.canonical_caption)
+    canonical_relations: bool = False
     embed_dropout: float = 0.0
     init_std: float = 0.02
     vq_path: str = ""  # VQ checkpoint dir (mmgen.checkpoint.resolve_companion: relative to this checkpoint's dir)
@@ -231,6 +235,9 @@ class DALLE(Model):
     def tokenize(self, texts: str | Sequence[str], *, truncate: bool = False) -> torch.Tensor:
         """Captions -> (N, context_length) ids [BOS text EOS PAD ..]. Over-long text raises a
         ValueError naming both lengths; truncate=True cuts it (EOS kept last) with a warning."""
+        if self.config.canonical_relations:
+            from ..data.shapes import canonical_caption
+            texts = canonical_caption(texts) if isinstance(texts, str) else [canonical_caption(t) for t in texts]
         return self._tokenize(texts, truncate=truncate).to(self.text_embed.weight.device)
 
     @torch.no_grad()

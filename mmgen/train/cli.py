@@ -245,6 +245,8 @@ def warm_start(model, source: str) -> None:
     `model`: a fine-tune that continues another run with a changed loss or data. The two must
     be the same model family with the same weights; config fields that hold no weights (loss
     terms, sampling defaults) may differ."""
+    import torch
+
     from mmgen.checkpoint import load_companion
     src = load_companion(source, None, "train.init_from")
     if src.model_type != model.model_type:
@@ -252,7 +254,8 @@ def warm_start(model, source: str) -> None:
                          f"is a {model.model_type!r}")
     theirs, ours = src.state_dict(), model.state_dict()
     missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
-    shapes = [k for k in set(ours) & set(theirs) if ours[k].shape != theirs[k].shape]
+    shapes = [k for k in set(ours) & set(theirs)  # extra state (DALL-E's caption words) is no tensor
+              if torch.is_tensor(ours[k]) and getattr(theirs[k], "shape", None) != ours[k].shape]
     if missing or extra or shapes:
         raise ValueError(f"train.init_from {source!r} does not fit this model: missing {missing[:3]}, "
                          f"unexpected {extra[:3]}, other shapes {sorted(shapes)[:3]}")

@@ -74,3 +74,22 @@ register_recipe(Recipe(
              "clip_shapes_coca: one object 89.5 / 95.5 %, two objects 53.0 / 78.5 %, a held-out pair 13.5 / 27.0 %; "
              "97 wall minutes (about 90 quiet) on 2 CPU cores (docs/dalle.md)",
 ))
+
+# dalle_shapes_2h continued for 25 minutes (1,650 steps; 115 quiet minutes in all) with one
+# relation word per axis: "A below B" is read as "B above A", so the object named first is the
+# one the raster order draws first, and a sample never has to plan a second object above the
+# one it is drawing. Starts from that run's weights (train.init_from).
+register_recipe(Recipe(
+    name="dalle_shapes_canonical", model="dalle_shapes_32", data="shapes",
+    model_overrides={"vq_path": "vq_shapes_16x16", "clip_path": "clip_shapes_coca", "cond_drop": 0.15,
+                     "image_grid": [16, 16], "guidance_scale": 1.25, "canonical_relations": True,
+                     "block": {"causal": True, "embed_dim": 192, "depth": 6, "num_heads": 6}},
+    data_kwargs={"holdout": "default"},
+    train={**_TRAIN, "init_from": "runs/dalle_shapes_2h", "steps": 1650, "lr": 3e-4, "min_lr": 3e-5,
+           "warmup": 100, "amp": "bf16", "save_every": 0, "save_every_minutes": 3.0, "keep_every": 400,
+           "log_every": 50},
+    description="dalle_shapes_2h continued with each relation caption read in its canonical form (above / "
+                "left of: the object named first is drawn first); the default held-out colour-shape pairs "
+                "excluded",
+    expected="to be measured",
+))
