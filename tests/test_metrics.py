@@ -170,6 +170,20 @@ def test_evaluate_cli_on_a_labelled_set_with_a_classifier(tmp_path):
     assert {"fd_ours", "class_agreement", "clip_score"} <= set(res["real_val_vs_real_test"])
 
 
+def test_relation_failures_split_into_axis_and_order():
+    from mmgen.data import shapes as S
+    from mmgen.metrics.shapes_fidelity import score
+    red, blue = dict(colour="red", shape="circle", size=9), dict(colour="blue", shape="square", size=9)
+    top_bottom = [dict(red, x=11, y=2), dict(blue, x=11, y=20)]  # red above blue
+    bottom_top = [dict(red, x=11, y=20), dict(blue, x=11, y=2)]  # order swapped
+    side = [dict(red, x=2, y=11), dict(blue, x=20, y=11)]  # red left of blue: the other axis
+    images = torch.stack([S._to_float(S.render(o)) for o in (top_bottom, bottom_top, side)])
+    r = score(images, ["a red circle above a blue square"] * 3)
+    assert r["relation"] == pytest.approx(1 / 3) and r["axis"] == pytest.approx(2 / 3) and r["order"] == 0.5
+    # "B below A" names the same scene: its first object is the lower one
+    assert score(images[:1], ["a blue square below a red circle"])["order"] == 1.0
+
+
 def test_shapes_fidelity_groups_and_extra_objects():
     from mmgen.data import shapes as S
     from mmgen.metrics.shapes_fidelity import prompt_groups, score
@@ -192,7 +206,8 @@ def test_shapes_fidelity_groups_and_extra_objects():
     stray = dict(colour="blue", shape="square", x=20, y=20, size=8)
     images = torch.stack([S._to_float(S.render(objs)), S._to_float(S.render(objs + [stray]))])
     assert score(images[:1], ["a red circle"]) == {"count": 1.0, "colour": 1.0, "shape": 1.0, "correct": 1.0,
-                                                   "relation": None, "extra": 0.0, "clean": 1.0}
+                                                   "relation": None, "axis": None, "order": None, "extra": 0.0,
+                                                   "clean": 1.0}
     both = score(images, ["a red circle", "a red circle"])
     assert both["extra"] == 0.5 and both["correct"] == 0.5 and both["colour"] == 1.0
     # Background noise of 10/255 on a third of the pixels: the scene still reads right, the

@@ -329,8 +329,9 @@ def test_cli_serve_starts_answers_and_stops_on_ctrl_c(tmp_path):
     (tmp_path / "mine" / "config.json").write_text(json.dumps({"model_type": "dalle"}))
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     def as_from_a_terminal():
-        # a child inherits an ignored or blocked SIGINT from the test process (whatever ran in
-        # it before); a shell starts the command with Ctrl+C delivered and at its default
+        # a child inherits the test process's SIGINT disposition, and a suite started in the
+        # background by a non-interactive shell (`make test &`, nohup, a CI runner) has SIGINT
+        # ignored (POSIX, for asynchronous commands); a terminal delivers Ctrl+C at its default
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 

@@ -571,14 +571,16 @@ def check(image, caption: str, found: list[dict] | None = None) -> dict:
     complete = len(best) == len(expected)
     colour = complete and all(cands[j]["colour"] == c for (c, _), j in zip(expected, best))
     shape = complete and all(cands[j]["shape"] == s for (_, s), j in zip(expected, best))
-    relation = None
+    relation = drawn = None
+    if rel is not None and complete:
+        drawn = relation_of(cands[best[0]], cands[best[1]])
     if rel is not None:
-        relation = complete and relation_of(cands[best[0]], cands[best[1]]) == rel
+        relation = drawn == rel
     count = len(found) == len(expected)
     correct = bool(count and colour and shape and relation is not False)
     return {"count": bool(count), "colour": bool(colour), "shape": bool(shape),
             "relation": relation if relation is None else bool(relation), "correct": correct,
-            "expected": {"objects": expected, "relation": rel}, "found": found}
+            "expected": {"objects": expected, "relation": rel}, "found": found, "drawn_relation": drawn}
 
 
 def check_batch(images, captions) -> dict:

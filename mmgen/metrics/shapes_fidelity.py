@@ -11,6 +11,9 @@ settings on, so that the test figures are not tuned on the test prompts.
 Works with any pipeline (DALL-E, DDPM) called as pipe(prompts, num_images=1, candidates=k,
 seed=..., guidance=...). "extra" is the share of images holding an object the prompt did not
 ask for (more objects found than named: the hallucination rate measured on images);
+"axis" and "order" split the relation's failures: over the two-object images whose objects
+have the asked colours and shapes, the share placed on the asked axis, and of those, the share
+with the object named first on the asked side;
 "clean" is the share of background pixels (outside every found object's box grown by one
 pixel, the antialiased edge) whose brightest channel is below 8/255: residual noise and
 faint blobs in the black background lower it.
@@ -28,7 +31,8 @@ import numpy as np
 
 GROUPS = ("one", "two", "heldout")
 PROMPT_SPLITS = ("test", "val")
-ATTRIBUTES = ("count", "colour", "shape", "relation", "correct", "extra", "clean")
+ATTRIBUTES = ("count", "colour", "shape", "relation", "axis", "order", "correct", "extra", "clean")
+_AXIS = {"above": "vertical", "below": "vertical", "left of": "horizontal", "right of": "horizontal"}
 DARK = 8 / 255  # a background pixel is clean when its brightest channel is below this
 
 
@@ -71,6 +75,14 @@ def score(images, captions) -> dict[str, float]:
     out = {k: float(np.mean([c[k] for c in checks])) for k in ("count", "colour", "shape", "correct")}
     rel = [c["relation"] for c in checks if c["relation"] is not None]
     out["relation"] = float(np.mean(rel)) if rel else None
+    # where a relation fails: among two-object images whose objects have the asked colours and
+    # shapes, the share drawn on the asked axis (vertical / horizontal), and among those, the
+    # share with the object named first on the asked side
+    placed = [(c["drawn_relation"], c["expected"]["relation"]) for c in checks
+              if c["expected"]["relation"] is not None and c["colour"] and c["shape"]]
+    on_axis = [d == r for d, r in placed if _AXIS[d] == _AXIS[r]]
+    out["axis"] = float(np.mean([_AXIS[d] == _AXIS[r] for d, r in placed])) if placed else None
+    out["order"] = float(np.mean(on_axis)) if on_axis else None
     out["extra"] = float(np.mean(extra))
     out["clean"] = dark / background if background else None
     return out
