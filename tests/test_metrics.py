@@ -144,6 +144,8 @@ def test_class_agreement_counts_samples_the_classifier_reads_as_asked():
     images = torch.cat([torch.ones(3, 3, 8, 8), -torch.ones(2, 3, 8, 8)])
     assert class_agreement(Brightness(), images, [1, 1, 1, 0, 0]) == 1.0
     assert class_agreement(Brightness(), images, [1, 1, 0, 1, 0]) == pytest.approx(0.6)
+    assert class_agreement(Brightness(), images, [1, 1, 0, 1, 0], class_names=["dark", "bright"]) == \
+        pytest.approx({"all": 0.6, "dark": 0.5, "bright": 2 / 3})
     with pytest.raises(ValueError, match="one label per image"):
         class_agreement(Brightness(), images, [1, 0])
 
@@ -166,7 +168,7 @@ def test_evaluate_cli_on_a_labelled_set_with_a_classifier(tmp_path):
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
     (run,) = res["runs"]
     assert {"fd_ours", "class_agreement", "clip_score", "clip_score_real"} <= set(run), run
-    assert 0.0 <= run["class_agreement"] <= 1.0
+    assert 0.0 <= run["class_agreement"] <= 1.0 and len(run["class_agreement_per_class"]) == 10
     assert {"fd_ours", "class_agreement", "clip_score"} <= set(res["real_val_vs_real_test"])
 
 

@@ -24,19 +24,29 @@ def evaluate_classifier(model, dataset, batch_size: int = 256, device="cpu") -> 
 
 
 @torch.no_grad()
-def class_agreement(model, images: torch.Tensor, labels, batch_size: int = 256) -> float:
-    """The share of `images` (N, C, H, W) that the classifier `model` assigns to the class each
-    was made for (`labels`, N ints): how recognisable class-conditional samples are to a
-    classifier trained on the real images. Run it on real test images too: that is the ceiling."""
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"need one label per image, got {tuple(labels.shape)} labels for {images.shape[0]} images")
+def class_predictions(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The classifier's top-1 class (N,) for images (N, C, H, W)."""
     was = model.training
     model.eval()
     dev = next(model.parameters()).device
     try:
-        pred = torch.cat([model(images[i:i + batch_size].to(dev).float()).argmax(-1).cpu()
+        return torch.cat([model(images[i:i + batch_size].to(dev).float()).argmax(-1).cpu()
                           for i in range(0, images.shape[0], batch_size)])
     finally:
         model.train(was)
-    return (pred == labels).float().mean().item()
+
+
+def class_agreement(model, images: torch.Tensor, labels, batch_size: int = 256,
+                    class_names=None) -> float | dict:
+    """The share of `images` (N, C, H, W) that the classifier `model` assigns to the class each
+    was made for (`labels`, N ints): how recognisable class-conditional samples are to a
+    classifier trained on the real images. Run it on real test images too: that is the ceiling.
+    With class_names: {"all": share, name: share of that class's images, ...}."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"need one label per image, got {tuple(labels.shape)} labels for {images.shape[0]} images")
+    hit = (class_predictions(model, images, batch_size) == labels).float()
+    if class_names is None:
+        return hit.mean().item()
+    return {"all": hit.mean().item(), **{name: hit[labels == c].mean().item()
+                                         for c, name in enumerate(class_names) if (labels == c).any()}}

@@ -114,7 +114,9 @@ def evaluate(args) -> int:
         if encoder is not None:
             rec.update(fd_kid(encoder, real, fake))
         if classifier is not None:
-            rec["class_agreement"] = class_agreement(classifier, fake, captions)
+            per_class = class_agreement(classifier, fake, captions, class_names=test.classes)
+            rec["class_agreement"] = per_class.pop("all")
+            rec["class_agreement_per_class"] = per_class
         if clip is not None:
             rec["clip_score"] = clip_score(clip, fake, clip_texts)
             rec["clip_score_real"] = clip_score(clip, real, clip_texts)

@@ -1,0 +1,62 @@
+"""Quality against training minutes from `mmgen evaluate` results: one results.json per
+checkpoint kept along a run (train.keep_every writes them to <run>/steps/<step>), drawn as a
+PNG with one line per (metric, guidance scale).
+
+    for s in 1000 2000 3000 4000; do
+        mmgen evaluate --model runs/ddpm_animal_mnist/steps/$s --encoder runs/vit_conv_animal_mnist \\
+            --dataset animal_mnist --n 200 --guidance 1 3 --steps 25 --out runs/eval_ddpm_animal_mnist/$s
+    done
+    python scripts/evaluate_curve.py runs/eval_ddpm_animal_mnist/* --steps-per-s 1.75 \\
+        --metric class_agreement --out docs/img/ddpm_animal_mnist_curve.png
+
+Each evaluation directory is named by the training step of the checkpoint it scored; minutes
+are step / --steps-per-s / 60 (the run's rate on its machine), which holds when the run was
+paused or resumed. Prints one line per point.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from mmgen.commands._args import OneLineParser, finite_float
+
+
+def main(argv=None) -> int:
+    from mmgen.metrics.plot import line_chart
+    ap = OneLineParser(description=__doc__.splitlines()[0])
+    ap.add_argument("evaluations", nargs="+", help="`mmgen evaluate --out` directories named by their step")
+    ap.add_argument("--steps-per-s", type=finite_float, required=True, help="training steps per second of the run")
+    ap.add_argument("--metric", nargs="+", default=["fd_ours"], help="results.json keys to draw (e.g. fd_ours "
+                                                                      "class_agreement clip_score)")
+    ap.add_argument("--percent", action="store_true", help="draw shares (0-1) as percentages")
+    ap.add_argument("--out", required=True, help="PNG path")
+    args = ap.parse_args(argv)
+    if args.steps_per_s <= 0:
+        ap.error(f"--steps-per-s must be > 0, got {args.steps_per_s}")
+    points: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    for d in args.evaluations:
+        path = Path(d) / "results.json"
+        if not Path(d).name.isdigit() or not path.is_file():
+            ap.error(f"{d!r} must be an `mmgen evaluate --out` directory named by the training step it scored")
+        minutes = int(Path(d).name) / args.steps_per_s / 60
+        for run in json.loads(path.read_text())["runs"]:
+            for m in args.metric:
+                if m not in run:
+                    ap.error(f"{path} has no {m!r}; it has {sorted(run)}")
+                y = 100 * run[m] if args.percent else run[m]
+                points.setdefault((m, run["guidance"]), []).append((minutes, y))
+                print(json.dumps({"evaluation": d, "minutes": round(minutes, 1), "guidance": run["guidance"],
+                                  m: run[m]}))
+    series = []
+    for i, ((m, g), pts) in enumerate(sorted(points.items())):
+        pts.sort()
+        series.append({"x": [p[0] for p in pts], "y": [p[1] for p in pts], "label": f"{m}, guidance {g:g}",
+                       "colour": i})
+    line_chart(series, title=", ".join(args.metric) + " against training time", xlabel="training minutes",
+               ylabel=", ".join(args.metric) + (" (%)" if args.percent else "")).save(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
