@@ -6,12 +6,13 @@ PNG with one line per (metric, guidance scale).
         mmgen evaluate --model runs/ddpm_animal_mnist/steps/$s --encoder runs/vit_conv_animal_mnist \\
             --dataset animal_mnist --n 200 --guidance 1 3 --steps 25 --out runs/eval_ddpm_animal_mnist/$s
     done
-    python scripts/evaluate_curve.py runs/eval_ddpm_animal_mnist/* --steps-per-s 1.75 \\
-        --metric class_agreement --out docs/img/ddpm_animal_mnist_curve.png
+    python scripts/evaluate_curve.py runs/eval_ddpm_animal_mnist/* --rate 0:1.73 4000:2.82 \\
+        --metric class_agreement --percent --out docs/img/ddpm_animal_mnist_curve.png
 
-Each evaluation directory is named by the training step of the checkpoint it scored; minutes
-are step / --steps-per-s / 60 (the run's rate on its machine), which holds when the run was
-paused or resumed. Prints one line per point.
+Each evaluation directory is named by the training step of the checkpoint it scored. Minutes
+come from the run's measured rates: `--rate STEP:STEPS_PER_S ...` says from which step on the
+run went at which rate (a run continued on more threads has two), so the minutes hold when
+the run was paused or shared the machine. Prints one line per point.
 """
 from __future__ import annotations
 
@@ -26,20 +27,33 @@ def main(argv=None) -> int:
     from mmgen.metrics.plot import line_chart
     ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("evaluations", nargs="+", help="`mmgen evaluate --out` directories named by their step")
-    ap.add_argument("--steps-per-s", type=finite_float, required=True, help="training steps per second of the run")
+    ap.add_argument("--rate", nargs="+", required=True, metavar="STEP:STEPS_PER_S",
+                    help="from training step STEP on, the run made STEPS_PER_S steps per second")
     ap.add_argument("--metric", nargs="+", default=["fd_ours"], help="results.json keys to draw (e.g. fd_ours "
                                                                       "class_agreement clip_score)")
     ap.add_argument("--percent", action="store_true", help="draw shares (0-1) as percentages")
     ap.add_argument("--out", required=True, help="PNG path")
     args = ap.parse_args(argv)
-    if args.steps_per_s <= 0:
-        ap.error(f"--steps-per-s must be > 0, got {args.steps_per_s}")
+    rates = []
+    for r in args.rate:
+        try:
+            step, per_s = r.split(":")
+            rates.append((int(step), float(per_s)))
+        except ValueError:
+            ap.error(f"--rate takes STEP:STEPS_PER_S, e.g. 0:1.73, got {r!r}")
+    rates.sort()
+    if rates[0][0] != 0 or min(v for _, v in rates) <= 0:
+        ap.error(f"--rate must start at step 0 with rates > 0, got {args.rate}")
+
+    def minutes_at(step: int) -> float:
+        bounds = [s for s, _ in rates[1:]] + [float("inf")]
+        return sum(max(0, min(step, hi) - lo) / v for (lo, v), hi in zip(rates, bounds)) / 60
     points: dict[tuple[str, float], list[tuple[float, float]]] = {}
     for d in args.evaluations:
         path = Path(d) / "results.json"
         if not Path(d).name.isdigit() or not path.is_file():
             ap.error(f"{d!r} must be an `mmgen evaluate --out` directory named by the training step it scored")
-        minutes = int(Path(d).name) / args.steps_per_s / 60
+        minutes = minutes_at(int(Path(d).name))
         for run in json.loads(path.read_text())["runs"]:
             for m in args.metric:
                 if m not in run:

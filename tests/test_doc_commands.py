@@ -88,6 +88,8 @@ RULES = [
          append=["--n", "4", "--candidates", "1", "2", "--quiet"]),
     Rule(r"scripts/fidelity_curve\.py", "reads checkpoints copied from a run while it trained (minutes of sampling)",
          skip=True),
+    Rule(r"scripts/evaluate_curve\.py", "draws the evaluations of weights kept along two runs (tests/test_metrics.py "
+         "runs it on small files)", skip=True),
     Rule(r"scripts/shapes_fidelity\.py", "2 prompts per group and 1 or 2 candidates instead of 200 and 1 or 8",
          append=["--n", "2", "--candidates", "1", "2"]),
     Rule(r"scripts/text_use\.py", "8 test images instead of 256", append=["--n", "8"]),

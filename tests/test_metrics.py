@@ -220,3 +220,27 @@ def test_shapes_fidelity_groups_and_extra_objects():
     assert noisy["correct"] == 1.0 and 0.6 < noisy["clean"] < 0.72, noisy
     faint = score((images[:1] + speckle * 0.6).clamp(-1, 1), ["a red circle"])
     assert faint["clean"] == 1.0, faint
+
+
+def test_evaluate_curve_reads_minutes_from_piecewise_rates(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("evaluate_curve", Path(__file__).parents[1] / "scripts" /
+                                                  "evaluate_curve.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for step, share in ((600, 0.2), (1200, 0.5)):
+        (tmp_path / str(step)).mkdir()
+        (tmp_path / str(step) / "results.json").write_text(json.dumps(
+            {"runs": [{"guidance": 3.0, "class_agreement": share, "fd_ours": 9.0}]}))
+    # 600 steps at 1 step/s (10 min), then 600 more at 2 steps/s (5 min)
+    assert mod.main([str(tmp_path / "600"), str(tmp_path / "1200"), "--rate", "0:1", "600:2", "--metric",
+                     "class_agreement", "--percent", "--out", str(tmp_path / "c.png")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["minutes"] for r in rows] == [10.0, 15.0] and (tmp_path / "c.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        mod.main([str(tmp_path / "600"), "--rate", "10:1", "--out", str(tmp_path / "d.png")])
+    with pytest.raises(SystemExit):
+        mod.main([str(tmp_path / "600"), "--rate", "0:1", "--metric", "clip_score", "--out", str(tmp_path / "d.png")])
