@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from mmgen.commands._args import OneLineParser, finite_float
+from mmgen.commands._args import OneLineParser
 
 
 def main(argv=None) -> int:

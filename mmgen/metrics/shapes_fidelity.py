@@ -80,9 +80,9 @@ def score(images, captions) -> dict[str, float]:
     # share with the object named first on the asked side
     placed = [(c["drawn_relation"], c["expected"]["relation"]) for c in checks
               if c["expected"]["relation"] is not None and c["colour"] and c["shape"]]
-    on_axis = [d == r for d, r in placed if _AXIS[d] == _AXIS[r]]
-    out["axis"] = float(np.mean([_AXIS[d] == _AXIS[r] for d, r in placed])) if placed else None
-    out["order"] = float(np.mean(on_axis)) if on_axis else None
+    on_axis = [(d, r) for d, r in placed if _AXIS[d] == _AXIS[r]]
+    out["axis"] = len(on_axis) / len(placed) if placed else None
+    out["order"] = float(np.mean([d == r for d, r in on_axis])) if on_axis else None
     out["extra"] = float(np.mean(extra))
     out["clean"] = dark / background if background else None
     return out
