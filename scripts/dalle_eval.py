@@ -2,8 +2,6 @@
 
     # held-out shapes captions: checker all-attributes-correct rate, 1 candidate vs 8 reranked by CLIP
     python scripts/dalle_eval.py shapes --model checkpoints/dalle_shapes --n 200 --candidates 1 8
-    # emoji: CLIP score of 1 candidate vs the best of 8
-    python scripts/dalle_eval.py emoji --model checkpoints/dalle_emoji --n 200 --candidates 1 8
     # a training run -> a shipped checkpoint (fp16 weights, helper paths relative to checkpoints/)
     python scripts/dalle_eval.py ship runs/dalle_shapes checkpoints/dalle_shapes --vq ../vq_shapes --clip ../clip_shapes
     # any other mmgen checkpoint (VQ, CLIP) -> fp16 copy
@@ -52,7 +50,7 @@ def _generate(pipe, captions, cands: int, args, **kw):
 
 
 def _clip_score(pipe, images, captions):
-    from mmgen.pipelines.base import clip_scores
+    from mmgen.metrics.clip_score import clip_scores
     return None if pipe.clip is None else round(float(clip_scores(pipe.clip, images, captions).clamp(min=0).mean()), 3)
 
 
@@ -82,39 +80,6 @@ def eval_shapes(args) -> None:
                    **{k: round(v, 4) for k, v in res.items() if k != "n"},
                    "clip_score": None if scores is None else round(float(scores.clamp(min=0).mean()), 3),
                    "wall_s": round(time.time() - t0, 1)}, args.log)
-
-
-def eval_emoji(args) -> None:
-    from mmgen.data import build_dataset
-    from mmgen.pipelines import DALLEPipeline
-    pipe = DALLEPipeline.from_pretrained(args.model)
-    ds = build_dataset("emoji", split=args.splits[0], image_size=32)
-    captions, real, skipped = [], [], 0
-    for i in range(len(ds)):  # the first n captions the model can read (>= 1 word seen in training)
-        if len(captions) == args.n:
-            break
-        item = ds[i]
-        try:
-            pipe.check_prompts([item["caption"]], truncate=True)  # warnings (unseen words) are expected
-        except ValueError:
-            skipped += 1
-            continue
-        captions.append(item["caption"])
-        real.append(item["image"])
-    n = len(captions)
-    real = torch.stack(real)
-    if args.reference:
-        for name, ims in (("real", real), ("vq_recon", pipe.vq.reconstruct(real.to(pipe.vq.device)).cpu())):
-            _emit({"eval": "emoji", "reference": name, "split": args.splits[0], "n": n, "skipped": skipped,
-                   "clip_score": _clip_score(pipe, ims, captions)}, args.log)
-    for cands in args.candidates:
-        t0 = time.time()
-        images, scores = _generate(pipe, captions, cands, args, truncate=True)
-        _emit({"eval": "emoji", "model": str(args.model), "split": args.splits[0], "n": n, "skipped": skipped,
-               "candidates": cands,
-               "rerank": cands > 1, "seed": args.seed, **_gen_kwargs(args),
-               "clip_score": round(float(scores.clamp(min=0).mean()), 3), "wall_s": round(time.time() - t0, 1)},
-              args.log)
 
 
 def ship(args) -> None:
@@ -222,22 +187,21 @@ layout right far more often than exact shapes. Reranking by CLIP mostly fixes co
 def main(argv=None) -> int:
     p = OneLineParser(prog="scripts/dalle_eval.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name, fn in (("shapes", eval_shapes), ("emoji", eval_emoji)):
-        e = sub.add_parser(name)
-        e.add_argument("--model", required=True)
-        e.add_argument("--n", type=positive_int, default=200)
-        e.add_argument("--candidates", type=positive_int, nargs="+", default=[1, 8])
-        e.add_argument("--splits", nargs="+", default=["heldout_test"] if name == "shapes" else ["test"])
-        e.add_argument("--seed", type=int, default=0)
-        e.add_argument("--guidance", type=finite_float, default=None, help="default: the checkpoint's")
-        e.add_argument("--temperature", type=non_negative_float, default=None)
-        e.add_argument("--top-k", type=non_negative_int, default=None, help="0 = off; default: the checkpoint's")
-        e.add_argument("--top-p", type=unit_float, default=None, help="0 = off; default: the checkpoint's")
-        e.add_argument("--log", default=None)
-        e.add_argument("--quiet", action="store_true", help="no progress bar (default: one with the time left)")
-        e.add_argument("--reference", action="store_true", help="shapes: also score the real images and their "
-                                                                "VQ reconstructions (the ceiling)")
-        e.set_defaults(func=fn)
+    e = sub.add_parser("shapes")  # emoji: `mmgen evaluate --dataset emoji` (docs/dalle.md)
+    e.add_argument("--model", required=True)
+    e.add_argument("--n", type=positive_int, default=200)
+    e.add_argument("--candidates", type=positive_int, nargs="+", default=[1, 8])
+    e.add_argument("--splits", nargs="+", default=["heldout_test"])
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--guidance", type=finite_float, default=None, help="default: the checkpoint's")
+    e.add_argument("--temperature", type=non_negative_float, default=None)
+    e.add_argument("--top-k", type=non_negative_int, default=None, help="0 = off; default: the checkpoint's")
+    e.add_argument("--top-p", type=unit_float, default=None, help="0 = off; default: the checkpoint's")
+    e.add_argument("--log", default=None)
+    e.add_argument("--quiet", action="store_true", help="no progress bar (default: one with the time left)")
+    e.add_argument("--reference", action="store_true", help="shapes: also score the real images and their "
+                                                            "VQ reconstructions (the ceiling)")
+    e.set_defaults(func=eval_shapes)
     s = sub.add_parser("ship")
     s.add_argument("run")
     s.add_argument("out")

@@ -31,7 +31,8 @@ def main(argv=None) -> int:
                     help="from training step STEP on, the run made STEPS_PER_S steps per second")
     ap.add_argument("--metric", nargs="+", default=["fd_ours"], help="results.json keys to draw (e.g. fd_ours "
                                                                       "class_agreement clip_score)")
-    ap.add_argument("--percent", action="store_true", help="draw shares (0-1) as percentages")
+    ap.add_argument("--percent", nargs="*", default=None, metavar="METRIC",
+                    help="draw these metrics' shares (0-1) as percentages (no name: every metric)")
     ap.add_argument("--out", required=True, help="PNG path")
     args = ap.parse_args(argv)
     rates = []
@@ -48,7 +49,9 @@ def main(argv=None) -> int:
     def minutes_at(step: int) -> float:
         bounds = [s for s, _ in rates[1:]] + [float("inf")]
         return sum(max(0, min(step, hi) - lo) / v for (lo, v), hi in zip(rates, bounds)) / 60
-    points: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    def in_percent(metric: str) -> bool:
+        return args.percent is not None and (not args.percent or metric in args.percent)
+    points: dict[str, list[tuple[float, float]]] = {}
     for d in args.evaluations:
         path = Path(d) / "results.json"
         if not Path(d).name.isdigit() or not path.is_file():
@@ -58,17 +61,19 @@ def main(argv=None) -> int:
             for m in args.metric:
                 if m not in run:
                     ap.error(f"{path} has no {m!r}; it has {sorted(run)}")
-                y = 100 * run[m] if args.percent else run[m]
-                points.setdefault((m, run["guidance"]), []).append((minutes, y))
+                y = 100 * run[m] if in_percent(m) else run[m]
+                label = f"{m}, guidance {run['guidance']:g}" + (f", best of {run['candidates']}"
+                                                                  if run.get("candidates", 1) > 1 else "")
+                points.setdefault(label, []).append((minutes, y))
                 print(json.dumps({"evaluation": d, "minutes": round(minutes, 1), "guidance": run["guidance"],
                                   m: run[m]}))
     series = []
-    for i, ((m, g), pts) in enumerate(sorted(points.items())):
+    for i, (label, pts) in enumerate(sorted(points.items())):
         pts.sort()
-        series.append({"x": [p[0] for p in pts], "y": [p[1] for p in pts], "label": f"{m}, guidance {g:g}",
-                       "colour": i})
+        series.append({"x": [p[0] for p in pts], "y": [p[1] for p in pts], "label": label, "colour": i})
+    ylabel = ", ".join(m + (" (%)" if in_percent(m) else "") for m in args.metric)
     line_chart(series, title=", ".join(args.metric) + " against training time", xlabel="training minutes",
-               ylabel=", ".join(args.metric) + (" (%)" if args.percent else "")).save(args.out)
+               ylabel=ylabel).save(args.out)
     return 0
 
 

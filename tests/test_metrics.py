@@ -89,6 +89,20 @@ def test_clip_score_prefers_matching_prompts():
         clip_score(clip, red, ["a red circle"])
 
 
+def test_caption_retrieval_asks_whether_an_image_is_specific_to_its_prompt():
+    from mmgen.metrics import caption_retrieval
+    red, blue = -torch.ones(2, 3, 8, 8), -torch.ones(2, 3, 8, 8)
+    red[:, 0], blue[:, 2] = 1, 1
+    images, clip = torch.cat([red, blue]), _FakeCLIP()
+    prompts = ["a red circle", "a red circle", "a blue square", "a blue square"]
+    assert caption_retrieval(clip, images, prompts, ks=(1,)) == {"r1": 1.0}
+    assert caption_retrieval(clip, images, prompts[::-1], ks=(1, 2)) == {"r1": 0.0, "r2": 1.0}
+    grey = torch.zeros(4, 3, 8, 8)  # the same score against every prompt: never counted as found
+    assert caption_retrieval(clip, grey, prompts, ks=(1,)) == {"r1": 0.0}
+    with pytest.raises(ValueError, match="two distinct prompts"):
+        caption_retrieval(clip, red, ["a red circle"] * 2)
+
+
 def test_prompt_fidelity_with_a_checker():
     imgs = torch.zeros(4, 3, 8, 8)
     imgs[:2, 0] = 1
@@ -127,6 +141,33 @@ def test_evaluate_cli_on_emoji_captions(tmp_path):
     assert not any(k.startswith("fidelity") for k in run)
     assert "fd_ours" in res["real_val_vs_real_test"]
     assert res["data_kwargs"] == {"image_size": 32}
+
+
+def test_evaluate_cli_best_of_n_and_captions_a_dalle_cannot_read(tmp_path, capsys):
+    """--candidates adds one row per value (the best of N by the model's reranker); test
+    captions the generator refuses (no word it can read) are skipped and counted; a model
+    without a reranker refuses --candidates 2 in one line."""
+    import json
+    from pathlib import Path
+
+    import mmgen
+    from mmgen.cli import main
+
+    if not (Path(__file__).parents[1] / "checkpoints" / "dalle_emoji" / "config.json").exists():
+        pytest.skip("needs the shipped dalle_emoji")
+    mmgen.create_model("clip_tiny").eval().save_pretrained(tmp_path / "clip")
+    assert main(["evaluate", "--model", "dalle_emoji", "--clip", str(tmp_path / "clip"), "--dataset", "emoji",
+                 "--data-set", "image_size=32", "--n", "3", "--guidance", "2", "--candidates", "1", "2", "--quiet",
+                 "--out", str(tmp_path / "eval")]) == 0
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [r.get("candidates", 1) for r in res["runs"]] == [1, 2]
+    assert res["skipped_unreadable"] > 0  # unseen emoji names with no word of the training names
+    assert (tmp_path / "eval" / "samples_g2_best2.png").is_file()
+    mmgen.create_model("ddpm_dit_tiny", img_size=32).eval().save_pretrained(tmp_path / "ddpm")
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "ddpm"), "--dataset", "emoji", "--data-set", "image_size=32",
+                 "--n", "2", "--candidates", "2", "--quiet", "--out", str(tmp_path / "eval2")]) == 2
+    assert "names none" in capsys.readouterr().err
 
 
 def test_class_agreement_counts_samples_the_classifier_reads_as_asked():

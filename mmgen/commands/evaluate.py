@@ -22,6 +22,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--scheduler", default="dpm++")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--candidates", type=positive_int, nargs="+", default=[1],
+                   help="samples drawn per prompt, the best kept by the model's own CLIP reranker; one row per "
+                        "value and guidance scale (score with a --clip other than the reranker)")
     p.add_argument("--batch", type=positive_int, default=100, help="prompts per sampling call")
     p.add_argument("--out", default="runs/eval")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

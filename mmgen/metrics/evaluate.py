@@ -5,11 +5,13 @@ set (shapes, or emoji with --data-set image_size=32), or class-conditional on a 
     mmgen evaluate --model checkpoints/ddpm_shapes --clip PATH_TO_CLIP \
         --n 200 --guidance 1 3 --steps 20 --scheduler dpm++ --seed 0 --out runs/eval_ddpm
 
-For each guidance scale: N samples for the first N captions of the shapes `test` split
-(fixed, seeded), then
+For each guidance scale (and each --candidates value: the best of that many samples per
+prompt, kept by the model's own CLIP reranker): N samples for the first N captions of the
+shapes `test` split (fixed, seeded; captions the generator refuses are skipped), then
   - FD_ours / KID_ours against the N real test images, on the pooled image features of our
     trained CLIP's image tower (NOT Inception: never compare with FID figures);
-  - CLIP score (100 x cosine) with the same CLIP;
+  - CLIP score (100 x cosine) with the same CLIP, and for text prompts caption retrieval: the
+    share of samples whose own caption is the CLIP's first (top 5) choice among the N;
   - prompt fidelity (shapes only): the shapes checker's `correct` rate, plus its colour /
     shape / relation / count rates;
   - class agreement (a labelled set whose --encoder is a classifier of its classes): the share
@@ -36,7 +38,6 @@ def evaluate(args) -> int:
     from .classifier import class_agreement
 
     from mmgen.pipelines import load_pipeline
-    from mmgen.pipelines.base import to_float
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,9 +55,19 @@ def evaluate(args) -> int:
     test = build_dataset(args.dataset, split="test", **data_kwargs)
     if args.n > len(test):
         raise ValueError(f"--n {args.n} is more than the {len(test)} items of the {args.dataset} test split")
+    # a generator that refuses a caption (no word it can read: a DALL-E on unseen emoji names)
+    # is scored on the others
+    usable = list(range(len(test)))
+    if text:
+        usable = [i for i in usable if _readable(pipe, test[i]["caption"])]
+        if len(usable) < args.n:
+            raise ValueError(f"--n {args.n} is more than the {len(usable)} test captions {args.model} can "
+                             f"read")
+    skipped = len(test) - len(usable)
     # shapes: the first n (its order is random); other sets are stored in order (class by
     # class, emoji by category), so take n evenly spaced items
-    index = range(args.n) if shapes else torch.linspace(0, len(test) - 1, args.n).long().tolist()
+    index = (usable[:args.n] if shapes else
+             [usable[j] for j in torch.linspace(0, len(usable) - 1, args.n).long().tolist()])
     items = [test[i] for i in index]
     captions = [it["caption"] if text else int(it["label"]) for it in items]
     real = torch.stack([it["image"] for it in items])
@@ -72,7 +83,8 @@ def evaluate(args) -> int:
     results = {"model": str(args.model), "clip": args.clip, "encoder": args.encoder or args.clip,
                "dataset": args.dataset, "n": args.n, "steps": args.steps,
                "scheduler": args.scheduler, "seed": args.seed, "data_kwargs": data_kwargs,
-               "captions": "test split: shapes the first n, other sets n evenly spaced", "runs": []}
+               "captions": "test split: shapes the first n, other sets n evenly spaced",
+               "skipped_unreadable": skipped, "runs": []}
     if encoder is not None:  # the floor: real test images against as many real val/train images
         try:
             val = build_dataset(args.dataset, split="val", **data_kwargs)
@@ -95,37 +107,73 @@ def evaluate(args) -> int:
     from tqdm import tqdm
 
     # one bar over every sample of every guidance scale: its rate and ETA cover the whole job
-    bar = tqdm(total=args.n * len(args.guidance), unit="img", desc="sampling", disable=args.quiet,
-               file=sys.stderr, dynamic_ncols=True)
-    for g in args.guidance:
-        t0 = time.perf_counter()
-        chunks = []
-        bar.set_description(f"sampling, guidance {g:g}")
-        diffusion = {"steps": args.steps, "scheduler": args.scheduler} if pipe.kind == "ddpm" else {}
-        for i in range(0, args.n, args.batch):
-            res = pipe(captions[i:i + args.batch], num_images=1, seed=args.seed + i, guidance=g, rerank=False,
-                       truncate=True, progress=False, **diffusion)
-            chunks.append(to_float(res.images[:, 0]))  # (b, 3, H, W) in [-1, 1]
-            bar.update(len(chunks[-1]))
-        fake = torch.cat(chunks)
-        rec = {"guidance": g, "sample_s": round(time.perf_counter() - t0, 1)}
-        if shapes:
-            rec.update({f"fidelity_{k}": v for k, v in check_batch(fake, captions).items() if k != "n"})
-        if encoder is not None:
-            rec.update(fd_kid(encoder, real, fake))
-        if classifier is not None:
-            per_class = class_agreement(classifier, fake, captions, class_names=test.classes)
-            rec["class_agreement"] = per_class.pop("all")
-            rec["class_agreement_per_class"] = per_class
-        if clip is not None:
-            rec["clip_score"] = clip_score(clip, fake, clip_texts)
-            rec["clip_score_real"] = clip_score(clip, real, clip_texts)
-        results["runs"].append(rec)
-        save_image((fake[:32] + 1) / 2, out / f"samples_g{g:g}.png", nrow=8, padding=1)
-        bar.write(json.dumps(rec), file=sys.stdout)
+    candidates = getattr(args, "candidates", [1])
+    bar = tqdm(total=args.n * len(args.guidance) * len(candidates), unit="img", desc="sampling",
+               disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
+    if max(candidates) > 1 and pipe.clip is None:
+        raise ValueError(f"--candidates {max(candidates)} keeps the best samples by the model's CLIP reranker, and "
+                         f"{args.model} names none (its config's clip_path): use --candidates 1")
+    for cands in candidates:
+        for g in args.guidance:
+            rec = _sample_and_score(pipe, args, g, cands, captions, clip_texts, real, encoder, clip, classifier,
+                                    test, shapes, bar, out)
+            results["runs"].append(rec)
     bar.close()
     save_image((real[:32] + 1) / 2, out / "real.png", nrow=8, padding=1)
     (out / "captions.txt").write_text("\n".join(map(str, captions[:32])) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out / 'results.json'}")
     return 0
+
+
+def _readable(pipe, caption: str) -> bool:
+    """Whether the pipeline takes `caption` (it refuses one with no word it can read)."""
+    try:
+        pipe.check_prompts([caption], truncate=True)  # warnings about single unknown words are fine
+    except ValueError:
+        return False
+    return True
+
+
+def _sample_and_score(pipe, args, g, cands, captions, clip_texts, real, encoder, clip, classifier, test, shapes,
+                      bar, out) -> dict:
+    """One row of results: args.n samples at guidance g, each the best of `cands` by the
+    pipeline's reranker, scored against the real test images."""
+    from mmgen.data.shapes import check_batch
+    from mmgen.pipelines.base import to_float
+    from torchvision.utils import save_image
+
+    from . import caption_retrieval, clip_score, fd_kid
+    from .classifier import class_agreement
+    text = not isinstance(captions[0], int)
+    t0 = time.perf_counter()
+    chunks = []
+    bar.set_description(f"sampling, guidance {g:g}" + (f", best of {cands}" if cands > 1 else ""))
+    diffusion = {"steps": args.steps, "scheduler": args.scheduler} if pipe.kind == "ddpm" else {}
+    for i in range(0, args.n, args.batch):
+        res = pipe(captions[i:i + args.batch], num_images=1, candidates=cands, rerank=cands > 1, seed=args.seed + i,
+                   guidance=g, truncate=True, progress=False, **diffusion)
+        chunks.append(to_float(res.images[:, 0]))  # (b, 3, H, W) in [-1, 1]
+        bar.update(len(chunks[-1]))
+    fake = torch.cat(chunks)
+    rec = {"guidance": g, "sample_s": round(time.perf_counter() - t0, 1)}
+    if cands > 1:
+        rec["candidates"] = cands
+    if shapes:
+        rec.update({f"fidelity_{k}": v for k, v in check_batch(fake, captions).items() if k != "n"})
+    if encoder is not None:
+        rec.update(fd_kid(encoder, real, fake))
+    if classifier is not None:
+        per_class = class_agreement(classifier, fake, captions, class_names=test.classes)
+        rec["class_agreement"] = per_class.pop("all")
+        rec["class_agreement_per_class"] = per_class
+    if clip is not None:
+        rec["clip_score"] = clip_score(clip, fake, clip_texts)
+        rec["clip_score_real"] = clip_score(clip, real, clip_texts)
+        if text:  # is each sample specific to its prompt? (real test images: the ceiling)
+            rec.update({f"caption_{k}": v for k, v in caption_retrieval(clip, fake, clip_texts).items()})
+            rec.update({f"caption_{k}_real": v for k, v in caption_retrieval(clip, real, clip_texts).items()})
+    suffix = f"_best{cands}" if cands > 1 else ""
+    save_image((fake[:32] + 1) / 2, out / f"samples_g{g:g}{suffix}.png", nrow=8, padding=1)
+    bar.write(json.dumps(rec), file=sys.stdout)
+    return rec

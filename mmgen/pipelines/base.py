@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .prompts import PromptReader, check_prompts, quiet
+from ..metrics.clip_score import clip_scores
+from .prompts import PromptReader, check_prompts
 
 Progress = bool | Callable[[int, int], None]
 MAX_IMAGES_PER_CALL = 100_000  # prompts x num_images x candidates beyond this is refused
@@ -95,28 +95,6 @@ class ProgressReporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-@torch.no_grad()
-def clip_scores(clip, images: torch.Tensor, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """(N,) CLIP score 100 * cos(image, prompt) of images (N, C, H, W) in [-1, 1], one prompt
-    each (resized / converted to what the CLIP image tower takes)."""
-    dev = next(clip.parameters()).device
-    cfg = getattr(getattr(clip, "visual", None), "config", None)
-    size, chans = getattr(cfg, "img_size", None), getattr(cfg, "in_chans", None)
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(dev).float()
-        if chans is not None and x.shape[1] != chans:
-            x = x.mean(1, keepdim=True).expand(-1, chans, -1, -1)
-        if size is not None and x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        img = F.normalize(clip.encode_image(x).float(), dim=-1)
-        tokens = quiet(clip.tokenize, list(prompts[i:i + batch_size]), truncate=True)
-        txt = F.normalize(clip.encode_text(tokens).float(), dim=-1)
-        out.append(100.0 * (img * txt).sum(-1).cpu())
-    return torch.cat(out)
 
 
 class Pipeline:

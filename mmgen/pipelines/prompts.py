@@ -4,9 +4,10 @@ it cannot read, and the punctuation it drops."""
 from __future__ import annotations
 
 import re
-import warnings
 from functools import lru_cache
 from typing import Callable, Sequence
+
+from ..text.captions import quiet  # noqa: F401  (the pipelines' name for it)
 
 WORD_RE = re.compile(r"\w+", re.UNICODE)  # a word: a run of letters / digits (as DALL-E records them)
 PUNCT_RE = re.compile(r"[^\w\s]+", re.UNICODE)
@@ -134,11 +135,3 @@ def check_prompts(readers: Sequence[PromptReader], prompts, truncate: bool = Fal
             notes.append(f"prompt {short!r}: {listed} {verb} not in the vocabulary of {' nor of '.join(parts)}; "
                          f"it will likely be ignored{vocab_hint}")
     return notes
-
-
-def quiet(fn, *args, **kwargs):
-    """Call fn with the tokenizers' own <unk> / truncation warnings silenced (the pipeline has
-    already said what they would, naming the word and the model part)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(<unk>|pruned vocabulary|tokens; cut|truncat)")
-        return fn(*args, **kwargs)

@@ -138,3 +138,12 @@ def check_vocabulary_resolved(config, model_name: str) -> None:
         raise ValueError(f"{model_name} config names tokenizer_captions={config.tokenizer_captions!r} but holds no "
                          f"tokenizer_state: build it with mmgen.create_model(...) or {model_name}.create(config), "
                          f"which prune the vocabulary once before the model is built")
+
+
+def quiet(fn, *args, **kwargs):
+    """Call fn with the tokenizers' own <unk> / truncation warnings silenced (for callers that
+    have already said what they would, naming the word and the model part, or that cut
+    captions on purpose)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(<unk>|pruned vocabulary|tokens; cut|truncat)")
+        return fn(*args, **kwargs)
