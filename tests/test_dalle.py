@@ -15,7 +15,8 @@ from torch import nn
 import mmgen
 from mmgen.models.dalle import DALLE
 from mmgen.pipelines import DALLEPipeline, training_samples
-from mmgen.pipelines.base import clip_scores, to_float
+from mmgen.metrics.clip_score import clip_scores
+from mmgen.pipelines.base import to_float
 from mmgen.pipelines.dalle import guided_logits, sample_image_tokens
 from mmgen.text.sampling import SamplingParams, make_generator
 
@@ -366,6 +367,24 @@ def test_collate_tokenises_captions_and_vq_encodes_images_once():
     assert torch.isfinite(loss) and {"red", "circle", "blue", "square"} <= m.caption_words
 
 
+def test_augmented_training_images_shift_before_the_vq():
+    """augment="crop": in training mode the images reach the VQ shifted (other token grids);
+    in eval mode (validation, sampling) as they are."""
+    vq = FakeVQ()
+    g = torch.Generator().manual_seed(0)
+    image = torch.zeros(3, 16, 16)
+    image[:, :, :8] = torch.rand(3, 1, 1, generator=g) * 2 - 1  # left half one colour, right half black
+    items = [{"image": image, "caption": "a red circle"}] * 16
+    m = tiny(augment="crop", augment_pad=4).attach(vq=vq)
+    plain = vq.encode_tokens(image[None])
+    assert all(torch.equal(t, plain[0]) for t in m.eval().collate(items)["image_tokens"])
+    torch.manual_seed(0)
+    shifted = m.train().collate(items)["image_tokens"]
+    assert any(not torch.equal(t, plain[0]) for t in shifted)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        tiny(augment="rotate")
+
+
 def test_training_sample_grid_hook_draws_through_the_pipeline():
     m = tiny().attach(vq=FakeVQ()).train()
     images = training_samples(m, 6, seed=0)
@@ -373,20 +392,27 @@ def test_training_sample_grid_hook_draws_through_the_pipeline():
     assert torch.equal(images, training_samples(m, 6, seed=0))
 
 
-def test_shipped_checkpoints_keep_their_hashed_vocabulary(tmp_path):
-    """dalle_emoji holds the older hashed `seen_words` bitmap in its weights: it loads as
-    metadata, answers as before, and a re-save moves it to extra_state.json."""
-    from safetensors import safe_open
+def test_older_checkpoint_keeps_its_hashed_vocabulary(tmp_path):
+    """A checkpoint of an older version holds the hashed `seen_words` bitmap in its weights
+    (and no extra_state.json): it loads as metadata, answers as before, and a re-save moves
+    it to extra_state.json."""
+    from safetensors.torch import load_file, save_file
 
     from mmgen.models.dalle import WORD_BUCKETS, word_bucket
-    with safe_open(str(mmgen.checkpoint.find_checkpoint("dalle_emoji") / "model.safetensors"), "pt") as f:
-        bitmap = f.get_tensor("seen_words")
-    m = mmgen.load_pretrained("dalle_emoji")
-    assert bitmap.shape == (WORD_BUCKETS,) and m.legacy_word_buckets == set(bitmap.nonzero().flatten().tolist())
+    tiny().save_pretrained(tmp_path / "old")
+    (tmp_path / "old" / "extra_state.json").unlink(missing_ok=True)
+    weights = load_file(str(tmp_path / "old" / "model.safetensors"))
+    bitmap = torch.zeros(WORD_BUCKETS, dtype=torch.bool)
+    for w in ("red", "heart", "face"):
+        bitmap[word_bucket(w)] = True
+    save_file({**weights, "seen_words": bitmap}, str(tmp_path / "old" / "model.safetensors"))
+    m = mmgen.load_pretrained(tmp_path / "old")
+    assert m.legacy_word_buckets == set(bitmap.nonzero().flatten().tolist())
     for w in ("red", "heart", "face", "zebra", "xylophone"):
         assert m.saw_word(w) == bool(bitmap[word_bucket(w)]), w
     assert m.saw_word("heart") and not m.saw_word("xylophone")
     m.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "extra_state.json").is_file()
     again = mmgen.load_pretrained(tmp_path / "again")
     assert again.legacy_word_buckets == m.legacy_word_buckets and again.saw_word("heart")
 

@@ -115,10 +115,14 @@ def test_vocabulary_punctuation_and_unknown_words():
     with pytest.raises(ValueError, match="has no word the DALL-E generator"):
         shapes.check_prompts(["zebra"])
     emoji = load_pipeline("dalle_emoji")
-    (note,) = emoji.check_prompts(["red rocket"])
-    assert "'rocket' is not in the vocabulary of the CLIP reranker" in note and "generator" not in note
+    (note,) = emoji.check_prompts(["red xylophone"])
+    assert "'xylophone' is not in the vocabulary of the DALL-E generator" in note and "nor of the CLIP reranker" in note
     vocab = emoji.vocabulary()
-    assert len(vocab) > 500 and "heart" in vocab and "rocket" not in vocab and vocab == sorted(vocab)
+    assert len(vocab) > 500 and "heart" in vocab and "xylophone" not in vocab and vocab == sorted(vocab)
+    # a reranker that reads fewer words than the generator: the note names it alone
+    with_shapes_clip = DALLEPipeline.from_pretrained("dalle_emoji", clip=mmgen.load_pretrained("clip_shapes"))
+    (note,) = with_shapes_clip.check_prompts(["red heart"])
+    assert "'heart' is not in the vocabulary of the CLIP reranker" in note and "generator" not in note
 
 
 @needs_ckpt

@@ -53,6 +53,7 @@ from ..layers import KVCache, LearnedPositions, Transformer, TransformerConfig
 from ..data.collate import ImageTokenMemo
 from ..registry import register_model, register_preset
 from ..text.captions import CaptionTokenizer, build_tokenizer, check_vocabulary_resolved, resolve_vocabulary
+from ._classify import AUGMENTS, augment_images
 from .base import Model, eval_mode
 
 WORD_BUCKETS = 1 << 16  # the hashed bitmap of caption words in checkpoints of older versions
@@ -102,6 +103,10 @@ class DALLEConfig:
     # (mmgen.data.shapes.canonical_caption)
     canonical_relations: bool = False
     embed_dropout: float = 0.0
+    # training images before the VQ: random translation by up to augment_pad pixels ("crop")
+    # and / or horizontal flip ("flip", "crop_flip"); a small set then yields many token grids
+    augment: str = "none"
+    augment_pad: int = 2
     init_std: float = 0.02
     vq_path: str = ""  # VQ checkpoint dir (mmgen.checkpoint.resolve_companion: relative to this checkpoint's dir)
     clip_path: str = ""  # CLIP checkpoint dir for reranking ("" = no reranking)
@@ -124,6 +129,9 @@ class DALLEConfig:
             raise ValueError(f"image_vocab must be >= 2, got {self.image_vocab}")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
+        if self.augment not in AUGMENTS or self.augment_pad < 0:
+            raise ValueError(f"augment must be one of {AUGMENTS} and augment_pad >= 0, got {self.augment!r}, "
+                             f"{self.augment_pad}")
         if self.text_loss_weight < 0 or self.image_loss_weight <= 0:
             raise ValueError(f"need text_loss_weight >= 0 and image_loss_weight > 0, got "
                              f"{self.text_loss_weight}, {self.image_loss_weight}")
@@ -327,6 +335,8 @@ class DALLE(Model):
             raise ValueError(f"DALL-E batches need 'image' and 'caption' items, missing {sorted(missing)}")
         captions = [it["caption"] for it in items]
         images = torch.stack([torch.as_tensor(it["image"], dtype=torch.float32) for it in items])
+        if self.training and self.config.augment != "none":
+            images = augment_images(images, self.config.augment, pad=self.config.augment_pad)
         tokens = self.token_memo.encode(self.vq, images)  # the frozen VQ, once per distinct image
         return {"text": self.tokenize(captions, truncate=True).cpu(), "image_tokens": tokens, "caption": captions}
 
