@@ -510,6 +510,25 @@ def test_shipped_text_model_reads_its_captions():
     torch.testing.assert_close(seeded_loss(model, images[:4], captions[:4]), seeded_loss(model, images[:4], captions[:4]))
 
 
+def test_shipped_emoji_model_reads_its_captions():
+    """ddpm_emoji denoises worse with the captions shuffled: on 64 train emoji 1.71x the loss
+    (empty captions 1.12x), on 64 test emoji (names it never saw) 1.19x. Same noise and
+    timesteps for every caption set."""
+    from mmgen.data import build_dataset
+    from mmgen.metrics.text_use import seeded_loss
+    model = mmgen.load_pretrained("ddpm_emoji").eval()
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(1)).tolist()
+    ratio = {}
+    for split in ("train", "test"):
+        ds = build_dataset("emoji", split, image_size=32)
+        items = [ds[i] for i in torch.linspace(0, len(ds) - 1, 64).long().tolist()]
+        images, captions = torch.stack([it["image"] for it in items]), [it["caption"] for it in items]
+        true = seeded_loss(model, images, captions).mean()
+        ratio[split] = (float(seeded_loss(model, images, [captions[i] for i in perm]).mean() / true),
+                        float(seeded_loss(model, images, [""] * 64).mean() / true))
+    assert ratio["train"][0] > 1.4 and ratio["train"][1] > 1.05 and ratio["test"][0] > 1.1, ratio
+
+
 def test_coca_text_states_keep_the_relation_apart():
     """The conditioning a denoiser reads for "... above ..." and "... below ..." differs clearly
     with the CoCa CLIP's text tower (max per-token change 1.26, about a colour change's 1.43),

@@ -398,6 +398,11 @@ register_preset("ddpm_dit_emoji", DDPM, "text-conditional DiT for emoji (32x32 R
                 img_size=32, denoiser="dit", conditioning="text", cond_dim=192, prediction="v",
                 loss_weighting="min_snr", text={"embed_dim": 128, "depth": 2, "num_heads": 4, "context_length": 64},
                 dit={"patch_size": 2, "embed_dim": 192, "depth": 6, "num_heads": 3})
+register_preset("ddpm_unet_emoji", DDPM, "text-conditional pixel UNet for emoji (32x32 RGB), v-prediction + min-SNR",
+                img_size=32, conditioning="text", cond_dim=128, prediction="v", loss_weighting="min_snr",
+                text={"embed_dim": 128, "depth": 2, "num_heads": 4, "context_length": 64},
+                unet={"base_ch": 64, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4,
+                      "groups": 8})
 register_preset("ddpm_dit_latent_tiny", DDPM, "tiny latent DiT on a (random) vae_tiny's latents, class-conditional (tests)",
                 img_size=16, denoiser="dit", conditioning="class", cond_dim=32, clip_sample=False,
                 vae_meta={"preset": "vae_tiny"}, dit={"patch_size": 2, "embed_dim": 32, "depth": 2, "num_heads": 2})
