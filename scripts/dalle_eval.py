@@ -41,11 +41,11 @@ def _gen_kwargs(args) -> dict:
     return {k: (None if v == 0 and k in ("top_k", "top_p") else v) for k, v in kw.items() if v is not None}
 
 
-def _generate(pipe, captions, cands: int, args, **kw):
+def _generate(pipe, captions, cands: int, args):
     """One image per caption, the best of `cands` by CLIP: (float images in [-1, 1], scores or None)."""
     from mmgen.pipelines.base import to_float
     out = pipe(captions, num_images=1, candidates=cands, rerank=cands > 1, seed=args.seed, progress=not args.quiet,
-               **_gen_kwargs(args), **kw)
+               **_gen_kwargs(args))
     return to_float(out.images[:, 0]), None if out.scores is None else out.scores[:, 0]
 
 

@@ -135,7 +135,7 @@ def _place_two(rng, s1, s2, relation, n=IMAGE_SIZE):
     return p1, q1, p2, q2
 
 
-_OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 
 
 NEGATIVE_KINDS = ("relation", "swap", "replace")
@@ -154,7 +154,7 @@ def hard_negative(objects, relation, rng: np.random.Generator, allowed=PAIRS, we
     pairs = [(o["colour"], o["shape"]) for o in objects]
     kinds: dict[str, list] = {"relation": [], "swap": [], "replace": []}
     if relation is not None and pairs[0] != pairs[1]:
-        kinds["relation"].append((pairs, _OPPOSITE[relation]))
+        kinds["relation"].append((pairs, OPPOSITE[relation]))
     if len(pairs) == 2:
         (c1, s1), (c2, s2) = pairs
         for swapped in ([(c2, s1), (c1, s2)], [(c1, s2), (c2, s1)]):
@@ -368,7 +368,7 @@ def reverse_relation(caption: str) -> str:
     objs, rel = parse_caption(caption)
     if rel is None:
         return caption
-    return caption_of([dict(colour=c, shape=s) for c, s in objs], _OPPOSITE[rel])
+    return caption_of([dict(colour=c, shape=s) for c, s in objs], OPPOSITE[rel])
 
 
 def canonical_caption(caption: str) -> str:
@@ -382,7 +382,7 @@ def canonical_caption(caption: str) -> str:
         return caption
     if rel not in ("below", "right of"):
         return caption
-    return caption_of([dict(colour=c, shape=s) for c, s in objs[::-1]], _OPPOSITE[rel])
+    return caption_of([dict(colour=c, shape=s) for c, s in objs[::-1]], OPPOSITE[rel])
 
 
 def _to_uint8_hwc(image) -> np.ndarray:

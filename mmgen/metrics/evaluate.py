@@ -34,14 +34,20 @@ def evaluate(args) -> int:
     from mmgen.data.shapes import check_batch
     from torchvision.utils import save_image
 
-    from . import clip_score, fd_kid
+    from . import caption_retrieval, clip_score, fd_kid
     from .classifier import class_agreement
 
     from mmgen.pipelines import load_pipeline
+    from mmgen.pipelines.base import to_float
+    from mmgen.text.captions import dataset_captions
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model)
+    candidates = getattr(args, "candidates", [1])
+    if max(candidates) > 1 and pipe.clip is None:
+        raise ValueError(f"--candidates {max(candidates)} keeps the best samples by the model's CLIP reranker, and "
+                         f"{args.model} names none (its config's clip_path): use --candidates 1")
     clip = mmgen.load_pretrained(args.clip).eval() if args.clip else None
     encoder = mmgen.load_pretrained(args.encoder).eval() if args.encoder else clip
     data_kwargs = {}
@@ -59,7 +65,8 @@ def evaluate(args) -> int:
     # is scored on the others
     usable = list(range(len(test)))
     if text:
-        usable = [i for i in usable if _readable(pipe, test[i]["caption"])]
+        all_captions = dataset_captions(test)  # without drawing every image
+        usable = [i for i in usable if _readable(pipe, all_captions[i])]
         if len(usable) < args.n:
             raise ValueError(f"--n {args.n} is more than the {len(usable)} test captions {args.model} can "
                              f"read")
@@ -107,17 +114,49 @@ def evaluate(args) -> int:
     from tqdm import tqdm
 
     # one bar over every sample of every guidance scale: its rate and ETA cover the whole job
-    candidates = getattr(args, "candidates", [1])
     bar = tqdm(total=args.n * len(args.guidance) * len(candidates), unit="img", desc="sampling",
                disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
-    if max(candidates) > 1 and pipe.clip is None:
-        raise ValueError(f"--candidates {max(candidates)} keeps the best samples by the model's CLIP reranker, and "
-                         f"{args.model} names none (its config's clip_path): use --candidates 1")
-    for cands in candidates:
-        for g in args.guidance:
-            rec = _sample_and_score(pipe, args, g, cands, captions, clip_texts, real, encoder, clip, classifier,
-                                    test, shapes, bar, out)
-            results["runs"].append(rec)
+    real_scores = {}  # the same for every row: computed once
+    if clip is not None:
+        real_scores["clip_score_real"] = clip_score(clip, real, clip_texts)
+        if text:  # is each image specific to its prompt? (real test images: the ceiling)
+            real_scores.update({f"caption_{k}_real": v for k, v in caption_retrieval(clip, real, clip_texts).items()})
+    diffusion = {"steps": args.steps, "scheduler": args.scheduler} if pipe.kind == "ddpm" else {}
+
+    def sample_and_score(g: float, cands: int) -> dict:
+        """One row: args.n samples at guidance g, each the best of `cands` by the pipeline's
+        reranker, scored against the real test images."""
+        t0 = time.perf_counter()
+        chunks = []
+        bar.set_description(f"sampling, guidance {g:g}" + (f", best of {cands}" if cands > 1 else ""))
+        for i in range(0, args.n, args.batch):
+            res = pipe(captions[i:i + args.batch], num_images=1, candidates=cands, rerank=cands > 1,
+                       seed=args.seed + i, guidance=g, truncate=True, progress=False, **diffusion)
+            chunks.append(to_float(res.images[:, 0]))  # (b, 3, H, W) in [-1, 1]
+            bar.update(len(chunks[-1]))
+        fake = torch.cat(chunks)
+        rec = {"guidance": g, "sample_s": round(time.perf_counter() - t0, 1)}
+        if cands > 1:
+            rec["candidates"] = cands
+        if shapes:
+            rec.update({f"fidelity_{k}": v for k, v in check_batch(fake, captions).items() if k != "n"})
+        if encoder is not None:
+            rec.update(fd_kid(encoder, real, fake))
+        if classifier is not None:
+            per_class = class_agreement(classifier, fake, captions, class_names=test.classes)
+            rec["class_agreement"] = per_class.pop("all")
+            rec["class_agreement_per_class"] = per_class
+        if clip is not None:
+            rec["clip_score"] = clip_score(clip, fake, clip_texts)
+            if text:
+                rec.update({f"caption_{k}": v for k, v in caption_retrieval(clip, fake, clip_texts).items()})
+            rec.update(real_scores)
+        save_image((fake[:32] + 1) / 2, out / f"samples_g{g:g}{'_best%d' % cands if cands > 1 else ''}.png",
+                   nrow=8, padding=1)
+        bar.write(json.dumps(rec), file=sys.stdout)
+        return rec
+
+    results["runs"] = [sample_and_score(g, cands) for cands in candidates for g in args.guidance]
     bar.close()
     save_image((real[:32] + 1) / 2, out / "real.png", nrow=8, padding=1)
     (out / "captions.txt").write_text("\n".join(map(str, captions[:32])) + "\n")
@@ -133,47 +172,3 @@ def _readable(pipe, caption: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _sample_and_score(pipe, args, g, cands, captions, clip_texts, real, encoder, clip, classifier, test, shapes,
-                      bar, out) -> dict:
-    """One row of results: args.n samples at guidance g, each the best of `cands` by the
-    pipeline's reranker, scored against the real test images."""
-    from mmgen.data.shapes import check_batch
-    from mmgen.pipelines.base import to_float
-    from torchvision.utils import save_image
-
-    from . import caption_retrieval, clip_score, fd_kid
-    from .classifier import class_agreement
-    text = not isinstance(captions[0], int)
-    t0 = time.perf_counter()
-    chunks = []
-    bar.set_description(f"sampling, guidance {g:g}" + (f", best of {cands}" if cands > 1 else ""))
-    diffusion = {"steps": args.steps, "scheduler": args.scheduler} if pipe.kind == "ddpm" else {}
-    for i in range(0, args.n, args.batch):
-        res = pipe(captions[i:i + args.batch], num_images=1, candidates=cands, rerank=cands > 1, seed=args.seed + i,
-                   guidance=g, truncate=True, progress=False, **diffusion)
-        chunks.append(to_float(res.images[:, 0]))  # (b, 3, H, W) in [-1, 1]
-        bar.update(len(chunks[-1]))
-    fake = torch.cat(chunks)
-    rec = {"guidance": g, "sample_s": round(time.perf_counter() - t0, 1)}
-    if cands > 1:
-        rec["candidates"] = cands
-    if shapes:
-        rec.update({f"fidelity_{k}": v for k, v in check_batch(fake, captions).items() if k != "n"})
-    if encoder is not None:
-        rec.update(fd_kid(encoder, real, fake))
-    if classifier is not None:
-        per_class = class_agreement(classifier, fake, captions, class_names=test.classes)
-        rec["class_agreement"] = per_class.pop("all")
-        rec["class_agreement_per_class"] = per_class
-    if clip is not None:
-        rec["clip_score"] = clip_score(clip, fake, clip_texts)
-        rec["clip_score_real"] = clip_score(clip, real, clip_texts)
-        if text:  # is each sample specific to its prompt? (real test images: the ceiling)
-            rec.update({f"caption_{k}": v for k, v in caption_retrieval(clip, fake, clip_texts).items()})
-            rec.update({f"caption_{k}_real": v for k, v in caption_retrieval(clip, real, clip_texts).items()})
-    suffix = f"_best{cands}" if cands > 1 else ""
-    save_image((fake[:32] + 1) / 2, out / f"samples_g{g:g}{suffix}.png", nrow=8, padding=1)
-    bar.write(json.dumps(rec), file=sys.stdout)
-    return rec

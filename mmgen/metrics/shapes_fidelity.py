@@ -32,7 +32,6 @@ import numpy as np
 GROUPS = ("one", "two", "heldout")
 PROMPT_SPLITS = ("test", "val")
 ATTRIBUTES = ("count", "colour", "shape", "relation", "axis", "order", "correct", "extra", "clean")
-_AXIS = {"above": "vertical", "below": "vertical", "left of": "horizontal", "right of": "horizontal"}
 DARK = 8 / 255  # a background pixel is clean when its brightest channel is below this
 
 
@@ -63,7 +62,7 @@ def prompt_groups(n: int = 200, groups: Iterable[str] = GROUPS, holdout="default
 def score(images, captions) -> dict[str, float]:
     """Attribute shares of images (N, 3, H, W) in [-1, 1] against their captions; relation
     over two-object captions only, "extra" = more objects found than the caption names."""
-    from ..data.shapes import check, detect
+    from ..data.shapes import OPPOSITE, check, detect
     checks, extra, dark, background = [], [], 0, 0
     for image, caption in zip(images, captions):
         found = detect(image)
@@ -80,7 +79,7 @@ def score(images, captions) -> dict[str, float]:
     # share with the object named first on the asked side
     placed = [(c["drawn_relation"], c["expected"]["relation"]) for c in checks
               if c["expected"]["relation"] is not None and c["colour"] and c["shape"]]
-    on_axis = [(d, r) for d, r in placed if _AXIS[d] == _AXIS[r]]
+    on_axis = [(d, r) for d, r in placed if d in (r, OPPOSITE[r])]
     out["axis"] = len(on_axis) / len(placed) if placed else None
     out["order"] = float(np.mean([d == r for d, r in on_axis])) if on_axis else None
     out["extra"] = float(np.mean(extra))
