@@ -13,6 +13,8 @@ was resumed. A run started from another's weights (train.init_from) is drawn aft
 checkpoint as the first point, at M. Prints one JSON line per (checkpoint, group); with --log FILE they are also
 appended there, and rows already in FILE (same checkpoint, group, prompts and guidance) are
 reused, so the curve can be measured while the run trains and redrawn at the end.
+--baseline LOG draws another run's all-correct rows (such a --log file, same prompts) beside
+this one's, to compare two runs on training minutes.
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ def main(argv=None) -> int:
     ap.add_argument("--offset-minutes", type=finite_float, default=0.0,
                     help="training minutes of the weights the run started from (train.init_from)")
     ap.add_argument("--start", default=None, help="the checkpoint the run started from, drawn at --offset-minutes")
+    ap.add_argument("--baseline", default=None, help="another run's --log file: its all-correct rows drawn beside")
+    ap.add_argument("--label", default="", help="this run's name in the legend (with --baseline)")
+    ap.add_argument("--baseline-label", default="baseline", help="the baseline's name in the legend")
     ap.add_argument("--out", required=True, help="PNG path")
     args = ap.parse_args(argv)
     if (args.metrics is None) == (args.steps_per_s is None):
@@ -102,17 +107,30 @@ def main(argv=None) -> int:
         for row in rows:
             points[row["group"]].append((minutes, 100 * row["correct"], 100 * row["extra"]))
     series = []
+    name = f" ({args.label})" if args.label else ""
     for i, (group, pts) in enumerate(points.items()):
-        series.append({"x": [p[0] for p in pts], "y": [p[1] for p in pts], "label": f"{group}: all correct",
+        series.append({"x": [p[0] for p in pts], "y": [p[1] for p in pts], "label": f"{group}: all correct{name}",
                        "colour": i})
-        series.append({"x": [p[0] for p in pts], "y": [p[2] for p in pts], "label": f"{group}: extra objects",
-                       "colour": i, "dash": True})
+        if args.baseline:  # two runs' all-correct lines; extra objects would crowd the panel
+            base = sorted((r["minutes"], 100 * r["correct"]) for r in _rows(args.baseline, ap)
+                          if r["group"] == group and r["n"] == args.n)
+            series.append({"x": [b[0] for b in base], "y": [b[1] for b in base], "colour": i + len(groups),
+                           "label": f"{group}: all correct ({args.baseline_label})"})
+        else:
+            series.append({"x": [p[0] for p in pts], "y": [p[2] for p in pts], "label": f"{group}: extra objects",
+                           "colour": i, "dash": True})
     setting = "".join(f", {k.replace('_', '-')} {v:g}" if isinstance(v, (int, float)) else f", {v}"
                       for k, v in sample_kwargs.items())
     line_chart(series, title="strict shapes fidelity, 1 sample per prompt" + setting,
                xlabel="training minutes" + (" (quiet machine)" if args.steps_per_s else ""),
                ylabel="% of images", ylim=(0, 100)).save(args.out)
     return 0
+
+
+def _rows(path: str, ap) -> list[dict]:
+    if not Path(path).is_file():
+        ap.error(f"--baseline {path!r} is not a file: give another run's --log file")
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 if __name__ == "__main__":

@@ -321,6 +321,33 @@ def test_latent_dit_on_vae_latents(tmp_path):
         mmgen.create_model("ddpm_dit_latent_tiny", clip_sample=True)
 
 
+def test_latent_unet_on_2x2_pixel_latents():
+    """The latent shapes UNet runs on vae_32_f2's (4, 16, 16) latents: its two levels are 16 and 8
+    (attention at 8), and the images it samples come back at 32 px."""
+    model = mmgen.create_model("ddpm_unet_shapes_latent_f2", vae_meta={"preset": "vae_32_f2"})
+    assert tuple(model.vae.latent_shape) == (4, 16, 16) and (model.latent_chans, model.latent_size) == (4, 16)
+    loss, _ = model.loss(model.example_batch(2))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is None for p in model.vae.parameters())
+    assert sample(model.eval(), ["a red circle", "a blue square"], steps=2, seed=0).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("latent_sample", [True, False])
+def test_latent_diffusion_trains_on_posterior_samples_or_means(latent_sample):
+    """latent_sample=False trains on the VAE's posterior means: the same images give the same
+    (scaled) latents, and the loss does not depend on a posterior draw."""
+    model = mmgen.create_model("ddpm_dit_latent_tiny", latent_scale=3.0, latent_sample=latent_sample)
+    seen = []
+    encode = model.vae.encode_latents
+    model.vae.encode_latents = lambda x, sample=False, **kw: seen.append(encode(x, sample=sample, **kw)) or seen[-1]
+    batch = model.example_batch(2)
+    for _ in range(2):
+        model.loss(batch)
+    assert torch.equal(seen[0], seen[1]) is (not latent_sample)
+    if not latent_sample:
+        torch.testing.assert_close(model._vae_encode(batch["image"], sample=False), seen[0] * 3.0)
+
+
 def test_gpt_hidden_states_as_text_encoder(tmp_path):
     """Text conditioning from a frozen GPT's hidden states; the checkpoint carries the GPT."""
     import shutil

@@ -285,3 +285,37 @@ def test_evaluate_curve_reads_minutes_from_piecewise_rates(tmp_path, capsys):
         mod.main([str(tmp_path / "600"), "--rate", "10:1", "--out", str(tmp_path / "d.png")])
     with pytest.raises(SystemExit):
         mod.main([str(tmp_path / "600"), "--rate", "0:1", "--metric", "clip_score", "--out", str(tmp_path / "d.png")])
+
+
+def test_fidelity_curve_reuses_logged_rows_and_draws_a_baseline(tmp_path):
+    """Rows already in --log are not scored again (no checkpoint is loaded), and --baseline draws
+    another run's rows beside them; a baseline that is not a file is refused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+    spec = importlib.util.spec_from_file_location("fidelity_curve", Path(__file__).parents[1] / "scripts" /
+                                                  "fidelity_curve.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def log(path, run, points):
+        rows = []
+        for step, minutes, correct in points:
+            (tmp_path / run / str(step)).mkdir(parents=True)  # empty: loading one would fail
+            rows.append({"checkpoint": str(tmp_path / run / str(step)), "step": step, "minutes": minutes,
+                         "guidance": None, "top_k": None, "steps": None, "scheduler": None, "group": "one",
+                         "n": 2, "correct": correct, "extra": 0.0})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    log(tmp_path / "ours.jsonl", "ours", [(100, 1.0, 0.5), (200, 2.0, 0.9)])
+    log(tmp_path / "base.jsonl", "base", [(100, 1.5, 0.2)])
+    ckpts = [str(tmp_path / "ours" / "100"), str(tmp_path / "ours" / "200")]
+    out = tmp_path / "c.png"
+    assert mod.main([*ckpts, "--steps-per-s", "1", "--n", "2", "--groups", "one", "--log", str(tmp_path / "ours.jsonl"),
+                     "--baseline", str(tmp_path / "base.jsonl"), "--label", "a", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 0
+    with pytest.raises(SystemExit):
+        mod.main([*ckpts, "--steps-per-s", "1", "--n", "2", "--groups", "one", "--log", str(tmp_path / "ours.jsonl"),
+                  "--baseline", str(tmp_path / "missing.jsonl"), "--out", str(out)])

@@ -74,6 +74,10 @@ class DDPMConfig:
     vae_path: str | None = None  # latent diffusion: a Gaussian VAE checkpoint dir read at first build
     vae_meta: dict | None = None  # filled in from that checkpoint; the VAE weights live in ours
     latent_scale: float = 1.0  # latents are multiplied by this before diffusion (SD's 0.18215)
+    # train on posterior samples (Stable Diffusion's VAE, whose posterior std is tiny) or on
+    # posterior means: a VAE trained with a full KL weight has posterior noise far above the
+    # spread of its means (vae_shapes_f2: std 0.95 against 0.32), which a denoiser cannot learn
+    latent_sample: bool = True
     sample_prompts: tuple[str, ...] = ()  # prompts of the training sample grid (text conditioning)
 
     def __post_init__(self):
@@ -267,7 +271,7 @@ class DDPM(Model):
                              f"got {tuple(x0.shape)}")
         if self.vae is not None:
             with torch.no_grad():
-                x0 = self._vae_encode(x0)
+                x0 = self._vae_encode(x0, sample=cfg.latent_sample)
         B = x0.shape[0]
         noise = torch.randn_like(x0)
         t = torch.randint(0, cfg.num_train_timesteps, (B,), device=x0.device)
@@ -387,6 +391,12 @@ register_preset("ddpm_unet_shapes_latent", DDPM,
                 img_size=32, conditioning="text", cond_dim=128, clip_sample=False, sample_prompts=_SHAPES_PROMPTS,
                 text={"embed_dim": 128, "depth": 2, "num_heads": 4, "context_length": 64},
                 unet={"base_ch": 64, "ch_mult": (1, 2), "num_res_blocks": 2, "attn_res": (8, 4), "num_heads": 4,
+                      "groups": 8})
+register_preset("ddpm_unet_shapes_latent_f2", DDPM,
+                "ddpm_unet_shapes without its 32x32 level, on a Gaussian VAE's (4, 16, 16) latents (set vae_path)",
+                img_size=32, conditioning="text", cond_dim=128, clip_sample=False, sample_prompts=_SHAPES_PROMPTS,
+                text={"embed_dim": 128, "depth": 2, "num_heads": 4, "context_length": 64},
+                unet={"base_ch": 64, "ch_mult": (1, 1), "num_res_blocks": 1, "attn_res": (8,), "num_heads": 4,
                       "groups": 8})
 register_preset("ddpm_unet_animal_mnist", DDPM,
                 "class-conditional pixel UNet for animal-mnist as the dataset serves it (3x32x32, the CIFAR stand-in)",

@@ -279,6 +279,8 @@ register_preset("vae_tiny", VAE, "16 px -> latents (2, 4, 4); for tests",
                 img_size=16, ch=8, ch_mult=(1, 2, 2), groups=8, latent_channels=2, kl_warmup_steps=10)
 register_preset("vae_32", VAE, "32 px -> latents (4, 8, 8) for latent diffusion",
                 img_size=32, patch=2, ch=32, ch_mult=(1, 2), latent_channels=4)
+register_preset("vae_32_f2", VAE, "32 px -> latents (4, 16, 16): 2x2-pixel latents that keep small shapes",
+                img_size=32, patch=2, ch=64, ch_mult=(1,), num_res_blocks=2, latent_channels=4)
 register_preset("vae_32_z8x4x4", VAE, "32 px -> latents (8, 4, 4): a stronger bottleneck for prior sampling",
                 img_size=32, patch=2, ch=32, ch_mult=(1, 2, 2), latent_channels=8)
 register_preset("vae_32_tf", VAE, "vae_32 with a 2-block transformer bottleneck at 8x8",
