@@ -56,6 +56,8 @@ def main(argv=None) -> int:
         ap.error(f"--steps-per-s must be > 0, got {args.steps_per_s}")
     if args.metrics is not None and not Path(args.metrics).is_file():
         ap.error(f"--metrics {args.metrics!r} is not a file: give the run's metrics.jsonl")
+    if args.baseline is not None and not Path(args.baseline).is_file():  # refused before any scoring
+        ap.error(f"--baseline {args.baseline!r} is not a file: give another run's --log file")
     elapsed = {}
     for line in Path(args.metrics).read_text().splitlines() if args.metrics else []:
         rec = json.loads(line)
@@ -70,11 +72,10 @@ def main(argv=None) -> int:
     def row_key(row: dict) -> tuple:  # a logged row is reused for the same checkpoint, prompts and settings
         return (str(Path(row["checkpoint"]).resolve()), row["group"], row["n"], *(row.get(k) for k in recorded))
 
-    done = {}
-    if args.log and Path(args.log).is_file():
-        for line in Path(args.log).read_text().splitlines():
-            row = json.loads(line)
-            done[row_key(row)] = row
+    done = {row_key(row): row for row in _rows(args.log)} if args.log and Path(args.log).is_file() else {}
+    # the baseline's rows of the same prompts and sampling settings
+    baseline = [r for r in _rows(args.baseline) if r["n"] == args.n and all(r.get(k) == v for k, v in recorded.items())
+                ] if args.baseline else []
     for ckpt in sorted(args.checkpoints, key=lambda p: int(Path(p).name) if Path(p).name.isdigit() else -1):
         if not Path(ckpt).name.isdigit():
             ap.error(f"checkpoint directories must be named by their training step, got {ckpt!r}")
@@ -112,8 +113,7 @@ def main(argv=None) -> int:
         series.append({"x": [p[0] for p in pts], "y": [p[1] for p in pts], "label": f"{group}: all correct{name}",
                        "colour": i})
         if args.baseline:  # two runs' all-correct lines; extra objects would crowd the panel
-            base = sorted((r["minutes"], 100 * r["correct"]) for r in _rows(args.baseline, ap)
-                          if r["group"] == group and r["n"] == args.n)
+            base = sorted((r["minutes"], 100 * r["correct"]) for r in baseline if r["group"] == group)
             series.append({"x": [b[0] for b in base], "y": [b[1] for b in base], "colour": i + len(groups),
                            "label": f"{group}: all correct ({args.baseline_label})"})
         else:
@@ -127,9 +127,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def _rows(path: str, ap) -> list[dict]:
-    if not Path(path).is_file():
-        ap.error(f"--baseline {path!r} is not a file: give another run's --log file")
+def _rows(path: str) -> list[dict]:
+    """The rows of a --log file (JSON lines)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 

@@ -55,7 +55,7 @@ register_recipe(Recipe(
 # any diffusion; 2x2-pixel latents (the grid of vq_shapes_16x16) keep them.
 register_recipe(Recipe(
     name="vae_shapes_f2", model="vae_32_f2", data="shapes", data_kwargs=dict(holdout="default"),
-    model_overrides=dict(kl_warmup_steps=300), train={**_SCHEDULE, "steps": 4000, "save_every_minutes": 3.0},
+    model_overrides=dict(kl_warmup_steps=300), train={**_SCHEDULE, "steps": 4000},
     description="Gaussian VAE on shapes with (4, 16, 16) latents: the space of ddpm_shapes_latent_f2",
     expected="about 14 min on 2 threads; strict checker on reconstructions: 96.9 % of 1,000 test and 94.3 % of "
              "heldout_test scenes all correct (15 of 378 triangles lost), PSNR 40.6 / 37.0 dB"))
