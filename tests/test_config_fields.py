@@ -44,7 +44,9 @@ def outputs(name: str) -> dict[str, list[float]]:
         chans, size = m.latent_chans, m.latent_size
         x = torch.randn(2, chans, size, size, generator=g)
         t = torch.tensor([10.0, 500.0])
-        return {"prediction": _summary(m.net(x, t, **m.encode_condition(PROMPTS)))}
+        cond = (m.encode_condition(labels=torch.tensor([2, 7])) if m.config.conditioning == "class"
+                else m.encode_condition(PROMPTS))
+        return {"prediction": _summary(m.net(x, t, **cond))}
     if kind == "vq":
         c = m.config
         size, chans = c.img_size, c.in_chans
@@ -82,6 +84,10 @@ REFERENCE: dict[str, dict[str, list[float]]] = {  # outputs() of each checkpoint
     'dalle_shapes': {
         'text_logits': [-470.629051, 1212.61658, -0.946756005, -0.551539183, -0.996331751, -0.585799694],
         'image_logits': [-3572.98215, 19206.9612, 4.10544538, 0.755056798, -1.01798224, 0.465771347],
+    },
+    'ddpm_animal_mnist': {
+        'prediction': [549.932927634567, 6919.814816348255, -0.7728891968727112, -1.6635656356811523,
+                       0.0013410914689302444, 0.2867897152900696],
     },
     'ddpm_emoji': {
         'prediction': [-261.212725, 5746.26, -1.82134235, -1.50788629, -0.152502641, -0.392566234],

@@ -46,6 +46,8 @@ def line_chart(series: Sequence[dict], *, title: str = "", xlabel: str = "", yla
         x1 = x0 + 1
     if y1 == y0:
         y1 = y0 + 1
+    if not ylim:  # a margin, so a line at the best or worst value is not drawn on the frame
+        y0, y1 = y0 - 0.04 * (y1 - y0), y1 + 0.04 * (y1 - y0)
     px = lambda x: left + (x - x0) / (x1 - x0) * (W - left - right)
     py = lambda y: H - bottom - (y - y0) / (y1 - y0) * (H - top - bottom)
     for t in _nice_ticks(y0, y1):
@@ -64,7 +66,7 @@ def line_chart(series: Sequence[dict], *, title: str = "", xlabel: str = "", yla
                 d.line([a, b], fill=colour, width=2)
         elif len(pts) > 1:
             d.line(pts, fill=colour, width=2)
-        if s.get("marker", len(pts) <= 12):
+        if s.get("marker", len(pts) <= 24):
             for p in pts:
                 d.ellipse([p[0] - 2.5, p[1] - 2.5, p[0] + 2.5, p[1] + 2.5], fill=colour)
     # legend (top-left inside the panel)

@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 
 # The generators that ship in checkpoints/ (names load_pipeline knows) and their kind.
 SHIPPED_MODELS: dict[str, str] = {"dalle_shapes": "dalle", "dalle_emoji": "dalle", "ddpm_shapes": "ddpm",
-                                   "ddpm_emoji": "ddpm"}
+                                   "ddpm_emoji": "ddpm", "ddpm_animal_mnist": "ddpm"}
 # model_type values in a checkpoint's config.json that a pipeline can generate from.
 GENERATOR_TYPES = ("dalle", "ddpm")
 
