@@ -81,7 +81,8 @@ def run(args) -> int:
     out_path = check_output(args.output)
     prompts = [p.strip() for p in args.prompts]
     if any(not p for p in prompts):
-        raise ValueError("empty prompt: every PROMPT must contain some text, e.g. 'a red circle'")
+        raise ValueError("empty prompt: every PROMPT must contain some text: a caption such as 'a red circle', or a "
+                         "class name such as 'cat' for a class-conditional model")
     if not 1 <= args.num_images <= MAX_NUM_IMAGES:
         raise ValueError(f"--num-images must be in [1, {MAX_NUM_IMAGES}] (images per prompt in one grid), got "
                          f"{args.num_images}; for more, run again with another --seed")
