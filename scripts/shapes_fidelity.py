@@ -33,6 +33,8 @@ def main(argv=None) -> int:
                     "(default: the checkpoint's)")
     ap.add_argument("--top-k", type=positive_int, default=None, help="DALL-E: sample among the k likeliest tokens")
     ap.add_argument("--top-p", type=finite_float, default=None, help="DALL-E: nucleus sampling mass")
+    ap.add_argument("--compose", type=finite_float, nargs="+", default=[None],
+                    help="DALL-E trained with attribute dropout: weights of the attribute experts to score")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args(argv)
@@ -48,16 +50,20 @@ def main(argv=None) -> int:
     if pipe.kind != "ddpm" and (args.steps is not None or args.scheduler is not None):
         ap.error(f"--steps / --scheduler set DDPM sampling; {args.model!r} is a {pipe.kind} model")
     token_sampling = [f for f in ("temperature", "top_k", "top_p") if getattr(args, f) is not None]
+    if args.compose != [None] and pipe.kind != "dalle":
+        ap.error(f"--compose sets DALL-E sampling; {args.model!r} is a {pipe.kind} model")
     if token_sampling and pipe.kind != "dalle":
         ap.error(f"--{token_sampling[0].replace('_', '-')} sets DALL-E token sampling; {args.model!r} is a "
                  f"{pipe.kind} model")
     groups = prompt_groups(args.n, args.groups, split=args.split)
     extra = {k: v for k, v in dict(steps=args.steps, scheduler=args.scheduler, temperature=args.temperature,
                                    top_k=args.top_k, top_p=args.top_p).items() if v is not None}
-    for guidance in args.guidance:
-        kw = dict(extra, **({} if guidance is None else {"guidance": guidance}))
+    for guidance, compose in ((g, c) for c in args.compose for g in args.guidance):
+        kw = dict(extra, **({} if guidance is None else {"guidance": guidance}),
+                  **({} if compose is None else {"compose": compose}))
         for row in fidelity(pipe, groups, candidates=args.candidates, seed=args.seed, **kw):
             line = json.dumps({"model": args.model, "clip": args.clip, "split": args.split, "guidance": guidance,
+                               **({} if compose is None else {"compose": compose}),
                                **{k: v for k, v in extra.items() if k != "steps"}, **row})
             print(line, flush=True)
             if args.log:

@@ -197,6 +197,100 @@ def test_guidance_scale_one_is_plain_conditional_sampling():
     torch.testing.assert_close(guided_logits(logits, 2, 2.5), logits[2:] + 2.5 * (logits[:2] - logits[2:]))
 
 
+# ----------------------------------------------------------------------------- attribute dropout, composition
+ATTRIBUTES = ["red", "green", "blue", "yellow", "magenta", "cyan", "circle", "square", "triangle", "diamond", "cross"]
+
+
+def composing(**kw) -> DALLE:
+    """A tiny DALL-E on the shapes vocabulary (one with an unknown token) that knows its attribute words."""
+    torch.manual_seed(0)
+    kw = {"attr_words": ATTRIBUTES, **kw}
+    return mmgen.create_model("dalle_shapes_32", image_vocab=32, image_grid=(4, 4),
+                              block=dict(embed_dim=32, depth=2, num_heads=2), **kw).eval()
+
+
+def test_dropped_attribute_words_become_one_unknown_token_each():
+    m = composing()
+    tok = m.tokenizer
+    text = m.tokenize(["a cyan circle left of a blue square", "a red cross"])
+    assert len(tok.encode("cyan")) == 2  # a word of two tokens: still one <unk> when dropped
+    assert [b - a for a, b in m.attribute_spans(text[0].tolist())] == [2, 1, 1, 1]
+    assert torch.equal(m.drop_attributes(text, lambda n, k: [True] * k), text)
+    dropped = m.drop_attributes(text, lambda n, k: [False] * k)
+    words = lambda w: tok.encode(w)  # noqa: E731
+    u = [tok.unk_id]
+    want = [tok.bos_id, *words("a"), *u, *u, *words("left of"), *words("a"), *u, *u, tok.eos_id]
+    assert dropped[0].tolist() == want + [tok.pad_id] * (text.shape[1] - len(want))
+    only_first = m.drop_attributes(text, lambda n, k: [i == 0 for i in range(k)])
+    assert only_first[0, 1:5].tolist() == [*words("a"), *words("cyan"), tok.unk_id]
+    assert only_first[1, 1:4].tolist() == [*words("a"), *words("red"), tok.unk_id]
+
+
+def test_attribute_dropout_only_in_training_and_keeps_the_rest_of_the_caption():
+    m = composing(attr_drop=1.0, cond_drop=0.0)
+    tok = m.tokenizer
+    caption = "a red circle left of a blue square"
+    text = m.tokenize([caption] * 64)
+    fed = []
+    m.register_forward_pre_hook(lambda mod, args: fed.append(args[0][:, :text.shape[1]].clone()))
+    batch = {"text": text, "image_tokens": torch.zeros(64, 4, 4, dtype=torch.long)}
+    torch.manual_seed(1)
+    m.train().loss(batch)
+    rows = fed[-1].tolist()
+    kept = [len(m.attribute_spans(r)) for r in rows]
+    assert 0 in kept and 4 in kept and len(set(kept)) >= 4  # rates drawn per row: from none to all kept
+    skeleton = [t for t in text[0].tolist() if t not in (tok.unk_id, *sum(m._attr_seqs, []))]
+    for r, k in zip(rows, kept):
+        assert [t for t in r if t not in (tok.unk_id, *sum(m._attr_seqs, []))] == skeleton
+        assert r.count(tok.unk_id) == 4 - k
+    m.evaluate(batch)
+    assert torch.equal(fed[-1], text)  # validation reads the whole caption
+
+
+def test_composition_rows_weigh_the_product_of_attribute_experts():
+    from mmgen.pipelines.dalle import composition_rows
+    m = composing()
+    text = m.tokenize(["a red circle left of a blue square", "a green cross"])
+    rows, weights = composition_rows(m, text)
+    assert rows.shape == (5, 2, text.shape[1])
+    assert weights[:, 0].tolist() == [-3, 1, 1, 1, 1] and weights[:, 1].tolist() == [-1, 1, 1, 0, 0]
+    base = m.drop_attributes(text, lambda n, k: [False] * k)
+    assert torch.equal(rows[0], base)
+    assert torch.equal(rows[1], m.drop_attributes(text, lambda n, k: [True] + [False] * (k - 1)))
+    assert torch.equal(rows[3, 1], base[1]) and torch.equal(rows[4, 1], base[1])  # padding repeats the base
+    # the mixing rule: null + s * (sum_g w_g cond_g - null)
+    logits, w = torch.randn(3, 7), torch.tensor([[0.5], [2.0]])  # rows [cond_1; cond_2; null], batch 1
+    torch.testing.assert_close(guided_logits(logits, 1, 3.0, w),
+                               logits[2:] + 3.0 * (0.5 * logits[:1] + 2.0 * logits[1:2] - logits[2:]))
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_composed_sampling_cached_equals_uncached_and_zero_is_plain(guidance):
+    m = composing()
+    text = m.tokenize(["a red circle left of a blue square", "a green cross", "a yellow diamond"])
+    def run(t=text, **kw):
+        return sample_image_tokens(m, t, guidance=guidance, generator=make_generator(4), **kw)
+    assert torch.equal(run(compose=0.0), run())
+    assert torch.equal(run(compose=0.7), run(compose=0.7, use_cache=False))
+    # a prompt without attribute words is its own (only) expert: composing changes nothing
+    plain = m.tokenize(["a left of a", "a"])
+    assert torch.equal(run(plain, compose=1.0), run(plain))
+
+
+def test_compose_needs_a_model_trained_with_attribute_dropout():
+    with pytest.raises(ValueError, match="attr_words"):
+        sample_image_tokens(tiny(), tiny().tokenize(["a red circle"]), compose=0.5)
+    with pytest.raises(ValueError, match="attr_drop .*needs attr_words"):
+        mmgen.create_model("dalle_tiny", attr_drop=0.5)
+    with pytest.raises(ValueError, match="'purple' is not in"):
+        composing(attr_words=["red", "purple"])
+    pipe = DALLEPipeline(composing(), vq=FakeVQ())
+    with pytest.raises(ValueError, match=r"compose must be in \[0, 1\]"):
+        pipe(["a red circle"], num_images=1, compose=1.5)
+    with pytest.raises(ValueError, match="without attribute dropout"):
+        DALLEPipeline(tiny(), vq=FakeVQ())(["a red circle"], num_images=1, compose=0.5)
+
+
 def test_seeded_generation_is_reproducible_and_seeds_differ():
     pipe = DALLEPipeline(tiny(), vq=FakeVQ())
     a = pipe(["a red circle"], num_images=2, seed=0)

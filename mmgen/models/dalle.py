@@ -98,6 +98,13 @@ class DALLEConfig:
     text_loss_weight: float = 1.0
     image_loss_weight: float = 7.0  # DALL-E: image tokens weigh 7x the text tokens
     cond_drop: float = 0.15  # probability of training a row on the null caption (for guidance)
+    # attribute dropout: with probability attr_drop a training caption has each of its attribute
+    # words (single-token words such as colours and shapes) replaced by the unknown token at a
+    # rate drawn uniformly from [0, 1]. The model then also learns "a <unk> circle" (any colour)
+    # and "a red <unk>" (any shape): the experts that compositional sampling multiplies to draw a
+    # colour-shape pair never seen together (mmgen.pipelines.dalle, compose=...)
+    attr_words: tuple[str, ...] = ()
+    attr_drop: float = 0.0
     # read "A below B" as "B above A" (right of -> left of) in training and sampling: the object
     # named first is then the upper / left one, the one the raster order draws first
     # (mmgen.data.shapes.canonical_caption)
@@ -116,6 +123,7 @@ class DALLEConfig:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    compose: float = 0.0  # weight of the attribute experts (needs attr_words; see sample_image_tokens)
 
     def __post_init__(self):
         if isinstance(self.block, dict):
@@ -129,6 +137,10 @@ class DALLEConfig:
             raise ValueError(f"image_vocab must be >= 2, got {self.image_vocab}")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
+        self.attr_words = tuple(self.attr_words)
+        if not 0.0 <= self.attr_drop <= 1.0 or (self.attr_drop > 0 and not self.attr_words):
+            raise ValueError(f"attr_drop must be in [0, 1] and needs attr_words, got {self.attr_drop}, "
+                             f"{self.attr_words}")
         if self.augment not in AUGMENTS or self.augment_pad < 0:
             raise ValueError(f"augment must be one of {AUGMENTS} and augment_pad >= 0, got {self.augment!r}, "
                              f"{self.augment_pad}")
@@ -198,6 +210,7 @@ class DALLE(Model):
         for emb in (self.text_embed, self.image_embed, self.text_head, self.image_head):
             nn.init.normal_(emb.weight, std=c.init_std)
         self._vq = None  # the frozen VQ, not part of this checkpoint's weights
+        self._attr_seqs = self._attribute_sequences(c.attr_words)
         self._null_row: torch.Tensor | None = None  # the empty caption's ids, (1, context_length)
         self.token_memo = ImageTokenMemo()  # the VQ's tokens of the training images seen so far
 
@@ -247,6 +260,51 @@ class DALLE(Model):
             from ..data.shapes import canonical_caption
             texts = canonical_caption(texts) if isinstance(texts, str) else [canonical_caption(t) for t in texts]
         return self._tokenize(texts, truncate=truncate).to(self.text_embed.weight.device)
+
+    def _attribute_sequences(self, words: Sequence[str]) -> list[list[int]]:
+        """Token ids of each attribute word (a word may be several tokens), longest first."""
+        unk = getattr(self.tokenizer, "unk_id", None)
+        if words and unk is None:
+            raise ValueError("attr_words need a tokenizer with an unknown token to stand for a dropped word")
+        seqs = []
+        for word in words:
+            ids = self.tokenizer.encode(word)
+            if not ids or unk in ids:
+                raise ValueError(f"attr_words: {word!r} is not in the {self.config.tokenizer!r} tokenizer's "
+                                 f"vocabulary (ids {ids})")
+            seqs.append(ids)
+        return sorted(seqs, key=len, reverse=True)
+
+    def attribute_spans(self, ids: Sequence[int]) -> list[tuple[int, int]]:
+        """[start, end) token positions of the attribute words in one row of ids, in order."""
+        spans, i = [], 0
+        while i < len(ids):
+            for seq in self._attr_seqs:
+                if list(ids[i:i + len(seq)]) == seq:
+                    spans.append((i, i + len(seq)))
+                    i += len(seq)
+                    break
+            else:
+                i += 1
+        return spans
+
+    def drop_attributes(self, text: torch.Tensor, keep) -> torch.Tensor:
+        """text (N, context_length) ids with attribute words dropped: keep(n, k) -> k bools, whether
+        row n keeps each of its k attribute words. A dropped word becomes one <unk> whatever its
+        token count (so the text does not tell which word it was); the row is re-padded."""
+        pad, unk, L = self.tokenizer.pad_id, self.tokenizer.unk_id, text.shape[1]
+        rows = []
+        for n, ids in enumerate(text.tolist()):
+            spans = self.attribute_spans(ids)
+            flags = keep(n, len(spans)) if spans else []
+            out, i = [], 0
+            for (a, b), kept in zip(spans, flags):
+                out += ids[i:a] + (ids[a:b] if kept else [unk])
+                i = b
+            out += ids[i:]
+            out = [t for t in out if t != pad]
+            rows.append(out + [pad] * (L - len(out)))
+        return torch.tensor(rows, dtype=text.dtype, device=text.device)
 
     @torch.no_grad()
     def record_captions(self, captions: Sequence[str], text: torch.Tensor | None = None) -> None:
@@ -364,6 +422,9 @@ class DALLE(Model):
         if self.training:
             if "caption" in batch:
                 self.record_captions(batch["caption"], text)
+            if c.attr_drop > 0:  # per row: dropped or not, then each attribute word at a uniform rate
+                rates = (torch.rand(B) * (torch.rand(B) < c.attr_drop)).tolist()
+                text = self.drop_attributes(text, lambda n, k: (torch.rand(k) >= rates[n]).tolist())
             if c.cond_drop > 0:
                 keep = torch.rand(B, device=dev) >= c.cond_drop
                 text = torch.where(keep[:, None], text, self._null_ids())  # (B, context_length)

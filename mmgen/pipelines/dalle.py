@@ -25,42 +25,78 @@ SAMPLE_PROMPTS = {
 }
 
 
-def guided_logits(logits: torch.Tensor, batch: int, guidance: float) -> torch.Tensor:
-    """(2B, V) logits of [cond; null] rows -> (B, V) null + s * (cond - null); (B, V) unchanged."""
-    if logits.shape[0] == batch:
-        return logits.float()
-    cond, null = logits[:batch].float(), logits[batch:].float()
+def guided_logits(logits: torch.Tensor, batch: int, guidance: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(R, V) logits of row groups [cond_1; ..; cond_G; null] (each `batch` rows) -> (B, V)
+    null + s * (cond - null), where cond = sum_g weights[g] * cond_g (weights (G, B); default one
+    group of weight 1). Without the null group (R = G * B) it is cond."""
+    V = logits.shape[-1]
+    groups = logits.float().view(-1, batch, V)  # (G or G + 1, B, V)
+    G = 1 if weights is None else weights.shape[0]
+    cond = groups[0] if weights is None else (weights.to(groups)[..., None] * groups[:G]).sum(0)
+    if groups.shape[0] == G:
+        return cond
+    null = groups[G]
     return null + guidance * (cond - null)
+
+
+def composition_rows(model, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attribute experts of text (B, L) for compositional sampling: rows (K + 1, B, L) =
+    [every attribute word dropped (the base); only attribute word 1 kept; ..; only word K kept]
+    (K the most attribute words of any row; a row with fewer repeats its base with weight 0) and
+    weights (K + 1, B) with sum_k weights[k] * logits_k = base + sum_j (expert_j - base): the
+    product of experts p(x | layout) * prod_j p(x | layout, word j) / p(x | layout), which draws
+    "a red circle" from "a red <unk>" and "a <unk> circle" although red circles were never seen."""
+    counts = [len(model.attribute_spans(ids)) for ids in text.tolist()]
+    K = max(counts)
+    rows = [model.drop_attributes(text, lambda n, k: [False] * k)]
+    rows += [model.drop_attributes(text, lambda n, k, j=j: [i == j for i in range(k)]) for j in range(K)]
+    weights = torch.zeros(K + 1, len(counts))
+    for b, k in enumerate(counts):
+        weights[0, b] = 1 - k
+        weights[1:k + 1, b] = 1
+    return torch.stack(rows), weights
 
 
 @torch.no_grad()
 def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, params: SamplingParams = SamplingParams(),
                         generator: torch.Generator | None = None, use_cache: bool = True,
-                        force_null_rows: bool = False, on_token=None) -> torch.Tensor:
+                        force_null_rows: bool = False, compose: float = 0.0, on_token=None) -> torch.Tensor:
     """Image tokens (B, h, w) for text ids (B, context_length): the whole DALL-E sampling loop.
 
     guidance s mixes the next-token logits null + s * (cond - null) (0 = unconditional,
-    1 = conditional: the null rows are skipped unless force_null_rows). use_cache=False
-    recomputes the whole prefix at every step (the reference the KV cache must match)."""
+    1 = conditional: the null rows are skipped unless force_null_rows). compose c > 0 (a model
+    trained with attribute dropout) takes cond = (1 - c) * full prompt + c * the product of its
+    attribute experts (`composition_rows`). use_cache=False recomputes the whole prefix at
+    every step (the reference the KV cache must match)."""
     c = model.config
     if text.ndim != 2 or text.shape[1] != c.context_length:
         raise ValueError(f"text must be (batch, {c.context_length}) ids from tokenize(), got {tuple(text.shape)}")
+    if compose and not c.attr_words:
+        raise ValueError(f"compose={compose} samples from attribute experts, and this DALL-E was trained without "
+                         f"attribute dropout (config attr_words is empty): use compose=0")
     B, dev = text.shape[0], model.text_embed.weight.device
     text = text.to(dev)
-    rows = torch.cat([text, model.null_text(B)]) if (guidance != 1.0 or force_null_rows) else text  # (R, context_length)
+    groups, weights = [text], None
+    if compose:
+        expert_rows, expert_weights = composition_rows(model, text)
+        groups += list(expert_rows)
+        weights = torch.cat([torch.full((1, B), 1.0 - compose), compose * expert_weights])  # (G, B)
+    if guidance != 1.0 or force_null_rows:
+        groups.append(model.null_text(B))
+    rows = torch.cat(groups)  # (R, context_length), R = B * number of groups
     R = rows.shape[0]
     out = torch.empty(B, 0, dtype=torch.long, device=dev)  # (B, i) image tokens so far
     with eval_mode(model):
         cache = model.make_cache(R, c.seq_len) if use_cache else None
         _, logits = model(rows, cache=cache)  # prefill: the last text position predicts image token 0
         for i in range(c.image_tokens):
-            nxt = sample_next(guided_logits(logits[:, -1], B, guidance), params, None, generator)  # (B,)
+            nxt = sample_next(guided_logits(logits[:, -1], B, guidance, weights), params, None, generator)  # (B,)
             out = torch.cat([out, nxt[:, None]], 1)
             if on_token is not None:
                 on_token()
             if i == c.image_tokens - 1:
                 break
-            if use_cache:  # one new position: the same token for the cond and null rows
+            if use_cache:  # one new position: the same token for every row group
                 _, logits = model(nxt.repeat(R // B)[:, None], cache=cache, start=c.context_length + i)
             else:
                 _, logits = model(torch.cat([rows, out.repeat(R // B, 1)], 1))
@@ -104,15 +140,22 @@ class DALLEPipeline(Pipeline):
                             corpus=m.config.tokenizer_captions, max_tokens=m.config.context_length)]
         return out + ([self.clip_reader()] if self.clip is not None else [])
 
-    def check_options(self, steps=None, **kwargs) -> None:
+    def check_options(self, steps=None, compose=None, **kwargs) -> None:
+        if compose is not None and not 0.0 <= compose <= 1.0:
+            raise ValueError(f"compose must be in [0, 1] (0 = the prompt alone, 1 = its attribute experts alone), "
+                             f"got {compose}")
+        if compose and not self.model.config.attr_words:
+            raise ValueError("compose samples from attribute experts, and this DALL-E was trained without attribute "
+                             "dropout (config attr_words is empty): leave compose at 0")
         if kwargs:
             raise TypeError(f"DALLEPipeline takes no option {', '.join(sorted(kwargs))} (that is an option of "
                             f"diffusion pipelines)")
 
     def _generate(self, prompts, n, *, seed, guidance, steps, temperature, top_k, top_p, progress, truncate,
-                  batch_size) -> torch.Tensor:
+                  batch_size, compose=None) -> torch.Tensor:
         m, c = self.model, self.model.config
         guidance = c.guidance_scale if guidance is None else float(guidance)
+        compose = c.compose if compose is None else float(compose)
         top_k = c.top_k if top_k is None else top_k
         params = SamplingParams(temperature=c.temperature if temperature is None else temperature,
                                 top_k=top_k or None, top_p=c.top_p if top_p is None else top_p)
@@ -126,20 +169,22 @@ class DALLEPipeline(Pipeline):
             images = []
             for i in batches:
                 tokens = sample_image_tokens(m, text[i:i + batch_size], guidance=guidance, params=params,
-                                             generator=gen, on_token=tick)
+                                             generator=gen, compose=compose, on_token=tick)
                 images.append(self.vq.decode_tokens(tokens.to(self.vq.device)).float().cpu())  # (b, C, H, W)
         finally:
             tick.close()
         return torch.cat(images)
 
     def estimate_seconds(self, num_prompts: int, num_images: int = 4, candidates: int = 1, guidance=None,
-                         batch_size: int = 64, **kwargs) -> float:
-        """Time of a call, extrapolated from timing 2 cached decode steps of one batch."""
+                         batch_size: int = 64, compose=None, **kwargs) -> float:
+        """Time of a call, extrapolated from timing 2 cached decode steps of one batch (with
+        compose, as if every prompt named two objects: 5 expert rows per image)."""
         m, c = self.model, self.model.config
         g = c.guidance_scale if guidance is None else guidance
+        compose = c.compose if compose is None else compose
         total = num_prompts * num_images * candidates
         b = min(batch_size, total)
-        rows = m.null_text(b * (2 if g != 1 else 1))
+        rows = m.null_text(b * ((2 if g != 1 else 1) + (5 if compose else 0)))
         with torch.no_grad(), eval_mode(m):
             cache = m.make_cache(rows.shape[0], c.seq_len)
             m(rows, cache=cache)
