@@ -431,3 +431,20 @@ def test_docs_recipe_table_is_the_registry():
     table = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip()
     assert table == markdown_table(), ("docs/training.md's recipe table is stale: replace it with the output of "
                                        "`python -m train --list-recipes markdown`")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
+    import warnings
+
+    from mmgen import devices
+    from mmgen.train.loop import resolve_amp
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="train.amp=fp32"):
+        assert resolve_amp("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_amp("bf16", cpu) is torch.bfloat16
+        assert resolve_amp("auto", cpu) is None and resolve_amp("fp32", cpu) is None
+    assert devices.cpu_has_native_bf16() in (True, False, None)

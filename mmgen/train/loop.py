@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -82,6 +83,11 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp32":
         return None
     if amp == "bf16":
+        from ..devices import cpu_has_native_bf16
+        if device.type == "cpu" and cpu_has_native_bf16() is False:
+            warnings.warn(f"train.amp=bf16 on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, "
+                          f"no AVX-512 BF16 or AMX): autocast is emulated and can train 10x slower than fp32; "
+                          f"pass --set train.amp=fp32", stacklevel=2)
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
