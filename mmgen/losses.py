@@ -114,11 +114,12 @@ class ClipLoss(nn.Module):
         self.rank, self.world_size = rank, world_size
 
     def get_logits(self, image_features, text_features, logit_scale, logit_bias=None, labels=None,
-                   distributed: bool = True, negative_text_features=None):
+                   distributed: bool = True, negative_text_features=None, negative_image_features=None):
         """(logits_per_image, logits_per_text, targets), label-aware masking applied. With
         `negative_text_features` (B, D), one hard-negative caption per image, every image row
         also scores every negative (extra columns after the batch's captions: NegCLIP); the
-        text->image direction is unchanged."""
+        text->image direction is unchanged. `negative_image_features` (B, D), one hard-negative
+        image per caption, do the same for every caption row (text->image)."""
         rank, world = dist_info(self.rank, self.world_size) if distributed else (0, 1)
         B = image_features.shape[0]
         all_labels = labels
@@ -163,17 +164,29 @@ class ClipLoss(nn.Module):
             if logit_bias is not None:
                 extra = extra + logit_bias
             logits_per_image = torch.cat([logits_per_image, extra], dim=1)
+        if negative_image_features is not None:
+            negatives, rows = negative_image_features, text_features
+            if world > 1:
+                negatives = gather_one(negative_image_features, local_loss=self.local_loss,
+                                       gather_with_grad=self.gather_with_grad, rank=rank, world_size=world)
+                rows = text_features if self.local_loss else all_txt
+            extra = logit_scale * rows @ negatives.T  # (rows, W*B)
+            if logit_bias is not None:
+                extra = extra + logit_bias
+            logits_per_text = torch.cat([logits_per_text, extra], dim=1)
         return logits_per_image, logits_per_text, targets
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None, *,
-                distributed: bool = True, negative_text_features=None) -> torch.Tensor:
+                distributed: bool = True, negative_text_features=None, negative_image_features=None) -> torch.Tensor:
         """distributed=False: this process's batch alone, even inside a process group (for
         evaluation on one rank, where a collective would wait forever for the others)."""
         _check_features(image_features, text_features, labels)
         if negative_text_features is not None:
             _check_features(image_features, negative_text_features, None)
+        if negative_image_features is not None:
+            _check_features(negative_image_features, text_features, None)
         li, lt, targets = self.get_logits(image_features, text_features, logit_scale, logit_bias, labels, distributed,
-                                          negative_text_features)
+                                          negative_text_features, negative_image_features)
         return (F.cross_entropy(li, targets) + F.cross_entropy(lt, targets)) / 2
 
 

@@ -140,6 +140,37 @@ def test_hard_negatives_are_extra_columns_of_the_image_rows():
         ClipLoss()(img, txt, scale, negative_text_features=neg[:3])
 
 
+def test_hard_negative_images_are_extra_columns_of_the_caption_rows():
+    img, txt = feats(6)
+    neg = F.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(4)), dim=-1)
+    scale = torch.tensor(5.0)
+    i2t = F.cross_entropy(scale * img @ txt.T, torch.arange(6))
+    t2i = F.cross_entropy(scale * txt @ torch.cat([img, neg]).T, torch.arange(6))  # images, then negatives
+    torch.testing.assert_close(ClipLoss()(img, txt, scale, negative_image_features=neg), (i2t + t2i) / 2)
+    assert ClipLoss()(img, txt, scale, negative_image_features=img) > ClipLoss()(img, txt, scale) + 0.1
+    with pytest.raises(ValueError, match="same shape"):
+        ClipLoss()(img, txt, scale, negative_image_features=neg[:3])
+
+
+def test_clip_model_trains_with_shapes_hard_negative_images():
+    from mmgen.data import build_dataset
+    ds = build_dataset("shapes", "train", holdout="default", negative_images=True, length=8)
+    kw = dict(vision=dict(img_size=32, dim=32), text=dict(context_length=48, width=32, depth=2, heads=2))
+    model = make_clip(hard_negative_images=True, **kw)
+    batch = model.collate([ds[i] for i in range(8)])
+    assert batch["negative_image"].shape == batch["image"].shape
+    loss, _ = model.loss(batch)
+    loss.backward()
+    plain = make_clip(**kw)
+    plain.load_state_dict(model.state_dict())
+    assert loss.item() > plain.loss(batch)[0].item()  # more negatives in every caption row
+    del batch["negative_image"]
+    with pytest.raises(ValueError, match="negative_image"):
+        model.loss(batch)
+    with pytest.raises(ValueError, match="loss='clip'"):
+        make_clip(hard_negative_images=True, loss="siglip")
+
+
 def test_clip_model_trains_with_shapes_hard_negatives():
     from mmgen.data import build_dataset
     ds = build_dataset("shapes", "train", holdout="default", negatives=True, length=8)
@@ -175,6 +206,8 @@ def _ddp_worker(rank, world, store, out_dir, img, txt, labels):
     cases["clip_label_aware"] = ClipLoss(local_loss=True, gather_with_grad=True, label_aware=True)
     cases.update({f"clip_negatives_local{int(ll)}_grad1": ClipLoss(local_loss=ll, gather_with_grad=True)
                   for ll in (False, True)})
+    cases.update({f"clip_negimages_local{int(ll)}_grad1": ClipLoss(local_loss=ll, gather_with_grad=True)
+                  for ll in (False, True)})
     cases["siglip"] = SigLipLoss()
     negatives = _negatives(img, txt)
     for name, fn in cases.items():
@@ -183,7 +216,8 @@ def _ddp_worker(rank, world, store, out_dir, img, txt, labels):
         scale = torch.tensor(7.0, requires_grad=True)
         bias = torch.tensor(-3.0) if name == "siglip" else None
         lab = labels[rank * B:(rank + 1) * B] if "label" in name else None
-        extra = {"negative_text_features": negatives[rank * B:(rank + 1) * B]} if "negatives" in name else {}
+        extra = {"negative_text_features": negatives[rank * B:(rank + 1) * B]} if "negatives" in name else \
+            {"negative_image_features": negatives[rank * B:(rank + 1) * B]} if "negimages" in name else {}
         loss = fn(i, t, scale, bias, labels=lab, **extra)
         loss.backward()
         results[name] = (loss.detach(), i.grad, t.grad, scale.grad)
@@ -225,6 +259,8 @@ def test_ddp_loss_equals_single_process_on_global_batch(tmp_path):
             ref = SigLipLoss()(i, t, scale, torch.tensor(-3.0))
         elif "negatives" in name:
             ref = ClipLoss()(i, t, scale, negative_text_features=_negatives(img, txt))
+        elif "negimages" in name:
+            ref = ClipLoss()(i, t, scale, negative_image_features=_negatives(img, txt))
         else:
             ref = ClipLoss(label_aware="label" in name)(i, t, scale, labels=labels if "label" in name else None)
         ref.backward()

@@ -361,6 +361,20 @@ def test_shapes_hard_negatives_change_one_binding_and_keep_held_out_pairs_unseen
     assert "negative_caption" not in build_dataset("shapes", "val", length=2)[0]
 
 
+def test_shapes_negative_images_distort_one_object_out_of_its_shape():
+    from mmgen.data.shapes import DISTORTIONS, check, render_distorted
+    ds = build_dataset("shapes", "train", holdout="default", negative_images=True, length=200)
+    items = [ds[i] for i in range(200)]
+    assert all(check(it["image"], it["caption"])["correct"] for it in items)
+    rejected = sum(not check(it["negative_image"], it["caption"])["correct"] for it in items)
+    assert rejected >= 170, rejected  # a stretched, bumped or merged object is no longer its shape
+    assert torch.equal(ds[3]["negative_image"], ds[3]["negative_image"])  # a pure function of the index
+    assert "negative_image" not in build_dataset("shapes", "val", length=2)[0]
+    objs = ds.scene(0)[0]
+    drawn = {render_distorted(objs, np.random.default_rng(s)).tobytes() for s in range(30)}
+    assert len(drawn) > 10 and len(DISTORTIONS) == 3
+
+
 def test_shapes_negative_weights_set_the_share_of_each_kind_and_bad_weights_are_refused():
     from mmgen.data.shapes import parse_caption
     ds = build_dataset("shapes", "train", holdout="default", negatives={"relation": 1.0}, length=200)

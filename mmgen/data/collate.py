@@ -76,7 +76,8 @@ def tokenize_captions(texts: Sequence[str], tokenizer, context_length: int, *,
 
 class CaptionCollate:
     """Collate ``{"image", "label", "caption"}`` items and tokenise their captions (and, when
-    the items carry one, their ``"negative_caption"`` into ``negative_input_ids`` etc.).
+    the items carry one, their ``"negative_caption"`` into ``negative_input_ids`` etc., and
+    their ``"negative_image"`` into ``negative_image``).
 
     Picklable (a plain class), so it works with ``DataLoader(num_workers>0)``.
     """
@@ -109,6 +110,8 @@ class CaptionCollate:
             batch["negative_caption"] = negatives
             tokens = tokenize_captions(negatives, self.tokenizer, self.context_length, **self.kw)
             batch.update({f"negative_{k}": v for k, v in tokens.items()})
+        if "negative_image" in items[0]:  # hard-negative images (shapes with negative_images=True)
+            batch["negative_image"] = torch.stack([it["negative_image"] for it in items])  # (B, C, H, W)
         return batch
 
 

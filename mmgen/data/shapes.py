@@ -107,6 +107,41 @@ def render(objects, image_size: int = IMAGE_SIZE) -> np.ndarray:
     return np.asarray(im.resize((image_size, image_size), Image.BOX))
 
 
+DISTORTIONS = ("stretch", "bump", "merge")
+
+
+def render_distorted(objects, rng: np.random.Generator, image_size: int = IMAGE_SIZE) -> np.ndarray:
+    """The scene of ``render(objects)`` with one object, drawn at random, no longer clearly
+    its shape: stretched 1.5-2x along one axis ("stretch"), with an overlapping disc of its
+    colour ("bump"), or merged with an overlapping second shape of its colour ("merge"). A
+    hard-negative image for its own caption: a reranker must not call these "a square"."""
+    k = int(rng.integers(len(objects)))
+    kind = DISTORTIONS[int(rng.integers(len(DISTORTIONS)))]
+    n = image_size * SS
+    im = Image.new("RGB", (n, n))
+    d = ImageDraw.Draw(im)
+    for j, o in enumerate(objects):
+        x, y, size, fill = o["x"] * SS, o["y"] * SS, o["size"] * SS, COLOURS[o["colour"]]
+        if j != k:
+            _draw_shape(d, o["shape"], (x, y, x + size, y + size), fill)
+            continue
+        cx, cy = x + size / 2, y + size / 2
+        if kind == "stretch":  # the long side f times the short one, the area about the same
+            f = float(rng.uniform(1.5, 2.0))
+            long, short = size * f ** 0.5, size / f ** 0.5
+            w, h = (long, short) if rng.random() < 0.5 else (short, long)
+            _draw_shape(d, o["shape"], (int(max(0, cx - w / 2)), int(max(0, cy - h / 2)),
+                                        int(min(n, cx + w / 2)), int(min(n, cy + h / 2))), fill)
+        else:
+            _draw_shape(d, o["shape"], (x, y, x + size, y + size), fill)
+            other = "circle" if kind == "bump" else SHAPES[int(rng.integers(len(SHAPES)))]
+            r = size * (float(rng.uniform(0.3, 0.45)) if kind == "bump" else float(rng.uniform(0.7, 0.9)))
+            a = float(rng.uniform(0, 2 * np.pi))  # the second part's centre sits on the object's edge
+            ox, oy = cx + np.cos(a) * size / 2, cy + np.sin(a) * size / 2
+            _draw_shape(d, other, (int(ox - r / 2), int(oy - r / 2), int(ox + r / 2), int(oy + r / 2)), fill)
+    return np.asarray(im.resize((image_size, image_size), Image.BOX))
+
+
 def caption_of(objects, relation: str | None = None) -> str:
     first = f"a {objects[0]['colour']} {objects[0]['shape']}"
     if len(objects) == 1:
@@ -245,11 +280,14 @@ class ShapesDataset(torch.utils.data.Dataset):
     ``"negative_caption"`` (``hard_negative``: one binding changed; ``negatives={"relation": 2,
     "swap": 1, "replace": 1}`` draws the kinds of change in those proportions). ``scene(i)``
     gives the objects.
-    ``transform`` (a torchvision v2 transform) receives the uint8 (3, H, W) image tensor.
+    With ``negative_images=True`` a ``"negative_image"``: the scene with one object distorted
+    (``render_distorted``), a hard negative for the caption. ``transform`` (a torchvision v2
+    transform) receives the uint8 (3, H, W) image tensor (the negative image is not transformed).
     """
 
     def __init__(self, split: str = "train", *, holdout=None, seed: int = 0, length: int | None = None,
-                 p_two: float = 0.75, transform=None, negatives: bool | dict = False):
+                 p_two: float = 0.75, transform=None, negatives: bool | dict = False,
+                 negative_images: bool = False):
         if split not in SPLIT_CODES:
             raise ValueError(f"shapes split must be one of {list(SPLIT_CODES)}, got {split!r}")
         self.split, self.seed, self.p_two, self.transform = split, seed, p_two, transform
@@ -261,6 +299,7 @@ class ShapesDataset(torch.utils.data.Dataset):
                                  f"at least one > 0; got {negatives!r}")
             self.negative_weights = {k: float(v) for k, v in negatives.items()}
         self.negatives = bool(negatives)
+        self.negative_images = bool(negative_images)
         self.holdout = _normalise_holdout(holdout)
         self.allowed = [p for p in PAIRS if p not in self.holdout]
         self.required = None
@@ -304,6 +343,9 @@ class ShapesDataset(torch.utils.data.Dataset):
         if self.negatives:
             rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], i, 1])
             item["negative_caption"] = hard_negative(objs, relation, rng, self.allowed, self.negative_weights)
+        if self.negative_images:
+            rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], i, 2])
+            item["negative_image"] = _to_float(render_distorted(objs, rng))
         return item
 
     def captions(self) -> list[str]:
@@ -314,9 +356,9 @@ class ShapesStream(torch.utils.data.IterableDataset):
     """Endless seeded training stream (each DataLoader worker gets its own sub-stream)."""
 
     def __init__(self, *, holdout=None, seed: int = 0, p_two: float = 0.75, transform=None,
-                 negatives: bool | dict = False):
-        self.base = ShapesDataset("train", holdout=holdout, seed=seed, p_two=p_two,
-                                  transform=transform, length=2**62, negatives=negatives)
+                 negatives: bool | dict = False, negative_images: bool = False):
+        self.base = ShapesDataset("train", holdout=holdout, seed=seed, p_two=p_two, transform=transform,
+                                  length=2**62, negatives=negatives, negative_images=negative_images)
         self.classes = self.base.classes
 
     def __iter__(self):

@@ -67,6 +67,9 @@ class CLIPConfig:
     # NegCLIP: batches carrying "negative_input_ids" (one caption per image with one binding
     # changed, e.g. shapes with negatives=True) add them as extra negatives of each image
     hard_negatives: bool = False
+    # and batches carrying "negative_image" (one per caption, e.g. shapes with negative_images=True:
+    # the scene with one object distorted) add them as extra negatives of each caption
+    hard_negative_images: bool = False
     # CoCa (Yu et al., 2022): a captioning loss beside the contrastive one. A small causal
     # decoder reads the text tower's token states and cross-attends to the image tower's
     # tokens to predict each next caption token, so the image tower must carry what the words
@@ -97,6 +100,8 @@ class CLIPConfig:
                              f"{self.caption_loss} and {self.caption_depth}")
         if self.hard_negatives and self.loss != "clip":
             raise ValueError(f"hard_negatives needs loss='clip' (softmax over the captions), got loss={self.loss!r}")
+        if self.hard_negative_images and self.loss != "clip":
+            raise ValueError(f"hard_negative_images needs loss='clip' (softmax over the images), got loss={self.loss!r}")
         if not isinstance(self.vision, dict):
             raise TypeError(f"vision must be a dict of the image tower's config, got {type(self.vision).__name__}")
 
@@ -375,12 +380,19 @@ class CLIP(Model):
                 raise ValueError("hard_negatives=True needs 'negative_input_ids' in the batch: a dataset whose items "
                                  "carry 'negative_caption' (e.g. shapes with negatives=True)")
             negatives = self.encode_text(batch["negative_input_ids"].to(image.device))
+        negative_images = None
+        if self.config.hard_negative_images:
+            if "negative_image" not in batch:
+                raise ValueError("hard_negative_images=True needs 'negative_image' in the batch: a dataset whose items "
+                                 "carry one (e.g. shapes with negative_images=True)")
+            negative_images = self.encode_image(batch["negative_image"].to(image.device))
         scale = self.logit_scale.exp()
         # The global batch (all-gather across ranks) only in training: evaluation may run on
         # one rank alone (the train loop evaluates on rank 0), where a collective would hang.
         loss = self.loss_fn(img, txt, scale, self.logit_bias, labels if self.config.label_aware else None,
                             distributed=self.training,
-                            **({} if negatives is None else {"negative_text_features": negatives}))
+                            **({} if negatives is None else {"negative_text_features": negatives}),
+                            **({} if negative_images is None else {"negative_image_features": negative_images}))
         contrastive = loss
         if self.captioner is not None:  # the same token states feed the captioning decoder
             caption = self.captioner.loss(states, _token_sequence(tokens), ids, self.config.text.pad_id)
