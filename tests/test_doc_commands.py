@@ -92,6 +92,8 @@ RULES = [
          "runs it on small files)", skip=True),
     Rule(r"scripts/shapes_fidelity\.py", "2 prompts per group and 1 or 2 candidates instead of 200 and 1 or 8",
          append=["--n", "2", "--candidates", "1", "2"]),
+    Rule(r"scripts/shapes_fidelity\.py .*--compose", "compositional sampling draws 7 rows per image: one weight, "
+         "one group, 1 candidate", append=["--compose", "1", "--groups", "heldout", "--candidates", "1"]),
     Rule(r"scripts/rerank_oracle\.py", "2 prompts per group and 2 candidates instead of 100 and 8",
          append=["--n", "2", "--k", "2"]),
     Rule(r"scripts/text_use\.py", "8 test images instead of 256", append=["--n", "8"]),
