@@ -122,7 +122,7 @@ class ClipLoss(nn.Module):
         image per caption, do the same for every caption row (text->image)."""
         rank, world = dist_info(self.rank, self.world_size) if distributed else (0, 1)
         B = image_features.shape[0]
-        all_labels = labels
+        all_labels, all_img, all_txt = labels, None, None
         if world > 1:
             all_img, all_txt = gather_features(image_features, text_features, local_loss=self.local_loss,
                                                gather_with_grad=self.gather_with_grad, rank=rank,
@@ -153,27 +153,21 @@ class ClipLoss(nn.Module):
             drop = _same_label_mask(row_labels, all_labels, targets)
             logits_per_image = logits_per_image.masked_fill(drop, float("-inf"))
             logits_per_text = logits_per_text.masked_fill(drop, float("-inf"))
-        if negative_text_features is not None:
-            negatives = negative_text_features
-            rows = image_features
+
+        def negative_columns(rows, all_rows, negatives):  # (rows, W*B): each row against every hard negative
             if world > 1:
-                negatives = gather_one(negative_text_features, local_loss=self.local_loss,
-                                       gather_with_grad=self.gather_with_grad, rank=rank, world_size=world)
-                rows = image_features if self.local_loss else all_img
-            extra = logit_scale * rows @ negatives.T  # (rows, W*B)
-            if logit_bias is not None:
-                extra = extra + logit_bias
-            logits_per_image = torch.cat([logits_per_image, extra], dim=1)
-        if negative_image_features is not None:
-            negatives, rows = negative_image_features, text_features
-            if world > 1:
-                negatives = gather_one(negative_image_features, local_loss=self.local_loss,
-                                       gather_with_grad=self.gather_with_grad, rank=rank, world_size=world)
-                rows = text_features if self.local_loss else all_txt
-            extra = logit_scale * rows @ negatives.T  # (rows, W*B)
-            if logit_bias is not None:
-                extra = extra + logit_bias
-            logits_per_text = torch.cat([logits_per_text, extra], dim=1)
+                negatives = gather_one(negatives, local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
+                                       rank=rank, world_size=world)
+                rows = rows if self.local_loss else all_rows
+            extra = logit_scale * rows @ negatives.T
+            return extra if logit_bias is None else extra + logit_bias
+
+        if negative_text_features is not None:  # image rows: extra caption columns
+            logits_per_image = torch.cat([logits_per_image, negative_columns(image_features, all_img,
+                                                                             negative_text_features)], dim=1)
+        if negative_image_features is not None:  # caption rows: extra image columns
+            logits_per_text = torch.cat([logits_per_text, negative_columns(text_features, all_txt,
+                                                                           negative_image_features)], dim=1)
         return logits_per_image, logits_per_text, targets
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, labels=None, *,
