@@ -282,6 +282,8 @@ def test_compose_needs_a_model_trained_with_attribute_dropout():
         sample_image_tokens(tiny(), tiny().tokenize(["a red circle"]), compose=0.5)
     with pytest.raises(ValueError, match="attr_drop .*needs attr_words"):
         mmgen.create_model("dalle_tiny", attr_drop=0.5)
+    with pytest.raises(ValueError, match="compose .*needs attr_words"):
+        mmgen.create_model("dalle_tiny", compose=0.5)
     with pytest.raises(ValueError, match="'purple' is not in"):
         composing(attr_words=["red", "purple"])
     pipe = DALLEPipeline(composing(), vq=FakeVQ())

@@ -141,6 +141,9 @@ class DALLEConfig:
         if not 0.0 <= self.attr_drop <= 1.0 or (self.attr_drop > 0 and not self.attr_words):
             raise ValueError(f"attr_drop must be in [0, 1] and needs attr_words, got {self.attr_drop}, "
                              f"{self.attr_words}")
+        if not 0.0 <= self.compose <= 1.0 or (self.compose > 0 and not self.attr_words):
+            raise ValueError(f"compose (the sampling default) must be in [0, 1] and needs attr_words, got "
+                             f"{self.compose}, {self.attr_words}")
         if self.augment not in AUGMENTS or self.augment_pad < 0:
             raise ValueError(f"augment must be one of {AUGMENTS} and augment_pad >= 0, got {self.augment!r}, "
                              f"{self.augment_pad}")

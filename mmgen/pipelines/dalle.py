@@ -32,7 +32,7 @@ def guided_logits(logits: torch.Tensor, batch: int, guidance: float, weights: to
     V = logits.shape[-1]
     groups = logits.float().view(-1, batch, V)  # (G or G + 1, B, V)
     G = 1 if weights is None else weights.shape[0]
-    cond = groups[0] if weights is None else (weights.to(groups)[..., None] * groups[:G]).sum(0)
+    cond = groups[0] if weights is None else (weights[..., None] * groups[:G]).sum(0)
     if groups.shape[0] == G:
         return cond
     null = groups[G]
@@ -80,7 +80,7 @@ def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, par
     if compose:
         expert_rows, expert_weights = composition_rows(model, text)
         groups += list(expert_rows)
-        weights = torch.cat([torch.full((1, B), 1.0 - compose), compose * expert_weights])  # (G, B)
+        weights = torch.cat([torch.full((1, B), 1.0 - compose), compose * expert_weights]).to(dev)  # (G, B)
     if guidance != 1.0 or force_null_rows:
         groups.append(model.null_text(B))
     rows = torch.cat(groups)  # (R, context_length), R = B * number of groups
@@ -144,9 +144,6 @@ class DALLEPipeline(Pipeline):
         if compose is not None and not 0.0 <= compose <= 1.0:
             raise ValueError(f"compose must be in [0, 1] (0 = the prompt alone, 1 = its attribute experts alone), "
                              f"got {compose}")
-        if compose and not self.model.config.attr_words:
-            raise ValueError("compose samples from attribute experts, and this DALL-E was trained without attribute "
-                             "dropout (config attr_words is empty): leave compose at 0")
         if kwargs:
             raise TypeError(f"DALLEPipeline takes no option {', '.join(sorted(kwargs))} (that is an option of "
                             f"diffusion pipelines)")
