@@ -92,7 +92,8 @@ def ship(args) -> None:
     out = Path(args.out)
     # --vq / --clip are given relative to OUT; save_pretrained stores them relative to OUT again
     model.config.vq_path = str((out / args.vq).resolve())
-    model.config.clip_path = str((out / args.clip).resolve()) if args.clip else ""
+    clips = [str((out / c).resolve()) for c in args.clip]  # several: they rerank together (CLIPEnsemble)
+    model.config.clip_path, model.config.extra_clip_paths = (clips[0], tuple(clips[1:])) if clips else ("", ())
     model.save_pretrained(out, dtype=torch.float16)
     pipe = DALLEPipeline.from_pretrained(out)  # the companion paths resolve from the new place
     if args.clip:
@@ -206,7 +207,8 @@ def main(argv=None) -> int:
     s.add_argument("run")
     s.add_argument("out")
     s.add_argument("--vq", required=True, help="VQ checkpoint path relative to OUT, e.g. ../vq_shapes")
-    s.add_argument("--clip", default="", help="CLIP checkpoint path relative to OUT, e.g. ../clip_shapes")
+    s.add_argument("--clip", nargs="*", default=[], help="CLIP checkpoint path(s) relative to OUT, e.g. "
+                                                         "../clip_shapes (several: they rerank together)")
     s.set_defaults(func=ship)
     k = sub.add_parser("card")
     k.add_argument("run")

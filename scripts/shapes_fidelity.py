@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     ap.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS))
     ap.add_argument("--candidates", type=positive_int, nargs="+", default=[1])
     ap.add_argument("--guidance", type=finite_float, nargs="+", default=[None])
-    ap.add_argument("--clip", default=None, help="rerank with this CLIP checkpoint instead of the model's own")
+    ap.add_argument("--clip", nargs="+", default=None, help="rerank with this CLIP checkpoint instead of the model's "
+                                                            "own (several: the mean of their scores)")
     ap.add_argument("--steps", type=positive_int, default=None, help="DDPM sampling steps (default: the checkpoint's)")
     ap.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="DDPM sampler (default: the checkpoint's)")
     ap.add_argument("--split", choices=PROMPT_SPLITS, default="test",
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
         if args.clip is not None:
             import mmgen
             from mmgen.pipelines.paths import find_checkpoint
-            extra_parts["clip"] = mmgen.load_pretrained(find_checkpoint(args.clip))
+            extra_parts["clip"] = [mmgen.load_pretrained(find_checkpoint(name)) for name in args.clip]
         pipe = load_pipeline(args.model, **extra_parts)
     except (ValueError, TypeError, FileNotFoundError) as e:
         ap.error(str(e))

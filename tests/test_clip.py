@@ -167,6 +167,7 @@ def test_clip_model_trains_with_shapes_hard_negative_images():
     del batch["negative_image"]
     with pytest.raises(ValueError, match="negative_image"):
         model.loss(batch)
+    assert set(model.evaluate(batch)) >= {"val_loss", "val_t2i_R@1"}  # a split without negative images
     with pytest.raises(ValueError, match="loss='clip'"):
         make_clip(hard_negative_images=True, loss="siglip")
 
@@ -727,3 +728,31 @@ def test_caption_loss_overfits_one_batch_and_round_trips(tmp_path):
     loaded = mmgen.load_pretrained(tmp_path / "ck").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded.loss(batch)[1]["caption_loss"], model.loss(batch)[1]["caption_loss"])
+
+
+def test_clip_ensemble_scores_the_mean_of_its_members_cosines():
+    from mmgen.metrics.clip_score import clip_scores
+    from mmgen.models.clip import CLIPEnsemble
+    from mmgen.pipelines.base import Pipeline
+    torch.manual_seed(0)
+    small = make_clip().eval()  # 8 px images, byte tokenizer, context 32
+    other = make_clip(vision=dict(img_size=16, dim=32), embed_dim=24,
+                      text=dict(context_length=12, width=32, depth=2, heads=2)).eval()
+    images = torch.rand(5, 3, 16, 16) * 2 - 1
+    prompts = ["a red circle", "a blue square left of a green cross", "x", "a cyan diamond", "a red circle"]
+    ens = CLIPEnsemble([small, other])
+    mean = (clip_scores(small, images, prompts) + clip_scores(other, images, prompts)) / 2  # each resizes its input
+    torch.testing.assert_close(clip_scores(ens, images, prompts), mean, atol=1e-4, rtol=1e-5)
+    # long prompts are cut to each member's own context, as a lone CLIP does
+    long = ["a red circle above a blue square left of a green cross " * 3] * 5
+    torch.testing.assert_close(clip_scores(ens, images, long),
+                               (clip_scores(small, images, long) + clip_scores(other, images, long)) / 2,
+                               atol=1e-4, rtol=1e-5)
+    assert ens.tokenizer is small.tokenizer and ens.config is small.config  # prompt checks read the first
+    assert isinstance(Pipeline._check_clip([small, other]), CLIPEnsemble) and Pipeline._check_clip([small]) is small
+    with pytest.raises(ValueError, match="at least two"):
+        CLIPEnsemble([small])
+    with pytest.raises(TypeError, match="member 1"):
+        CLIPEnsemble([small, torch.nn.Linear(2, 2)])
+    with pytest.raises(TypeError, match="strings"):
+        ens.encode_text(small.tokenize(["a red circle"]))

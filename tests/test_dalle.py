@@ -277,6 +277,12 @@ def test_composed_sampling_cached_equals_uncached_and_zero_is_plain(guidance):
     assert torch.equal(run(plain, compose=1.0), run(plain))
 
 
+def test_extra_rerankers_join_the_one_at_clip_path():
+    assert mmgen.create_model("dalle_tiny", clip_path="a", extra_clip_paths=["b", "c"]).config.extra_clip_paths == ("b", "c")
+    with pytest.raises(ValueError, match="extra_clip_paths .*clip_path is empty"):
+        mmgen.create_model("dalle_tiny", extra_clip_paths=["clip_shapes_reranker"])
+
+
 def test_compose_needs_a_model_trained_with_attribute_dropout():
     with pytest.raises(ValueError, match="attr_words"):
         sample_image_tokens(tiny(), tiny().tokenize(["a red circle"]), compose=0.5)

@@ -391,3 +391,51 @@ def test_shapes_negative_weights_set_the_share_of_each_kind_and_bad_weights_are_
     for bad in ({"order": 1.0}, {"relation": -1.0}, {"relation": 0.0}):
         with pytest.raises(ValueError, match="negatives weights"):
             build_dataset("shapes", "train", negatives=bad, length=2)
+
+
+def _load_script(name):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sample_bank_resumes_to_the_same_file_and_feeds_the_train_split(tmp_path, capsys):
+    from safetensors.torch import load_file
+    script = _load_script("sample_bank")
+    whole, parts = tmp_path / "whole.safetensors", tmp_path / "parts.safetensors"
+    assert script.main(["--n", "6", "--chunk", "4", "--out", str(whole)]) == 0
+    assert script.main(["--n", "3", "--chunk", "4", "--out", str(parts)]) == 0  # a run stopped inside chunk 0
+    assert script.main(["--n", "6", "--chunk", "4", "--out", str(parts)]) == 0
+    assert "continuing" in capsys.readouterr().out
+    a, b = load_file(whole), load_file(parts)
+    assert a.keys() == {"real", "generated"} and a["real"].shape == (6, 3, 32, 32)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # resuming changes nothing
+    assert script.main(["--n", "4", "--chunk", "4", "--out", str(parts)]) == 0  # fewer: the first 4 items
+    assert all(torch.equal(a[k][:4], v) for k, v in load_file(parts).items())
+
+    ds = build_dataset("shapes", "train", holdout="default", negatives=True, sample_bank=str(whole))
+    plain = build_dataset("shapes", "train", holdout="default", length=6)
+    assert len(ds) == 6
+    for i in range(6):
+        item = ds[i]
+        assert item["caption"] == plain[i]["caption"] and "negative_caption" in item
+        torch.testing.assert_close(item["negative_image"], a["generated"][i].float() / 127.5 - 1)
+        torch.testing.assert_close(item["image"], a["real"][i].float() / 127.5 - 1)
+        # the image is the scene through the VQ: close to the render, not the render itself
+        assert (item["image"] - plain[i]["image"]).abs().mean() < 0.1
+    assert "negative_image" not in build_dataset("shapes", "val", sample_bank=str(whole), length=2)[0]
+    with pytest.raises(ValueError, match="holdout"):
+        build_dataset("shapes", "train", sample_bank=str(whole))  # the bank holds the held-out-pairs split
+    with pytest.raises(ValueError, match="not both"):
+        build_dataset("shapes", "train", holdout="default", negative_images=True, sample_bank=str(whole))
+    with pytest.raises(ValueError, match="6 items"):
+        build_dataset("shapes", "train", holdout="default", length=10, sample_bank=str(whole))
+    with pytest.raises(FileNotFoundError, match="sample_bank.py"):
+        build_dataset("shapes", "train", holdout="default", sample_bank=str(tmp_path / "none.safetensors"))
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not a sample bank"):
+        build_dataset("shapes", "train", holdout="default", sample_bank=str(tmp_path / "other.safetensors"))

@@ -53,6 +53,8 @@ PREREQUISITES = {
     "runs/clip_animal_mnist": "python -m train --recipe clip_animal_mnist --out runs/clip_animal_mnist",
     "runs/clip_shapes": "python -m train --recipe clip_shapes --out runs/clip_shapes",
     "runs/vae_shapes": "python -m train --recipe vae_shapes --out runs/vae_shapes",
+    # the generator samples a reranker recipe trains on (the documented command draws 6,144)
+    "runs/shapes_sample_bank.safetensors": "python scripts/sample_bank.py --n 8 --out runs/shapes_sample_bank.safetensors",
 }
 
 
@@ -96,6 +98,7 @@ RULES = [
          "one group, 1 candidate", append=["--compose", "1", "--groups", "heldout", "--candidates", "1"]),
     Rule(r"scripts/rerank_oracle\.py", "2 prompts per group and 2 candidates instead of 100 and 8",
          append=["--n", "2", "--k", "2"]),
+    Rule(r"scripts/sample_bank\.py", "8 generator samples instead of 6,144", append=["--n", "8"]),
     Rule(r"scripts/text_use\.py", "8 test images instead of 256", append=["--n", "8"]),
     Rule(r"scripts/vq_token_coverage\.py", "codes counted on 500 training scenes and 20 objects per group instead of "
          "20,000 and 1,000", append=["--n-train", "500", "--n-objects", "20"]),
@@ -250,11 +253,13 @@ class Scratch:
         tokens = list(argv)
         if trains(argv) and _value(argv, "--recipe"):  # a recipe that starts from another run's weights
             from mmgen.train.recipes import get_recipe
-            tokens.append(get_recipe(_value(argv, "--recipe")).train.get("init_from", ""))
+            recipe = get_recipe(_value(argv, "--recipe"))
+            tokens += [recipe.train.get("init_from", "")] + [v for v in recipe.data_kwargs.values() if isinstance(v, str)]
         for tok in tokens:
             for cand in {tok, tok.rstrip("/")}:
                 if cand in self.producers and cand != own_out and not (self.path / cand).exists():
-                    rc = self.run(shlex.split(self.producers[cand]) + TRAIN_OVERRIDES, {})
+                    producer = shlex.split(self.producers[cand])
+                    rc = self.run(producer + (TRAIN_OVERRIDES if trains(producer) else []), {})
                     assert rc == 0, f"making {cand} with `{self.producers[cand]}` failed ({rc})"
 
     def run(self, argv: list[str], env: dict[str, str]) -> int:

@@ -40,9 +40,12 @@ on shuffled captions.
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import re
 import zlib
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -283,11 +286,16 @@ class ShapesDataset(torch.utils.data.Dataset):
     With ``negative_images=True`` a ``"negative_image"``: the scene with one object distorted
     (``render_distorted``), a hard negative for the caption. ``transform`` (a torchvision v2
     transform) receives the uint8 (3, H, W) image tensor (the negative image is not transformed).
+    With ``sample_bank=PATH`` (built by ``scripts/sample_bank.py`` from the train split's first
+    items) the train split is the bank's items: the image is the scene's VQ reconstruction and
+    the ``"negative_image"`` a DALL-E sample for its caption, so a reranker learns to rank a
+    correct drawing above what the generator draws, both through the same decoder. Other
+    splits ignore it (the bank holds train scenes only) and draw their scenes as usual.
     """
 
     def __init__(self, split: str = "train", *, holdout=None, seed: int = 0, length: int | None = None,
                  p_two: float = 0.75, transform=None, negatives: bool | dict = False,
-                 negative_images: bool = False):
+                 negative_images: bool = False, sample_bank: str | os.PathLike | None = None):
         if split not in SPLIT_CODES:
             raise ValueError(f"shapes split must be one of {list(SPLIT_CODES)}, got {split!r}")
         self.split, self.seed, self.p_two, self.transform = split, seed, p_two, transform
@@ -310,6 +318,30 @@ class ShapesDataset(torch.utils.data.Dataset):
             self.required = self.holdout
         self.length = length if length is not None else (100_000 if split == "train" else EVAL_SIZE)
         self.classes = list(CLASSES)
+        self.bank = None
+        if sample_bank is not None and split == "train":
+            if negative_images:
+                raise ValueError("pass negative_images=True (distorted renders) or sample_bank (generator samples) "
+                                 "as the negative images, not both")
+            self.bank = load_sample_bank(sample_bank)
+            self._check_bank(sample_bank, length)
+            self.length = len(self.bank["meta"]["captions"])
+
+    def _check_bank(self, path, length) -> None:
+        """The bank must hold this split's first items: same seed, held-out pairs and p_two."""
+        meta, n = self.bank["meta"], len(self.bank["meta"]["captions"])
+        mine = {"seed": self.seed, "holdout": sorted(map(list, self.holdout)), "p_two": self.p_two}
+        theirs = {k: meta.get(k) for k in mine}
+        if theirs != mine:
+            raise ValueError(f"sample bank {path} holds train items for {theirs}; this split draws {mine}: build "
+                             f"the bank with these settings (scripts/sample_bank.py)")
+        if length is not None and length != n:
+            raise ValueError(f"sample bank {path} holds {n} items; length={length} asks for another number "
+                             f"(leave length unset)")
+        for i in (0, n - 1):
+            if self.scene(i)[2] != meta["captions"][i]:
+                raise ValueError(f"sample bank {path}: item {i} is {meta['captions'][i]!r}, this split draws "
+                                 f"{self.scene(i)[2]!r} (built by another version of the shapes grammar)")
 
     def __len__(self):
         return self.length
@@ -332,7 +364,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for shapes {self.split} of length {self.length}")
         i = i % self.length
         objs, relation, caption = self.scene(i)
-        img = render(objs)
+        img = render(objs) if self.bank is None else self.bank["real"][i].permute(1, 2, 0).numpy()
         label = PAIRS.index((objs[0]["colour"], objs[0]["shape"]))
         if self.transform is not None:
             t = self.transform(torch.from_numpy(img.copy()).permute(2, 0, 1))
@@ -346,10 +378,33 @@ class ShapesDataset(torch.utils.data.Dataset):
         if self.negative_images:
             rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], i, 2])
             item["negative_image"] = _to_float(render_distorted(objs, rng))
+        if self.bank is not None:
+            item["negative_image"] = self.bank["generated"][i].float().div(127.5).sub(1.0)
         return item
 
     def captions(self) -> list[str]:
         return [self.scene(i)[2] for i in range(self.length)]
+
+
+def load_sample_bank(path) -> dict:
+    """A file of ``scripts/sample_bank.py``: {"real": uint8 (N, 3, H, W) VQ reconstructions of
+    train items 0..N-1, "generated": uint8 (N, 3, H, W) one DALL-E sample per caption, "meta":
+    {"captions": [...], "seed", "holdout", "p_two", "model", ...}}."""
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no sample bank at {path}: build it with scripts/sample_bank.py")
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("meta", "null") or "null")
+        if not isinstance(meta, dict) or "captions" not in meta or set(f.keys()) != {"real", "generated"}:
+            raise ValueError(f"{path} is not a sample bank (scripts/sample_bank.py writes tensors 'real' and "
+                             f"'generated' and the captions in its metadata)")
+        out = {k: f.get_tensor(k) for k in ("real", "generated")}
+    n = len(meta["captions"])
+    if out["real"].shape != out["generated"].shape or out["real"].shape[0] != n or out["real"].dtype != torch.uint8:
+        raise ValueError(f"{path}: expected uint8 'real' and 'generated' of {n} images each, got "
+                         f"{tuple(out['real'].shape)} and {tuple(out['generated'].shape)}")
+    return {**out, "meta": meta}
 
 
 class ShapesStream(torch.utils.data.IterableDataset):

@@ -18,16 +18,12 @@ def _embed(clip, images: torch.Tensor, prompts: Sequence[str], batch_size: int) 
     context are cut."""
     if len(prompts) != images.shape[0]:
         raise ValueError(f"clip_score needs one prompt per image: {images.shape[0]} images, {len(prompts)} prompts")
+    from ..models.clip import fit_to_image_tower
     clip.eval()
     dev = next(clip.parameters()).device
-    size, chans = _image_input(clip)
     imgs, txts = [], []
     for i in range(0, images.shape[0], batch_size):
-        x = images[i:i + batch_size].to(dev).float()
-        if chans is not None and x.shape[1] != chans:
-            x = x.mean(1, keepdim=True).expand(-1, chans, -1, -1)
-        if size is not None and x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        x = fit_to_image_tower(clip, images[i:i + batch_size].to(dev))
         texts = list(prompts[i:i + batch_size])
         if hasattr(clip, "tokenize"):  # ours: cut to its context instead of refusing long captions
             texts = quiet(clip.tokenize, texts, truncate=True)
@@ -70,14 +66,3 @@ def clip_score(clip, images: torch.Tensor, prompts: Sequence[str], *, batch_size
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     s = clip_scores(clip, images, prompts, batch_size).clamp(min=0)
     return float(s.mean()) if reduction == "mean" else s
-
-
-def _image_input(clip) -> tuple[int | None, int | None]:
-    """(image size, channels) the CLIP image tower expects, when it says."""
-    visual = getattr(clip, "visual", None)
-    cfg = getattr(visual, "config", None) or getattr(visual, "cfg", None)
-    size = getattr(cfg, "img_size", None)
-    chans = getattr(cfg, "in_chans", None)
-    if isinstance(size, (tuple, list)):
-        size = size[0]
-    return size, chans

@@ -51,9 +51,15 @@ class Model(nn.Module, PretrainedMixin):
             return super().save_pretrained(path, **kwargs)
         from ..checkpoint import relative_companion
         kept = self.config
-        self.config = dataclasses.replace(  # what config.json holds; the model's own config is left as it was
-            kept, **{f: relative_companion(getattr(kept, f), self._ckpt_dir, path, f.removesuffix("_path"))
-                     for f in self.companion_fields})
+
+        def rewrite(field: str):  # a path, or a tuple of paths (a field named *_paths)
+            value, what = getattr(kept, field), field.removesuffix("_paths").removesuffix("_path")
+            if isinstance(value, tuple):
+                return tuple(relative_companion(v, self._ckpt_dir, path, what) for v in value)
+            return relative_companion(value, self._ckpt_dir, path, what)
+
+        # what config.json holds; the model's own config is left as it was
+        self.config = dataclasses.replace(kept, **{f: rewrite(f) for f in self.companion_fields})
         try:
             return super().save_pretrained(path, **kwargs)
         finally:

@@ -381,8 +381,8 @@ class CLIP(Model):
                                  "carry 'negative_caption' (e.g. shapes with negatives=True)")
             negatives = self.encode_text(batch["negative_input_ids"].to(image.device))
         negative_images = None
-        if self.config.hard_negative_images:
-            if "negative_image" not in batch:
+        if self.config.hard_negative_images and (self.training or "negative_image" in batch):
+            if "negative_image" not in batch:  # evaluation splits may have none (a bank of train samples)
                 raise ValueError("hard_negative_images=True needs 'negative_image' in the batch: a dataset whose items "
                                  "carry one (e.g. shapes with negative_images=True)")
             negative_images = self.encode_image(batch["negative_image"].to(image.device))
@@ -430,6 +430,74 @@ class CLIP(Model):
         captions = [" ".join(words[(i * 3 + j) % len(words)] for j in range(3)) + f" {i}" for i in range(batch_size)]
         batch = self.collate([{"image": image[i], "label": i % 3, "caption": captions[i]} for i in range(batch_size)])
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def image_input(clip) -> tuple[int | None, int | None]:
+    """(image size, channels) a CLIP's image tower expects, when it says."""
+    visual = getattr(clip, "visual", None)
+    cfg = getattr(visual, "config", None) or getattr(visual, "cfg", None)
+    size = getattr(cfg, "img_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    return size, getattr(cfg, "in_chans", None)
+
+
+def fit_to_image_tower(clip, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, C, H, W) as the CLIP's image tower takes them: grey <-> RGB by the channel
+    mean, resized bilinearly to its size (each when the tower says what it takes)."""
+    size, chans = image_input(clip)
+    x = images.float()
+    if chans is not None and x.shape[1] != chans:
+        x = x.mean(1, keepdim=True).expand(-1, chans, -1, -1)
+    if size is not None and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x
+
+
+class CLIPEnsemble(nn.Module):
+    """Several CLIPs scoring as one reranker. An image's (or a text's) embedding is the
+    members' unit embeddings concatenated and divided by sqrt(M), so the cosine similarity of
+    an image and a text is the mean of the M members' cosines: every consumer of
+    encode_image / encode_text (CLIP score, reranking) gets the mean score unchanged.
+    Differently trained CLIPs make different mistakes, so their mean picks an all-correct
+    sample more often than any one of them (docs/dalle.md). Texts are tokenized by each
+    member; prompt checks read the first member's vocabulary (`tokenizer`, `config`)."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two CLIPs, got {len(members)}")
+        for i, m in enumerate(members):
+            if not (hasattr(m, "encode_image") and hasattr(m, "encode_text") and hasattr(m, "tokenize")):
+                raise TypeError(f"ensemble member {i} is a {type(m).__name__}, not a CLIP model (encode_image, "
+                                f"encode_text, tokenize)")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def tokenizer(self):
+        return self.members[0].tokenizer
+
+    @property
+    def config(self):
+        return self.members[0].config
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, sum of the members' embed_dim), unit norm (normalize is accepted for the CLIP API)."""
+        parts = [F.normalize(m.encode_image(fit_to_image_tower(m, image)).float(), dim=-1) for m in self.members]
+        return torch.cat(parts, -1) / math.sqrt(len(parts))
+
+    def encode_text(self, text: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """Captions (strings: each member tokenizes them its own way, cut to its context)."""
+        if isinstance(text, str):
+            text = [text]
+        if not (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
+            raise TypeError(f"CLIPEnsemble.encode_text takes captions (strings), got {type(text).__name__}: its "
+                            f"members tokenize differently")
+        from ..text.captions import quiet
+        parts = [F.normalize(m.encode_text(quiet(m.tokenize, list(text), truncate=True)).float(), dim=-1)
+                 for m in self.members]
+        return torch.cat(parts, -1) / math.sqrt(len(parts))
 
 
 # --------------------------------------------------------------------------- presets

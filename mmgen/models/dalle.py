@@ -117,6 +117,9 @@ class DALLEConfig:
     init_std: float = 0.02
     vq_path: str = ""  # VQ checkpoint dir (mmgen.checkpoint.resolve_companion: relative to this checkpoint's dir)
     clip_path: str = ""  # CLIP checkpoint dir for reranking ("" = no reranking)
+    # more CLIP checkpoint dirs: the reranker is then all of them together, scoring an image by
+    # the mean of their cosine similarities (mmgen.models.clip.CLIPEnsemble)
+    extra_clip_paths: tuple[str, ...] = ()
     train_data: str = ""  # the dataset the model was trained on, named in prompt errors
     # sampling defaults of the pipeline (a shipped checkpoint carries the values it was measured with)
     guidance_scale: float = 3.0
@@ -138,6 +141,10 @@ class DALLEConfig:
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         self.attr_words = tuple(self.attr_words)
+        self.extra_clip_paths = tuple(self.extra_clip_paths)
+        if self.extra_clip_paths and not self.clip_path:
+            raise ValueError(f"extra_clip_paths {list(self.extra_clip_paths)} join the reranker at clip_path, and "
+                             f"clip_path is empty: set clip_path to the first of them")
         if not 0.0 <= self.attr_drop <= 1.0 or (self.attr_drop > 0 and not self.attr_words):
             raise ValueError(f"attr_drop must be in [0, 1] and needs attr_words, got {self.attr_drop}, "
                              f"{self.attr_words}")
@@ -173,7 +180,7 @@ class DALLE(Model):
     """Text-to-image transformer over [text; image tokens]. See the module docstring."""
 
     config_class = DALLEConfig
-    companion_fields = ("vq_path", "clip_path")
+    companion_fields = ("vq_path", "clip_path", "extra_clip_paths")
 
     @classmethod
     def resolve_config(cls, config: DALLEConfig) -> DALLEConfig:

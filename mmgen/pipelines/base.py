@@ -114,6 +114,10 @@ class Pipeline:
 
     @staticmethod
     def _check_clip(clip):
+        """A CLIP model, or a list of them (scoring together: CLIPEnsemble; one is itself)."""
+        if isinstance(clip, (list, tuple)):
+            from ..models.clip import CLIPEnsemble
+            clip = clip[0] if len(clip) == 1 else CLIPEnsemble(clip)
         if not (hasattr(clip, "encode_image") and hasattr(clip, "encode_text")):
             raise TypeError(f"reranking needs a CLIP model (encode_image / encode_text), got {type(clip).__name__}")
         return clip.eval().requires_grad_(False)

@@ -104,7 +104,8 @@ def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, par
 
 
 class DALLEPipeline(Pipeline):
-    """A DALL-E model + its VQ tokenizer (decodes image tokens) + an optional CLIP reranker."""
+    """A DALL-E model + its VQ tokenizer (decodes image tokens) + an optional CLIP reranker (or
+    several: the config's clip_path and extra_clip_paths, scoring together)."""
 
     kind = "dalle"
     model_type = "dalle"
@@ -122,7 +123,8 @@ class DALLEPipeline(Pipeline):
                 raise ValueError(f"{ckpt_dir} has no vq_path in its config: pass vq= (a VQ model)")
             vq = load_companion(c.vq_path, ckpt_dir, "vq", expect="vq", owner="DALL-E")
         if clip is None and c.clip_path:
-            clip = load_companion(c.clip_path, ckpt_dir, "clip", expect="clip", owner="DALL-E")
+            clip = [load_companion(p, ckpt_dir, "clip", expect="clip", owner="DALL-E")
+                    for p in (c.clip_path, *c.extra_clip_paths)]
         return cls(model, vq=vq, clip=clip)
 
     @property
