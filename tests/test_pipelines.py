@@ -51,6 +51,8 @@ def test_companion_paths_are_saved_relative_and_old_values_still_load(tmp_path, 
     pipe.save_pretrained(tmp_path / "mine" / "dalle")
     cfg = json.loads((tmp_path / "mine" / "dalle" / "config.json").read_text())["config"]
     assert (cfg["vq_path"], cfg["clip_path"]) == ("vq_shapes_16x16", "clip_shapes_coca")  # shipped: by name
+    assert cfg["extra_clip_paths"] == ["clip_shapes_coca_negimg", "clip_shapes_reranker", "clip_shapes_coca_bank"]
+    assert len(DALLEPipeline.from_pretrained(tmp_path / "mine" / "dalle").clip.members) == 4  # the reranker ensemble
     pipe.model.config.vq_path = str(tmp_path / "myvq")  # others: relative to the checkpoint directory
     shutil.copytree(CKPT / "vq_shapes_16x16", tmp_path / "myvq")
     pipe.save_pretrained(tmp_path / "mine" / "dalle2")
