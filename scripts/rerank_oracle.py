@@ -20,6 +20,7 @@ import torch
 from mmgen.commands._args import OneLineParser, finite_float, positive_int
 
 
+@torch.no_grad()  # restored on return: main() is also called inside other programs (tests)
 def main(argv=None) -> int:
     import mmgen
     from mmgen.data.shapes import check
@@ -55,7 +56,6 @@ def main(argv=None) -> int:
         clips = {"own reranker": pipe.clip}
     if args.ensemble and len(clips) < 2:
         ap.error("--ensemble needs at least two --clip rerankers")
-    torch.set_grad_enabled(False)
     for group, captions in prompt_groups(args.n, args.groups, split=args.split).items():
         images = to_float(candidates(pipe, captions, group, args)).flatten(0, 1)  # (n * k, C, H, W), prompt-major
         repeated = [c for c in captions for _ in range(args.k)]

@@ -20,6 +20,7 @@ import torch
 from mmgen.commands._args import OneLineParser, positive_int
 
 
+@torch.no_grad()  # restored on return: main() is also called inside other programs (tests)
 def main(argv=None) -> int:
     from safetensors.torch import save_file
 
@@ -60,7 +61,6 @@ def main(argv=None) -> int:
             print(f"continuing {args.out}: {n} of {args.n} items there", flush=True)
     except FileNotFoundError:
         pass
-    torch.set_grad_enabled(False)
     t0 = time.time()
     for start in range(len(captions) // args.chunk * args.chunk, args.n, args.chunk):
         if start < len(captions):  # a partial last chunk of an older run: redo it whole

@@ -410,6 +410,7 @@ def test_sample_bank_resumes_to_the_same_file_and_feeds_the_train_split(tmp_path
     assert script.main(["--n", "3", "--chunk", "4", "--out", str(parts)]) == 0  # a run stopped inside chunk 0
     assert script.main(["--n", "6", "--chunk", "4", "--out", str(parts)]) == 0
     assert "continuing" in capsys.readouterr().out
+    assert torch.is_grad_enabled()  # the script leaves the caller's autograd on
     a, b = load_file(whole), load_file(parts)
     assert a.keys() == {"real", "generated"} and a["real"].shape == (6, 3, 32, 32)
     assert all(torch.equal(a[k], b[k]) for k in a)  # resuming changes nothing
