@@ -329,16 +329,18 @@ def resolve_companion(value: str | os.PathLike, ckpt_dir: str | os.PathLike | No
 
 
 def load_companion(value: str | os.PathLike, ckpt_dir: str | os.PathLike | None, what: str, *,
-                   expect: str | None = None, owner: str = "this model"):
+                   expect: str | tuple[str, ...] | None = None, owner: str = "this model"):
     """Load a companion checkpoint named in a config (DALL-E's vq_path / clip_path, DDPM's
     vae_path / text_encoder_path): `resolve_companion`, then a check that it holds an
-    `expect` model (when given), then `load_pretrained`. The one way models and pipelines
+    `expect` model (a model type or a tuple of them, when given), then `load_pretrained`. The one way models and pipelines
     open another checkpoint."""
     path = resolve_companion(value, ckpt_dir, what)
     if expect is not None:
         found = read_config(path)["model_type"]
-        if found != expect:
-            raise ValueError(f"{what}_path {str(value)!r} holds a {found!r} checkpoint; {owner} needs a {expect!r} "
+        allowed = (expect,) if isinstance(expect, str) else tuple(expect)
+        if found not in allowed:
+            kinds = " or ".join(repr(k) for k in allowed)
+            raise ValueError(f"{what}_path {str(value)!r} holds a {found!r} checkpoint; {owner} needs a {kinds} "
                              f"one there")
     return load_pretrained(path)
 

@@ -47,7 +47,7 @@ def outputs(name: str) -> dict[str, list[float]]:
         cond = (m.encode_condition(labels=torch.tensor([2, 7])) if m.config.conditioning == "class"
                 else m.encode_condition(PROMPTS))
         return {"prediction": _summary(m.net(x, t, **cond))}
-    if kind == "vq":
+    if kind in ("vq", "palette"):
         c = m.config
         size, chans = c.img_size, c.in_chans
         img = torch.rand(2, chans, size, size, generator=g) * 2 - 1
@@ -110,6 +110,10 @@ REFERENCE: dict[str, dict[str, list[float]]] = {  # outputs() of each checkpoint
     'clip_shapes_coca_negimg': {
         'image': [2.60202733, 15.0511839, 0.0563727394, 0.219120458, -0.129530221, 0.154021323],
         'text': [-1.81826006, 15.7208743, -0.0472072475, -0.118945539, -0.0995695591, -0.186732009],
+    },
+    'palette_shapes': {
+        'tokens': [102588.0, 102588.0, 366.0, 84.0, 62.0, 63.0],
+        'decoded': [-302.2371647953987, 5099.806908667088, -1.0, -1.0, -1.0, -1.0],
     },
     'clip_shapes_coca_bank': {
         'image': [2.12085235, 16.1601427, 0.0481992811, 0.180683419, -0.13111335, 0.199329883],

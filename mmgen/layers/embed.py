@@ -182,3 +182,53 @@ class TimestepEmbedding(nn.Module):
         if t.ndim == 0:
             t = t[None]
         return self.mlp(timestep_features(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+def _digits(ids: torch.Tensor, factors: tuple[int, ...]) -> list[torch.Tensor]:
+    """Mixed-radix digits of ids = ((d_0 * f_1 + d_1) * f_2 + d_2) ..., most significant first."""
+    out = []
+    for f in reversed(factors):
+        out.append(ids % f)
+        ids = ids // f
+    return out[::-1]
+
+
+class FactorisedEmbedding(nn.Module):
+    """Embedding of ids that are tuples of codes (a factorised tokenizer's (silhouette, colour)):
+    id = mixed-radix number of its digits over `factors`, embedding = the sum of one table per
+    digit. Tokens that share a digit share that part of their embedding, so what is learnt of
+    one colour's circle edge carries to the others. Vocabulary: prod(factors)."""
+
+    def __init__(self, factors, dim: int):
+        super().__init__()
+        self.factors = tuple(int(f) for f in factors)
+        if len(self.factors) < 1 or min(self.factors) < 1:
+            raise ValueError(f"factors must be positive sizes, got {factors}")
+        self.num_embeddings = math.prod(self.factors)
+        self.tables = nn.ModuleList(nn.Embedding(f, dim) for f in self.factors)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return sum(t(d) for t, d in zip(self.tables, _digits(ids, self.factors)))
+
+
+class FactorisedHead(nn.Module):
+    """Output head over a factorised vocabulary: one linear map per factor, joint logits
+    logit(d_0, d_1, ..) = sum_j logit_j(d_j), flattened in the ids' mixed-radix order
+    (B, T, prod(factors)). A softmax over them is the product of one softmax per factor (the
+    digits independent given the hidden state), and the joint cross-entropy is the sum of the
+    per-digit ones; samplers, guidance and top-k read the joint logits unchanged."""
+
+    def __init__(self, dim: int, factors):
+        super().__init__()
+        self.factors = tuple(int(f) for f in factors)
+        if len(self.factors) < 1 or min(self.factors) < 1:
+            raise ValueError(f"factors must be positive sizes, got {factors}")
+        self.out_features = math.prod(self.factors)
+        self.heads = nn.ModuleList(nn.Linear(dim, f, bias=False) for f in self.factors)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        logits = None
+        for head in self.heads:
+            part = head(h)  # (..., f_j)
+            logits = part if logits is None else (logits[..., :, None] + part[..., None, :]).flatten(-2)
+        return logits

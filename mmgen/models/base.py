@@ -38,6 +38,9 @@ class Model(nn.Module, PretrainedMixin):
     # a DDPM's reranker CLIP): written relative to the checkpoint, so it loads from anywhere
     companion_fields: tuple[str, ...] = ()
     _ckpt_dir: Path | None = None  # the directory this model was loaded from
+    # False for a model fitted in closed form (the k-means palette tokenizer): no gradients,
+    # `loss` refuses, and `evaluate(example_batch())` is its check
+    trainable: bool = True
 
     @classmethod
     def from_pretrained(cls, path, **kwargs):

@@ -40,6 +40,7 @@ kept a hashed bitmap of those words in the weights (`seen_words`); it loads as
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -49,13 +50,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import KVCache, LearnedPositions, Transformer, TransformerConfig
+from ..layers import FactorisedEmbedding, FactorisedHead, KVCache, LearnedPositions, Transformer, TransformerConfig
 from ..data.collate import ImageTokenMemo
 from ..registry import register_model, register_preset
 from ..text.captions import CaptionTokenizer, build_tokenizer, check_vocabulary_resolved, resolve_vocabulary
 from ._classify import AUGMENTS, augment_images
 from .base import Model, eval_mode
 
+IMAGE_TOKENIZERS = ("vq", "palette")  # model types that tokenize images for a DALL-E (vq_path)
 WORD_BUCKETS = 1 << 16  # the hashed bitmap of caption words in checkpoints of older versions
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
@@ -94,6 +96,10 @@ class DALLEConfig:
     context_length: int = 48  # text positions, BOS / EOS / padding included
     image_vocab: int = 512  # codebook size of the VQ tokenizer
     image_grid: tuple[int, int] = (8, 8)  # (h, w) image tokens
+    # a factorised tokenizer's code sizes, e.g. (64, 6) for the palette tokenizer's (silhouette,
+    # colour): image ids are embedded as the sum of one table per code and predicted by one
+    # head per code (mmgen.layers.FactorisedEmbedding / FactorisedHead); () = one table, one head
+    image_factors: tuple[int, ...] = ()
     block: TransformerConfig = field(default_factory=lambda: TransformerConfig(causal=True))
     text_loss_weight: float = 1.0
     image_loss_weight: float = 7.0  # DALL-E: image tokens weigh 7x the text tokens
@@ -138,6 +144,10 @@ class DALLEConfig:
             raise ValueError(f"context_length must hold BOS, one token and EOS (>= 3), got {self.context_length}")
         if self.image_vocab < 2:
             raise ValueError(f"image_vocab must be >= 2, got {self.image_vocab}")
+        self.image_factors = tuple(int(f) for f in self.image_factors)
+        if self.image_factors and math.prod(self.image_factors) != self.image_vocab:
+            raise ValueError(f"image_factors {list(self.image_factors)} multiply to "
+                             f"{math.prod(self.image_factors)}, image_vocab is {self.image_vocab}")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         self.attr_words = tuple(self.attr_words)
@@ -204,21 +214,27 @@ class DALLE(Model):
         h, w = c.image_grid
         self.text_embed = nn.Embedding(c.text_vocab, d)
         self.text_pos = LearnedPositions(c.context_length, d, std=c.init_std)
-        self.image_embed = nn.Embedding(c.image_vocab, d)
+        if c.image_factors:
+            self.image_embed = FactorisedEmbedding(c.image_factors, d)
+        else:
+            self.image_embed = nn.Embedding(c.image_vocab, d)
         self.row_embed = nn.Parameter(torch.randn(h, d) * c.init_std)
         self.col_embed = nn.Parameter(torch.randn(w, d) * c.init_std)
         self.drop = nn.Dropout(c.embed_dropout)
         self.transformer = Transformer(c.block)
         self.text_head = nn.Linear(d, c.text_vocab, bias=False)
-        self.image_head = nn.Linear(d, c.image_vocab, bias=False)
+        self.image_head = FactorisedHead(d, c.image_factors) if c.image_factors else \
+            nn.Linear(d, c.image_vocab, bias=False)
         # training-caption vocabulary: the words (extra state, not weights) and text token ids seen by loss()
         self.caption_words: set[str] = set()
         self.legacy_word_buckets: set[int] = set()  # an older checkpoint's hashed `seen_words` bitmap
         self.register_buffer("seen_text", torch.zeros(c.text_vocab, dtype=torch.bool))
         self._register_load_state_dict_pre_hook(_read_legacy_seen_words, with_module=True)
         self.transformer.init_weights(std=c.init_std, residual_scale=True)
-        for emb in (self.text_embed, self.image_embed, self.text_head, self.image_head):
-            nn.init.normal_(emb.weight, std=c.init_std)
+        for part in (self.text_embed, self.image_embed, self.text_head, self.image_head):
+            for m in part.modules():  # a factorised embedding / head holds one table per code
+                if isinstance(m, (nn.Embedding, nn.Linear)):
+                    nn.init.normal_(m.weight, std=c.init_std)
         self._vq = None  # the frozen VQ, not part of this checkpoint's weights
         self._attr_seqs = self._attribute_sequences(c.attr_words)
         self._null_row: torch.Tensor | None = None  # the empty caption's ids, (1, context_length)
@@ -231,6 +247,10 @@ class DALLE(Model):
             if getattr(vq, "vocab_size", None) != self.config.image_vocab:
                 raise ValueError(f"the VQ tokenizer has vocab_size={getattr(vq, 'vocab_size', None)}, this DALL-E "
                                  f"expects {self.config.image_vocab}")
+            factors = tuple(getattr(vq, "factors", ()))
+            if self.config.image_factors and factors != self.config.image_factors:
+                raise ValueError(f"this DALL-E predicts image ids factorised as {list(self.config.image_factors)}, "
+                                 f"the tokenizer's codes factor as {list(factors) or 'one codebook'}")
             if tuple(vq.token_shape) != self.config.image_grid:
                 raise ValueError(f"the VQ tokenizer makes {tuple(vq.token_shape)} token grids, this DALL-E "
                                  f"expects {self.config.image_grid}")
@@ -246,7 +266,7 @@ class DALLE(Model):
             if not self.config.vq_path:
                 raise ValueError("this DALL-E has no VQ tokenizer: set config vq_path or call attach(vq=...)")
             from ..checkpoint import load_companion
-            vq = load_companion(self.config.vq_path, self._ckpt_dir, "vq", expect="vq", owner="DALL-E")
+            vq = load_companion(self.config.vq_path, self._ckpt_dir, "vq", expect=IMAGE_TOKENIZERS, owner="DALL-E")
             self.attach(vq=vq.to(self.device))
         return self._vq
 

@@ -13,6 +13,7 @@ import torch
 
 from ..checkpoint import load_companion
 from ..models.base import eval_mode
+from ..models.dalle import IMAGE_TOKENIZERS
 from ..text.sampling import SamplingParams, make_generator, sample_next
 from .base import Pipeline, ProgressReporter, timed
 from .prompts import PromptReader, quiet
@@ -121,7 +122,7 @@ class DALLEPipeline(Pipeline):
         if vq is None:
             if not c.vq_path:
                 raise ValueError(f"{ckpt_dir} has no vq_path in its config: pass vq= (a VQ model)")
-            vq = load_companion(c.vq_path, ckpt_dir, "vq", expect="vq", owner="DALL-E")
+            vq = load_companion(c.vq_path, ckpt_dir, "vq", expect=IMAGE_TOKENIZERS, owner="DALL-E")
         if clip is None and c.clip_path:
             clip = [load_companion(p, ckpt_dir, "clip", expect="clip", owner="DALL-E")
                     for p in (c.clip_path, *c.extra_clip_paths)]
