@@ -12,13 +12,14 @@ VAE, <png>_samples.png (prior samples) and <png>_interp.png (slerp between test 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from mmgen.commands._args import OneLineParser, key_value
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
@@ -33,11 +34,11 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", default="test")
-    ap.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
+    ap.add_argument("--data-set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                     help="a build_dataset keyword argument, e.g. image_size=32 (repeatable)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
@@ -51,14 +52,7 @@ def main(argv=None) -> int:
     from mmgen.models.vq import codebook_stats
     torch.manual_seed(0)
     model = mmgen.load_pretrained(args.checkpoint).eval()
-    kwargs = {}
-    for item in args.data_set:
-        key, _, value = item.partition("=")
-        try:
-            kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key] = value
-    ds = build_dataset(args.data, split=args.split, **kwargs)
+    ds = build_dataset(args.data, split=args.split, **dict(args.data_set))
     n = len(ds) if not args.limit else min(args.limit, len(ds))
     sums: dict[str, float] = {}
     tokens = []

@@ -10,25 +10,26 @@ held-out colour-shape pairs, so the tokenizer never sees a held-out pair either)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
 import torch
 
+from mmgen.commands._args import OneLineParser, key_value, positive_int
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="checkpoint directory to write")
     ap.add_argument("--preset", default="palette_32")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    ap.add_argument("--set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                     help="a config field, e.g. silhouettes=128 (repeatable)")
     ap.add_argument("--data", default="shapes")
     ap.add_argument("--split", default="train")
-    ap.add_argument("--data-set", action="append", default=['holdout="default"'], metavar="KEY=VALUE",
+    ap.add_argument("--data-set", type=key_value, action="append", default=[("holdout", "default")], metavar="KEY=VALUE",
                     help='a build_dataset keyword argument (repeatable; default holdout="default")')
-    ap.add_argument("--n", type=int, default=5000, help="images to fit on")
+    ap.add_argument("--n", type=positive_int, default=5000, help="images to fit on")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -36,19 +37,9 @@ def main(argv=None) -> int:
     from mmgen.data import build_dataset
     from mmgen.models.palette import PaletteTokenizer
 
-    def parse(items):
-        out = {}
-        for item in items:
-            key, _, value = item.partition("=")
-            try:
-                out[key] = json.loads(value)
-            except json.JSONDecodeError:
-                out[key] = value
-        return out
-
     t0 = time.time()
-    config = mmgen.create_model(args.preset, **parse(args.set)).config
-    ds = build_dataset(args.data, split=args.split, **parse(args.data_set))
+    config = mmgen.create_model(args.preset, **dict(args.set)).config
+    ds = build_dataset(args.data, split=args.split, **dict(args.data_set))
     n = min(args.n, len(ds))
     images = torch.stack([ds[i]["image"] for i in range(n)])
     tok = PaletteTokenizer.fit(images, config, seed=args.seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,3 +197,25 @@ def test_demo_needs_its_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rc, err = run_cli(["demo"], capsys)
     assert rc == 2 and "no_such_checkpoint" in err and not (tmp_path / "out").exists()
+
+
+def test_key_value_flags_read_json_or_text(capsys):
+    assert _args.key_value("holdout=\"default\"") == ("holdout", "default")
+    assert _args.key_value("image_size=32") == ("image_size", 32)
+    assert _args.key_value("name=plain text") == ("name", "plain text")
+    assert _args.key_value("pairs=[1, 2]") == ("pairs", [1, 2])
+    for bad in ("novalue", "=3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected KEY=VALUE"):
+            _args.key_value(bad)
+    import runpy
+    import sys
+    argv = sys.argv[:]
+    sys.argv = ["fit_palette.py", "--out", "unused", "--data-set", "holdout"]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "fit_palette.py"),
+                           run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert exc.value.code == 2
+    assert_one_line(2, capsys.readouterr().err, "--data-set", "KEY=VALUE")

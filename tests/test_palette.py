@@ -81,6 +81,8 @@ def test_save_load_round_trip_and_bad_input(fitted, tmp_path):
     assert torch.equal(loaded.encode_tokens(x), fitted.encode_tokens(x))
     with pytest.raises(ValueError, match=r"expected images \(B, 3, 32, 32\)"):
         fitted.encode_tokens(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="nan or inf"):
+        fitted.encode_tokens(torch.full((1, 3, 32, 32), float("nan")))
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 384\)"):
         fitted.decode_tokens(torch.full((1, 16, 16), 384))
     with pytest.raises(ValueError, match=r"expected token ids \(B, 16, 16\)"):

@@ -8,14 +8,17 @@ ArgumentTypeError into one line naming the flag ("argument --top-p: expected a n
     p.add_argument("--temperature", type=non_negative_float)
     p.add_argument("-n", "--num-images", type=positive_int)
     p.add_argument("--device", type=device, default=None)
+    p.add_argument("--data-set", type=key_value, action="append", default=[])  # dict(args.data_set)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
+from typing import Any
 
 __all__ = ["OneLineParser", "finite_float", "non_negative_float", "positive_float", "unit_float", "positive_int",
-           "non_negative_int", "device", "resolve_device"]
+           "non_negative_int", "key_value", "device", "resolve_device"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -23,6 +26,18 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 (argparse's signature)
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """KEY=VALUE -> (key, value), the value read as JSON when it parses (3, true, "default",
+    [1, 2]) and as the plain string otherwise; `dict()` of a list of them is keyword arguments."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def finite_float(text: str) -> float:

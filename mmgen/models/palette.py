@@ -127,6 +127,8 @@ class PaletteTokenizer(Model):
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, c.img_size, c.img_size):
             raise ValueError(f"expected images (B, 3, {c.img_size}, {c.img_size}) in [-1, 1], got "
                              f"{tuple(images.shape)}")
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("images hold nan or inf values")
         return ((images.float() + 1) / 2).clamp(0, 1).to(self.device)
 
     def _read(self, x: torch.Tensor):
