@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import mmgen  # noqa: E402
-from mmgen.commands._args import (OneLineParser, finite_float, non_negative_float, non_negative_int,  # noqa: E402
-                                  positive_int, unit_float)
+from mmgen.commands._args import (OneLineParser, finite_float, key_value, non_negative_float,  # noqa: E402
+                                  non_negative_int, positive_int, unit_float)
 
 
 def _emit(record: dict, log: str | None) -> None:
@@ -94,6 +94,11 @@ def ship(args) -> None:
     model.config.vq_path = str((out / args.vq).resolve())
     clips = [str((out / c).resolve()) for c in args.clip]  # several: they rerank together (CLIPEnsemble)
     model.config.clip_path, model.config.extra_clip_paths = (clips[0], tuple(clips[1:])) if clips else ("", ())
+    model.config.layout_path = str((out / args.layout).resolve()) if args.layout else ""
+    for field, value in args.set:  # sampling defaults measured on val, e.g. top_k=4
+        if not hasattr(model.config, field):
+            raise SystemExit(f"--set {field}: a DALL-E config has no field {field!r}")
+        setattr(model.config, field, value)
     model.save_pretrained(out, dtype=torch.float16)
     pipe = DALLEPipeline.from_pretrained(out)  # the companion paths resolve from the new place
     if args.clip:
@@ -209,6 +214,10 @@ def main(argv=None) -> int:
     s.add_argument("--vq", required=True, help="VQ checkpoint path relative to OUT, e.g. ../vq_shapes")
     s.add_argument("--clip", nargs="*", default=[], help="CLIP checkpoint path(s) relative to OUT, e.g. "
                                                          "../clip_shapes (several: they rerank together)")
+    s.add_argument("--layout", default="", help="the layout DALL-E's checkpoint path relative to OUT, e.g. "
+                                                "../dalle_shapes_layout (two-stage sampling; config layout_path)")
+    s.add_argument("--set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="a config field of the shipped model, e.g. top_k=4 (repeatable)")
     s.set_defaults(func=ship)
     k = sub.add_parser("card")
     k.add_argument("run")

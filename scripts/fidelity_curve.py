@@ -13,6 +13,8 @@ was resumed. A run started from another's weights (train.init_from) is drawn aft
 checkpoint as the first point, at M. Prints one JSON line per (checkpoint, group); with --log FILE they are also
 appended there, and rows already in FILE (same checkpoint, group, prompts and guidance) are
 reused, so the curve can be measured while the run trains and redrawn at the end.
+--colour-stage CKPT scores each checkpoint as the layout model of two-stage sampling (a
+layout DALL-E, docs/dalle.md) under the factorised DALL-E CKPT that draws the colours.
 --baseline LOG draws another run's all-correct rows (such a --log file, same prompts) beside
 this one's, to compare two runs on training minutes.
 """
@@ -45,6 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--offset-minutes", type=finite_float, default=0.0,
                     help="training minutes of the weights the run started from (train.init_from)")
     ap.add_argument("--start", default=None, help="the checkpoint the run started from, drawn at --offset-minutes")
+    ap.add_argument("--colour-stage", default=None, help="two-stage sampling: the checkpoints are layout models and "
+                                                         "this factorised DALL-E draws the colours")
     ap.add_argument("--baseline", default=None, help="another run's --log file: its all-correct rows drawn beside")
     ap.add_argument("--label", default="", help="this run's name in the legend (with --baseline)")
     ap.add_argument("--baseline-label", default="baseline", help="the baseline's name in the legend")
@@ -67,7 +71,8 @@ def main(argv=None) -> int:
                                            scheduler=args.scheduler).items() if v is not None}
     groups = prompt_groups(args.n, args.groups)
     points: dict[str, list[tuple[float, float, float]]] = {g: [] for g in groups}
-    recorded = dict(guidance=args.guidance, top_k=args.top_k, steps=args.steps, scheduler=args.scheduler)
+    recorded = dict(guidance=args.guidance, top_k=args.top_k, steps=args.steps, scheduler=args.scheduler,
+                    **({"colour_stage": args.colour_stage} if args.colour_stage else {}))
 
     def row_key(row: dict) -> tuple:  # a logged row is reused for the same checkpoint, prompts and settings
         return (str(Path(row["checkpoint"]).resolve()), row["group"], row["n"], *(row.get(k) for k in recorded))
@@ -95,7 +100,12 @@ def main(argv=None) -> int:
         rows = [done[wanted[g]] for g in groups if g not in todo]
         if todo:
             try:
-                pipe = load_pipeline(ckpt)
+                if args.colour_stage:  # this checkpoint draws the outlines, the colour stage paints them
+                    import mmgen
+                    pipe = load_pipeline(args.colour_stage)
+                    pipe.model.attach(layout=mmgen.load_pretrained(ckpt))
+                else:
+                    pipe = load_pipeline(ckpt)
             except (ValueError, TypeError, FileNotFoundError) as e:
                 ap.error(str(e))
             for row in fidelity(pipe, todo, candidates=(1,), **sample_kwargs):

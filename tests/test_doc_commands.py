@@ -88,6 +88,8 @@ RULES = [
          append=["--n", "4", "--steps", "2", "--batch", "4", "--quiet"]),
     Rule(r"scripts/dalle_eval\.py shapes\b", "4 captions and 1 or 2 candidates instead of 200 and 1 or 8",
          append=["--n", "4", "--candidates", "1", "2", "--quiet"]),
+    Rule(r"runs/dalle_shapes_factored/steps/", "reads the weights the 94-minute run kept at step 1,500 (a 2-step "
+         "run keeps none; tests/test_two_stage.py runs scripts/colour_stage.py)", skip=True),
     Rule(r"scripts/fidelity_curve\.py", "reads checkpoints copied from a run while it trained (minutes of sampling)",
          skip=True),
     Rule(r"scripts/evaluate_curve\.py", "draws the evaluations of weights kept along two runs (tests/test_metrics.py "

@@ -115,12 +115,20 @@ class DALLEConfig:
     # named first is then the upper / left one, the one the raster order draws first
     # (mmgen.data.shapes.canonical_caption)
     canonical_relations: bool = False
+    # words the model never reads: removed from every caption before tokenizing (training and
+    # sampling), e.g. the colour names for a layout model that draws silhouettes only (layout_path)
+    ignore_words: tuple[str, ...] = ()
     embed_dropout: float = 0.0
     # training images before the VQ: random translation by up to augment_pad pixels ("crop")
     # and / or horizontal flip ("flip", "crop_flip"); a small set then yields many token grids
     augment: str = "none"
     augment_pad: int = 2
     init_std: float = 0.02
+    # a DALL-E checkpoint that draws each image token's first code (e.g. the palette tokenizer's
+    # silhouette) from the prompt first; this model then samples only the remaining codes, given
+    # those (mmgen.pipelines.dalle.sample_image_tokens, first_codes=...). Needs image_factors, and
+    # the layout model's image_vocab and image_grid must be image_factors[0] and this image_grid
+    layout_path: str = ""
     vq_path: str = ""  # VQ checkpoint dir (mmgen.checkpoint.resolve_companion: relative to this checkpoint's dir)
     clip_path: str = ""  # CLIP checkpoint dir for reranking ("" = no reranking)
     # more CLIP checkpoint dirs: the reranker is then all of them together, scoring an image by
@@ -151,6 +159,12 @@ class DALLEConfig:
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         self.attr_words = tuple(self.attr_words)
+        self.ignore_words = tuple(w.lower() for w in self.ignore_words)
+        if any(not re.fullmatch(r"\w+", w) for w in self.ignore_words):
+            raise ValueError(f"ignore_words must be single words (letters / digits), got {list(self.ignore_words)}")
+        if self.layout_path and len(self.image_factors) < 2:
+            raise ValueError(f"layout_path={self.layout_path!r} draws each image token's first code, and this DALL-E's "
+                             f"image ids are not factorised: set image_factors")
         self.extra_clip_paths = tuple(self.extra_clip_paths)
         if self.extra_clip_paths and not self.clip_path:
             raise ValueError(f"extra_clip_paths {list(self.extra_clip_paths)} join the reranker at clip_path, and "
@@ -190,7 +204,7 @@ class DALLE(Model):
     """Text-to-image transformer over [text; image tokens]. See the module docstring."""
 
     config_class = DALLEConfig
-    companion_fields = ("vq_path", "clip_path", "extra_clip_paths")
+    companion_fields = ("vq_path", "clip_path", "extra_clip_paths", "layout_path")
 
     @classmethod
     def resolve_config(cls, config: DALLEConfig) -> DALLEConfig:
@@ -236,13 +250,27 @@ class DALLE(Model):
                 if isinstance(m, (nn.Embedding, nn.Linear)):
                     nn.init.normal_(m.weight, std=c.init_std)
         self._vq = None  # the frozen VQ, not part of this checkpoint's weights
+        self._layout = None  # the frozen layout DALL-E (layout_path), not part of them either
         self._attr_seqs = self._attribute_sequences(c.attr_words)
+        # an ignored word with the spaces before it (so "a red circle" reads "a circle")
+        self._ignored_re = re.compile(r"\s*\b(?:" + "|".join(map(re.escape, c.ignore_words)) + r")\b",
+                                      re.IGNORECASE) if c.ignore_words else None
         self._null_row: torch.Tensor | None = None  # the empty caption's ids, (1, context_length)
         self.token_memo = ImageTokenMemo()  # the VQ's tokens of the training images seen so far
 
     # ------------------------------------------------------------------ the VQ tokenizer (training)
-    def attach(self, vq=None) -> "DALLE":
-        """Use this VQ tokenizer (kept frozen, outside this model's state dict)."""
+    def attach(self, vq=None, layout=None) -> "DALLE":
+        """Use this VQ tokenizer and / or this layout DALL-E (see config layout_path), both kept
+        frozen, outside this model's state dict."""
+        if layout is not None:
+            c, lc = self.config, getattr(layout, "config", None)
+            if not isinstance(layout, DALLE) or len(c.image_factors) < 2:
+                raise ValueError("a layout must be a DALL-E, for a DALL-E with factorised image ids (image_factors)")
+            if lc.image_vocab != c.image_factors[0] or lc.image_grid != c.image_grid or lc.layout_path:
+                raise ValueError(f"the layout DALL-E draws {lc.image_grid} grids of {lc.image_vocab} ids"
+                                 f"{' and has a layout of its own' if lc.layout_path else ''}; this DALL-E needs "
+                                 f"{c.image_grid} grids of its first code's {c.image_factors[0]} ids, and no layout")
+            object.__setattr__(self, "_layout", layout.eval().requires_grad_(False))  # not a submodule
         if vq is not None:
             if getattr(vq, "vocab_size", None) != self.config.image_vocab:
                 raise ValueError(f"the VQ tokenizer has vocab_size={getattr(vq, 'vocab_size', None)}, this DALL-E "
@@ -258,6 +286,16 @@ class DALLE(Model):
                 self.token_memo.clear()  # tokens of another VQ
             object.__setattr__(self, "_vq", vq.eval().requires_grad_(False))  # not a submodule
         return self
+
+    @property
+    def layout(self) -> "DALLE | None":
+        """The DALL-E that draws the first code of each image token (config layout_path), loaded
+        on first use; None without one."""
+        if self._layout is None and self.config.layout_path:
+            from ..checkpoint import load_companion
+            layout = load_companion(self.config.layout_path, self._ckpt_dir, "layout", expect="dalle", owner="DALL-E")
+            self.attach(layout=layout.to(self.device))
+        return self._layout
 
     @property
     def vq(self):
@@ -286,9 +324,12 @@ class DALLE(Model):
     def tokenize(self, texts: str | Sequence[str], *, truncate: bool = False) -> torch.Tensor:
         """Captions -> (N, context_length) ids [BOS text EOS PAD ..]. Over-long text raises a
         ValueError naming both lengths; truncate=True cuts it (EOS kept last) with a warning."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
         if self.config.canonical_relations:
             from ..data.shapes import canonical_caption
-            texts = canonical_caption(texts) if isinstance(texts, str) else [canonical_caption(t) for t in texts]
+            texts = [canonical_caption(t) for t in texts]
+        if self.config.ignore_words:
+            texts = [self._ignored_re.sub("", t) if isinstance(t, str) else t for t in texts]
         return self._tokenize(texts, truncate=truncate).to(self.text_embed.weight.device)
 
     def _attribute_sequences(self, words: Sequence[str]) -> list[list[int]]:

@@ -61,15 +61,36 @@ def composition_rows(model, text: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 @torch.no_grad()
 def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, params: SamplingParams = SamplingParams(),
                         generator: torch.Generator | None = None, use_cache: bool = True,
-                        force_null_rows: bool = False, compose: float = 0.0, on_token=None) -> torch.Tensor:
+                        force_null_rows: bool = False, compose: float = 0.0, on_token=None,
+                        layout_text: torch.Tensor | None = None, first_codes: torch.Tensor | None = None) -> torch.Tensor:
     """Image tokens (B, h, w) for text ids (B, context_length): the whole DALL-E sampling loop.
 
     guidance s mixes the next-token logits null + s * (cond - null) (0 = unconditional,
     1 = conditional: the null rows are skipped unless force_null_rows). compose c > 0 (a model
     trained with attribute dropout) takes cond = (1 - c) * full prompt + c * the product of its
     attribute experts (`composition_rows`). use_cache=False recomputes the whole prefix at
-    every step (the reference the KV cache must match)."""
+    every step (the reference the KV cache must match).
+
+    Two-stage sampling (a model with image_factors): first_codes (B, h, w) fixes the first code
+    of every image token (the palette tokenizer's silhouette) and only the remaining codes are
+    sampled; layout_text (B, L) ids from `model.layout.tokenize` draws first_codes with the
+    layout model (config layout_path), same guidance, parameters and generator."""
     c = model.config
+    if layout_text is not None:
+        if model.layout is None:
+            raise ValueError("layout_text needs a DALL-E with a layout model (config layout_path)")
+        first_codes = sample_image_tokens(model.layout, layout_text, guidance=guidance, params=params,
+                                          generator=generator, use_cache=use_cache, on_token=on_token)
+    if first_codes is not None:
+        if len(c.image_factors) < 2:
+            raise ValueError("first_codes fix the first code of factorised image ids; this DALL-E has none "
+                             "(image_factors)")
+        if tuple(first_codes.shape) not in {(text.shape[0], *c.image_grid), (text.shape[0], c.image_tokens)}:
+            raise ValueError(f"first_codes must be ({text.shape[0]}, {c.image_grid[0]}, {c.image_grid[1]}), got "
+                             f"{tuple(first_codes.shape)}")
+        rest = c.image_vocab // c.image_factors[0]  # ids per first code: id = first * rest + the others
+        first_of_id = torch.arange(c.image_vocab, device=model.text_embed.weight.device) // rest  # (V,)
+        first_codes = first_codes.reshape(text.shape[0], -1).to(first_of_id.device)  # (B, h*w)
     if text.ndim != 2 or text.shape[1] != c.context_length:
         raise ValueError(f"text must be (batch, {c.context_length}) ids from tokenize(), got {tuple(text.shape)}")
     if compose and not c.attr_words:
@@ -91,7 +112,10 @@ def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, par
         cache = model.make_cache(R, c.seq_len) if use_cache else None
         _, logits = model(rows, cache=cache)  # prefill: the last text position predicts image token 0
         for i in range(c.image_tokens):
-            nxt = sample_next(guided_logits(logits[:, -1], B, guidance, weights), params, None, generator)  # (B,)
+            step_logits = guided_logits(logits[:, -1], B, guidance, weights)  # (B, V)
+            if first_codes is not None:  # only the ids whose first code is the given one
+                step_logits = step_logits.masked_fill(first_of_id[None] != first_codes[:, i, None], float("-inf"))
+            nxt = sample_next(step_logits, params, None, generator)  # (B,)
             out = torch.cat([out, nxt[:, None]], 1)
             if on_token is not None:
                 on_token()
@@ -133,7 +157,8 @@ class DALLEPipeline(Pipeline):
         return self.model.vq
 
     def parts(self) -> list:
-        return super().parts() + [self.vq]
+        layout = self.model.layout
+        return super().parts() + [self.vq] + ([layout] if layout is not None else [])
 
     def readers(self) -> list[PromptReader]:
         m = self.model
@@ -162,14 +187,18 @@ class DALLEPipeline(Pipeline):
         reader = self.readers()[0]
         text = quiet(m.tokenize, [reader.clean(p) for p in prompts], truncate=truncate)  # (P, context_length)
         text = text.repeat_interleave(n, 0)  # (P * n, context_length), prompt-major
+        layout_text = None if m.layout is None else \
+            quiet(m.layout.tokenize, [reader.clean(p) for p in prompts], truncate=truncate).repeat_interleave(n, 0)
         gen = make_generator(seed, m.text_embed.weight.device)
         batches = range(0, len(text), batch_size)
-        tick = ProgressReporter(progress, len(batches) * c.image_tokens, f"DALL-E {len(text)} image(s)")
+        stages = 1 if layout_text is None else 2
+        tick = ProgressReporter(progress, len(batches) * c.image_tokens * stages, f"DALL-E {len(text)} image(s)")
         try:
             images = []
             for i in batches:
                 tokens = sample_image_tokens(m, text[i:i + batch_size], guidance=guidance, params=params,
-                                             generator=gen, compose=compose, on_token=tick)
+                                             generator=gen, compose=compose, on_token=tick,
+                                             layout_text=None if layout_text is None else layout_text[i:i + batch_size])
                 images.append(self.vq.decode_tokens(tokens.to(self.vq.device)).float().cpu())  # (b, C, H, W)
         finally:
             tick.close()
@@ -190,7 +219,10 @@ class DALLEPipeline(Pipeline):
             m(rows, cache=cache)
             tok = torch.zeros(rows.shape[0], 1, dtype=torch.long, device=rows.device)
             dt = timed(lambda: [m(tok, cache=cache, start=c.context_length + j) for j in range(2)]) / 2
-        return dt * c.image_tokens * -(-total // b)
+        own = dt * c.image_tokens * -(-total // b)
+        if m.layout is not None:  # the layout model draws first, at its own speed
+            own += DALLEPipeline(m.layout).estimate_seconds(num_prompts, num_images, candidates, guidance, batch_size)
+        return own
 
 
 @torch.no_grad()
@@ -201,7 +233,9 @@ def training_samples(model, n: int = 16, seed: int = 0) -> torch.Tensor:
     per = max(1, -(-n // len(prompts)))
     c = model.config
     text = quiet(model.tokenize, list(prompts), truncate=True).repeat_interleave(per, 0)[:n]
-    tokens = sample_image_tokens(model, text, guidance=c.guidance_scale,
+    layout_text = None if model.layout is None else \
+        quiet(model.layout.tokenize, list(prompts), truncate=True).repeat_interleave(per, 0)[:n]
+    tokens = sample_image_tokens(model, text, guidance=c.guidance_scale, layout_text=layout_text,
                                  params=SamplingParams(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p),
                                  generator=make_generator(seed, model.text_embed.weight.device))
     return model.vq.decode_tokens(tokens.to(model.vq.device)).cpu()

@@ -1,0 +1,123 @@
+"""Two-stage DALL-E sampling: a layout DALL-E draws the first code of every image token (the
+palette tokenizer's silhouette) from the prompt without its colour words; a factorised DALL-E
+then draws only the remaining codes (the colours) given those. Captions that ignore words,
+sampling with fixed first codes (cached = full forward), the layout's checks, and the pipeline
+end to end with save / load."""
+import json
+
+import pytest
+import torch
+
+import mmgen
+from mmgen.models.palette import PaletteConfig, PaletteTokenizer
+from mmgen.pipelines.dalle import DALLEPipeline, sample_image_tokens
+from mmgen.text.sampling import SamplingParams, make_generator
+
+GRID = [8, 8]  # palette_tiny: 16 px, 2x2-pixel patches
+FACTORS = [8, 3]  # its 8 silhouettes x 3 colours
+
+
+def _factored(**kw):
+    torch.manual_seed(0)
+    return mmgen.create_model("dalle_tiny", image_grid=GRID, image_vocab=24, image_factors=FACTORS, context_length=48, **kw).eval()
+
+
+def _layout(**kw):
+    torch.manual_seed(1)
+    return mmgen.create_model("dalle_tiny", image_grid=GRID, image_vocab=8, ignore_words=["red", "blue"], context_length=48,
+                             **kw).eval()
+
+
+def test_ignored_words_are_never_read():
+    m = _layout()
+    assert torch.equal(m.tokenize("a red circle"), m.tokenize("a circle"))
+    assert torch.equal(m.tokenize(["a Blue square left of a RED circle"]), m.tokenize(["a square left of a circle"]))
+    assert not torch.equal(m.tokenize("a reddish circle"), m.tokenize("a circle"))  # whole words only
+    with pytest.raises(ValueError, match="ignore_words must be single words"):
+        mmgen.create_model("dalle_tiny", ignore_words=["light blue"])
+    with pytest.raises(ValueError, match="layout_path='x' draws each image token's first code.*set image_factors"):
+        mmgen.create_model("dalle_tiny", layout_path="x")
+
+
+def test_fixed_first_codes_are_kept_and_the_cache_matches_the_full_forward():
+    m = _factored()
+    text = m.tokenize(["a red circle", "a blue square"])
+    first = torch.randint(0, FACTORS[0], (2, *GRID), generator=torch.Generator().manual_seed(0))
+    kw = dict(guidance=1.5, params=SamplingParams(top_k=2), first_codes=first)
+    a = sample_image_tokens(m, text, generator=make_generator(3), **kw)
+    b = sample_image_tokens(m, text, generator=make_generator(3), use_cache=False, **kw)
+    assert torch.equal(a, b)
+    assert torch.equal(a // FACTORS[1], first)  # every silhouette as given
+    assert len(torch.unique(a % FACTORS[1])) > 1  # the colours are drawn, not fixed
+    with pytest.raises(ValueError, match=r"first_codes must be \(2, 8, 8\)"):
+        sample_image_tokens(m, text, first_codes=first[:1])
+    plain = mmgen.create_model("dalle_tiny", image_grid=GRID, image_vocab=24)
+    with pytest.raises(ValueError, match="this DALL-E has none"):
+        sample_image_tokens(plain, plain.tokenize(["a"]), first_codes=first[:1])
+    with pytest.raises(ValueError, match="layout_text needs a DALL-E with a layout model"):
+        sample_image_tokens(m, text, layout_text=text)
+
+
+def test_a_layout_must_draw_the_first_code_on_the_same_grid():
+    m = _factored()
+    with pytest.raises(ValueError, match=r"draws \(8, 8\) grids of 24 ids; this DALL-E needs \(8, 8\) grids of its "
+                                         r"first code's 8 ids"):
+        m.attach(layout=mmgen.create_model("dalle_tiny", image_grid=GRID, image_vocab=24))
+    with pytest.raises(ValueError, match="a layout must be a DALL-E"):
+        m.attach(layout=PaletteTokenizer(PaletteConfig(img_size=16, silhouettes=8, colours=3)))
+    with pytest.raises(ValueError, match="a layout must be a DALL-E, for a DALL-E with factorised image ids"):
+        mmgen.create_model("dalle_tiny", image_grid=GRID, image_vocab=24).attach(layout=_layout())
+    assert m.attach(layout=_layout()).layout is not None
+
+
+def test_the_pipeline_draws_the_layout_then_the_colours(tmp_path):
+    palette = PaletteTokenizer(PaletteConfig(img_size=16, silhouettes=8, colours=3))
+    palette.silhouette_codes.copy_(torch.linspace(0, 1, 8)[:, None].expand(8, 4))
+    palette.colour_codes.copy_(torch.eye(3))
+    palette.save_pretrained(tmp_path / "palette")
+    _layout().save_pretrained(tmp_path / "layout")
+    m = _factored(vq_path=str(tmp_path / "palette"), layout_path=str(tmp_path / "layout"), guidance_scale=1.5)
+    m.save_pretrained(tmp_path / "dalle")
+    assert json.loads((tmp_path / "dalle" / "config.json").read_text())["config"]["layout_path"] == "../layout"
+
+    pipe = DALLEPipeline.from_pretrained(tmp_path / "dalle")
+    layout = pipe.model.layout
+    assert layout is not None and layout.config.ignore_words == ("red", "blue")
+    prompts = ["a red circle", "a blue square left of a red circle"]
+    out = pipe(prompts, num_images=2, seed=5, candidates=1, progress=False)
+    assert out.images.shape == (2, 2, 3, 16, 16)
+    again = pipe(prompts, num_images=2, seed=5, candidates=1, progress=False)
+    assert torch.equal(out.images, again.images)
+    # the same draw by hand: the layout from the colourless prompt, then the colours given it
+    model = pipe.model
+    text = model.tokenize(prompts).repeat_interleave(2, 0)
+    layout_text = layout.tokenize(prompts).repeat_interleave(2, 0)
+    assert torch.equal(layout_text[0], layout.tokenize(["a circle"])[0])
+    gen = make_generator(5)
+    tokens = sample_image_tokens(model, text, guidance=1.5, generator=gen, layout_text=layout_text)
+    silhouettes = sample_image_tokens(layout, layout_text, guidance=1.5, generator=make_generator(5))
+    assert torch.equal(tokens // FACTORS[1], silhouettes)
+    from mmgen.pipelines.base import to_float
+    want = palette.decode_tokens(tokens)
+    torch.testing.assert_close(to_float(out.images.flatten(0, 1)), want, atol=1 / 127.5 + 1e-6, rtol=0)
+    assert pipe.estimate_seconds(2, 2) > 0
+
+
+def test_colour_stage_script_paints_true_outlines(tmp_path, capsys):
+    """scripts/colour_stage.py: real scenes' outlines fixed, the colours drawn, one JSON line per group."""
+    import runpy
+    from pathlib import Path
+    torch.manual_seed(0)
+    m = mmgen.create_model("dalle_tiny", image_grid=[16, 16], image_vocab=384, image_factors=[64, 6],
+                           context_length=48)
+    m.save_pretrained(tmp_path / "colours")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "colour_stage.py"
+    main = runpy.run_path(str(script))["main"]
+    assert main([str(tmp_path / "colours"), "--n", "1", "--groups", "one", "two", "--log", str(tmp_path / "log")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["group"] for r in rows] == ["one", "two"] and all(0 <= r["correct"] <= 1 for r in rows)
+    assert len((tmp_path / "log").read_text().splitlines()) == 2
+    plain = mmgen.create_model("dalle_tiny", image_grid=[16, 16], image_vocab=384)
+    plain.save_pretrained(tmp_path / "plain")
+    with pytest.raises(SystemExit, match=r"factorised as \[\], the tokenizer's as \[64, 6\]"):
+        main([str(tmp_path / "plain"), "--n", "1", "--groups", "one"])
