@@ -50,11 +50,12 @@ def test_companion_paths_are_saved_relative_and_old_values_still_load(tmp_path, 
     pipe = DALLEPipeline.from_pretrained(CKPT / "dalle_shapes")
     pipe.save_pretrained(tmp_path / "mine" / "dalle")
     cfg = json.loads((tmp_path / "mine" / "dalle" / "config.json").read_text())["config"]
-    assert (cfg["vq_path"], cfg["clip_path"]) == ("vq_shapes_16x16", "clip_shapes_coca")  # shipped: by name
+    assert (cfg["vq_path"], cfg["clip_path"]) == ("palette_shapes", "clip_shapes_coca")  # shipped: by name
+    assert cfg["layout_path"] == "dalle_shapes_layout"  # the outline stage of two-stage sampling
     assert cfg["extra_clip_paths"] == ["clip_shapes_coca_negimg", "clip_shapes_reranker", "clip_shapes_coca_bank"]
     assert len(DALLEPipeline.from_pretrained(tmp_path / "mine" / "dalle").clip.members) == 4  # the reranker ensemble
     pipe.model.config.vq_path = str(tmp_path / "myvq")  # others: relative to the checkpoint directory
-    shutil.copytree(CKPT / "vq_shapes_16x16", tmp_path / "myvq")
+    shutil.copytree(CKPT / "palette_shapes", tmp_path / "myvq")
     pipe.save_pretrained(tmp_path / "mine" / "dalle2")
     cfg = json.loads((tmp_path / "mine" / "dalle2" / "config.json").read_text())["config"]
     assert cfg["vq_path"] == os.path.join("..", "..", "myvq")
@@ -63,15 +64,16 @@ def test_companion_paths_are_saved_relative_and_old_values_still_load(tmp_path, 
     os.chdir(tmp_path)
     # what a recipe run from the repository root wrote before ("checkpoints/vq_shapes"), and a
     # shipped checkpoint copied away from its siblings ("../vq_shapes"): both find the shipped ones
-    for i, (vq, clip) in enumerate([("checkpoints/vq_shapes_16x16", "checkpoints/clip_shapes_reranker"),
-                                    ("../vq_shapes_16x16", "../clip_shapes_reranker")]):
+    for i, (vq, clip) in enumerate([("checkpoints/palette_shapes", "checkpoints/clip_shapes_reranker"),
+                                    ("../palette_shapes", "../clip_shapes_reranker")]):
         d = tmp_path / f"old{i}"
         shutil.copytree(CKPT / "dalle_shapes", d)
         meta = json.loads((d / "config.json").read_text())
         meta["config"].update(vq_path=vq, clip_path=clip)
         (d / "config.json").write_text(json.dumps(meta))
         old = DALLEPipeline.from_pretrained(d)
-        assert old.vq.vocab_size == 512 and old.clip is not None
+        assert old.vq.vocab_size == 384 and old.clip is not None
+        assert old.model.layout.config.image_vocab == 64  # "../dalle_shapes_layout", found by its shipped name
 
 
 def _fake_output(P=2, N=3, scores=True):
