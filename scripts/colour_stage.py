@@ -58,6 +58,7 @@ def measure(args) -> int:
     from mmgen.metrics.shapes_fidelity import score
     from mmgen.pipelines.dalle import sample_image_tokens
     from mmgen.text.sampling import SamplingParams, make_generator
+    from mmgen.train.metrics import append_jsonl
     palette = mmgen.load_pretrained(args.tokenizer)
     colours = palette.factors[1]
     groups = {g: scenes(g, args.n, args.split) for g in args.groups}
@@ -72,12 +73,11 @@ def measure(args) -> int:
                                          params=SamplingParams(top_k=args.top_k), first_codes=outlines,
                                          generator=make_generator(args.seed, model.text_embed.weight.device))
             found = score(palette.decode_tokens(tokens), captions)
-            line = json.dumps({"checkpoint": str(path), "group": group, "split": args.split, "n": args.n,
-                               **{k: v if v is None else round(v, 4) for k, v in found.items()}})
-            print(line, flush=True)
+            record = {"checkpoint": str(path), "group": group, "split": args.split, "n": args.n,
+                      **{k: v if v is None else round(v, 4) for k, v in found.items()}}
+            print(json.dumps(record), flush=True)
             if args.log:
-                with open(args.log, "a") as f:
-                    f.write(line + "\n")
+                append_jsonl(args.log, record)
     return 0
 
 

@@ -18,6 +18,7 @@ def main(argv=None) -> int:
     from mmgen.metrics.shapes_fidelity import GROUPS, PROMPT_SPLITS, fidelity, prompt_groups
     from mmgen.pipelines import load_pipeline
     from mmgen.schedulers import SCHEDULERS
+    from mmgen.train.metrics import append_jsonl
     ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="a shipped name or a DALL-E / DDPM checkpoint directory")
     ap.add_argument("--n", type=positive_int, default=200, help="prompts per group")
@@ -63,13 +64,12 @@ def main(argv=None) -> int:
         kw = dict(extra, **({} if guidance is None else {"guidance": guidance}),
                   **({} if compose is None else {"compose": compose}))
         for row in fidelity(pipe, groups, candidates=args.candidates, seed=args.seed, **kw):
-            line = json.dumps({"model": args.model, "clip": args.clip, "split": args.split, "guidance": guidance,
-                               **({} if compose is None else {"compose": compose}),
-                               **{k: v for k, v in extra.items() if k != "steps"}, **row})
-            print(line, flush=True)
+            record = {"model": args.model, "clip": args.clip, "split": args.split, "guidance": guidance,
+                      **({} if compose is None else {"compose": compose}),
+                      **{k: v for k, v in extra.items() if k != "steps"}, **row}
+            print(json.dumps(record), flush=True)
             if args.log:
-                with open(args.log, "a") as f:
-                    f.write(line + "\n")
+                append_jsonl(args.log, record)
     return 0
 
 
