@@ -75,7 +75,7 @@ def test_the_pipeline_draws_the_layout_then_the_colours(tmp_path):
     palette.silhouette_codes.copy_(torch.linspace(0, 1, 8)[:, None].expand(8, 4))
     palette.colour_codes.copy_(torch.eye(3))
     palette.save_pretrained(tmp_path / "palette")
-    _layout().save_pretrained(tmp_path / "layout")
+    _layout(guidance_scale=2.5, top_k=2).save_pretrained(tmp_path / "layout")  # its own sampling settings
     m = _factored(vq_path=str(tmp_path / "palette"), layout_path=str(tmp_path / "layout"), guidance_scale=1.5)
     m.save_pretrained(tmp_path / "dalle")
     assert json.loads((tmp_path / "dalle" / "config.json").read_text())["config"]["layout_path"] == "../layout"
@@ -93,13 +93,19 @@ def test_the_pipeline_draws_the_layout_then_the_colours(tmp_path):
     text = model.tokenize(prompts).repeat_interleave(2, 0)
     layout_text = layout.tokenize(prompts).repeat_interleave(2, 0)
     assert torch.equal(layout_text[0], layout.tokenize(["a circle"])[0])
-    gen = make_generator(5)
-    tokens = sample_image_tokens(model, text, guidance=1.5, generator=gen, layout_text=layout_text)
-    silhouettes = sample_image_tokens(layout, layout_text, guidance=1.5, generator=make_generator(5))
-    assert torch.equal(tokens // FACTORS[1], silhouettes)
     from mmgen.pipelines.base import to_float
-    want = palette.decode_tokens(tokens)
-    torch.testing.assert_close(to_float(out.images.flatten(0, 1)), want, atol=1 / 127.5 + 1e-6, rtol=0)
+    # each stage samples with its own checkpoint's settings; what the caller passes sets both stages
+    for given, layout_guidance in (({}, 2.5), ({"guidance": 1.5}, 1.5)):
+        tokens = sample_image_tokens(model, text, guidance=1.5, generator=make_generator(5), layout_text=layout_text,
+                                     layout_guidance=layout_guidance, layout_params=SamplingParams(top_k=2))
+        silhouettes = sample_image_tokens(layout, layout_text, guidance=layout_guidance,
+                                          params=SamplingParams(top_k=2), generator=make_generator(5))
+        assert torch.equal(tokens // FACTORS[1], silhouettes)
+        want = palette.decode_tokens(tokens)
+        got = pipe(prompts, num_images=2, seed=5, candidates=1, progress=False, **given).images
+        torch.testing.assert_close(to_float(got.flatten(0, 1)), want, atol=1 / 127.5 + 1e-6, rtol=0)
+    assert not torch.equal(out.images, pipe(prompts, num_images=2, seed=5, candidates=1, progress=False,
+                                            guidance=1.5).images)
     assert pipe.estimate_seconds(2, 2) > 0
 
 

@@ -58,11 +58,22 @@ def composition_rows(model, text: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return torch.stack(rows), weights
 
 
+def sampling_settings(config, guidance=None, temperature=None, top_k=None, top_p=None) -> tuple[float, SamplingParams]:
+    """(guidance, SamplingParams) of a DALL-E config's sampling defaults, each overridden when
+    given (top_k=0: no top-k)."""
+    top_k = config.top_k if top_k is None else top_k
+    params = SamplingParams(temperature=config.temperature if temperature is None else temperature,
+                            top_k=top_k or None, top_p=config.top_p if top_p is None else top_p)
+    return (config.guidance_scale if guidance is None else float(guidance)), params
+
+
 @torch.no_grad()
 def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, params: SamplingParams = SamplingParams(),
                         generator: torch.Generator | None = None, use_cache: bool = True,
                         force_null_rows: bool = False, compose: float = 0.0, on_token=None,
-                        layout_text: torch.Tensor | None = None, first_codes: torch.Tensor | None = None) -> torch.Tensor:
+                        layout_text: torch.Tensor | None = None, first_codes: torch.Tensor | None = None,
+                        layout_guidance: float | None = None, layout_params: SamplingParams | None = None
+                        ) -> torch.Tensor:
     """Image tokens (B, h, w) for text ids (B, context_length): the whole DALL-E sampling loop.
 
     guidance s mixes the next-token logits null + s * (cond - null) (0 = unconditional,
@@ -74,13 +85,16 @@ def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, par
     Two-stage sampling (a model with image_factors): first_codes (B, h, w) fixes the first code
     of every image token (the palette tokenizer's silhouette) and only the remaining codes are
     sampled; layout_text (B, L) ids from `model.layout.tokenize` draws first_codes with the
-    layout model (config layout_path), same guidance, parameters and generator."""
+    layout model (config layout_path) with layout_guidance and layout_params (default: guidance
+    and params) and the same generator."""
     c = model.config
     if layout_text is not None:
         if model.layout is None:
             raise ValueError("layout_text needs a DALL-E with a layout model (config layout_path)")
-        first_codes = sample_image_tokens(model.layout, layout_text, guidance=guidance, params=params,
-                                          generator=generator, use_cache=use_cache, on_token=on_token)
+        first_codes = sample_image_tokens(model.layout, layout_text, generator=generator, use_cache=use_cache,
+                                          guidance=guidance if layout_guidance is None else layout_guidance,
+                                          params=params if layout_params is None else layout_params,
+                                          on_token=on_token)
     if first_codes is not None:
         if len(c.image_factors) < 2:
             raise ValueError("first_codes fix the first code of factorised image ids; this DALL-E has none "
@@ -179,11 +193,12 @@ class DALLEPipeline(Pipeline):
     def _generate(self, prompts, n, *, seed, guidance, steps, temperature, top_k, top_p, progress, truncate,
                   batch_size, compose=None) -> torch.Tensor:
         m, c = self.model, self.model.config
-        guidance = c.guidance_scale if guidance is None else float(guidance)
         compose = c.compose if compose is None else float(compose)
-        top_k = c.top_k if top_k is None else top_k
-        params = SamplingParams(temperature=c.temperature if temperature is None else temperature,
-                                top_k=top_k or None, top_p=c.top_p if top_p is None else top_p)
+        # each stage samples with its own checkpoint's settings; what the caller passes sets both
+        given = dict(guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p)
+        guidance, params = sampling_settings(c, **given)
+        layout_guidance, layout_params = (None, None) if m.layout is None else sampling_settings(m.layout.config,
+                                                                                                 **given)
         reader = self.readers()[0]
         text = quiet(m.tokenize, [reader.clean(p) for p in prompts], truncate=truncate)  # (P, context_length)
         text = text.repeat_interleave(n, 0)  # (P * n, context_length), prompt-major
@@ -198,7 +213,8 @@ class DALLEPipeline(Pipeline):
             for i in batches:
                 tokens = sample_image_tokens(m, text[i:i + batch_size], guidance=guidance, params=params,
                                              generator=gen, compose=compose, on_token=tick,
-                                             layout_text=None if layout_text is None else layout_text[i:i + batch_size])
+                                             layout_text=None if layout_text is None else layout_text[i:i + batch_size],
+                                             layout_guidance=layout_guidance, layout_params=layout_params)
                 images.append(self.vq.decode_tokens(tokens.to(self.vq.device)).float().cpu())  # (b, C, H, W)
         finally:
             tick.close()
@@ -235,7 +251,9 @@ def training_samples(model, n: int = 16, seed: int = 0) -> torch.Tensor:
     text = quiet(model.tokenize, list(prompts), truncate=True).repeat_interleave(per, 0)[:n]
     layout_text = None if model.layout is None else \
         quiet(model.layout.tokenize, list(prompts), truncate=True).repeat_interleave(per, 0)[:n]
-    tokens = sample_image_tokens(model, text, guidance=c.guidance_scale, layout_text=layout_text,
-                                 params=SamplingParams(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p),
+    guidance, params = sampling_settings(c)
+    layout_guidance, layout_params = (None, None) if model.layout is None else sampling_settings(model.layout.config)
+    tokens = sample_image_tokens(model, text, guidance=guidance, params=params, layout_text=layout_text,
+                                 layout_guidance=layout_guidance, layout_params=layout_params,
                                  generator=make_generator(seed, model.text_embed.weight.device))
     return model.vq.decode_tokens(tokens.to(model.vq.device)).cpu()
