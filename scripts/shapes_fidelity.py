@@ -5,18 +5,23 @@
     python scripts/shapes_fidelity.py --model dalle_shapes --clip clip_shapes_reranker --candidates 8
     python scripts/shapes_fidelity.py --model ddpm_shapes --n 200 --guidance 1 3 --steps 25
     python scripts/shapes_fidelity.py --model dalle_shapes --split val --n 100 --top-k 8   # choose settings on val
+    python scripts/shapes_fidelity.py --model dalle_shapes --split val --layout-set top_k=8   # the outline stage only
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
-from mmgen.commands._args import OneLineParser, finite_float, positive_int
+from mmgen.commands._args import OneLineParser, finite_float, key_value, positive_int
+
+LAYOUT_KEYS = ("guidance_scale", "temperature", "top_k", "top_p")  # --layout-set: sampling defaults only
 
 
 def main(argv=None) -> int:
     from mmgen.metrics.shapes_fidelity import GROUPS, PROMPT_SPLITS, fidelity, prompt_groups
     from mmgen.pipelines import load_pipeline
+    from mmgen.pipelines.dalle import sampling_settings
     from mmgen.schedulers import SCHEDULERS
     from mmgen.train.metrics import append_jsonl
     ap = OneLineParser(description=__doc__.splitlines()[0])
@@ -37,6 +42,9 @@ def main(argv=None) -> int:
     ap.add_argument("--top-p", type=finite_float, default=None, help="DALL-E: nucleus sampling mass")
     ap.add_argument("--compose", type=finite_float, nargs="+", default=[None],
                     help="DALL-E trained with attribute dropout: weights of the attribute experts to score")
+    ap.add_argument("--layout-set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                    help="a two-stage DALL-E: the outline stage's own sampling default (" + ", ".join(LAYOUT_KEYS)
+                         + "); --guidance, --top-k, ... set both stages")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args(argv)
@@ -57,6 +65,20 @@ def main(argv=None) -> int:
     if token_sampling and pipe.kind != "dalle":
         ap.error(f"--{token_sampling[0].replace('_', '-')} sets DALL-E token sampling; {args.model!r} is a "
                  f"{pipe.kind} model")
+    layout_set = dict(args.layout_set)
+    if layout_set:
+        layout = pipe.model.layout if pipe.kind == "dalle" else None
+        if layout is None:
+            ap.error(f"--layout-set sets the outline stage of a two-stage DALL-E; {args.model!r} has none "
+                     f"(config layout_path)")
+        unknown = sorted(set(layout_set) - set(LAYOUT_KEYS))
+        if unknown:
+            ap.error(f"--layout-set takes {', '.join(LAYOUT_KEYS)}, got {', '.join(unknown)}")
+        try:
+            layout.config = dataclasses.replace(layout.config, **layout_set)
+            sampling_settings(layout.config)  # a bad value fails here, not after minutes of sampling
+        except (ValueError, TypeError) as e:
+            ap.error(f"--layout-set: {e}")
     groups = prompt_groups(args.n, args.groups, split=args.split)
     extra = {k: v for k, v in dict(steps=args.steps, scheduler=args.scheduler, temperature=args.temperature,
                                    top_k=args.top_k, top_p=args.top_p).items() if v is not None}
@@ -66,6 +88,7 @@ def main(argv=None) -> int:
         for row in fidelity(pipe, groups, candidates=args.candidates, seed=args.seed, **kw):
             record = {"model": args.model, "clip": args.clip, "split": args.split, "guidance": guidance,
                       **({} if compose is None else {"compose": compose}),
+                      **({"layout_set": layout_set} if layout_set else {}),
                       **{k: v for k, v in extra.items() if k != "steps"}, **row}
             print(json.dumps(record), flush=True)
             if args.log:

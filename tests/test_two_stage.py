@@ -127,3 +127,38 @@ def test_colour_stage_script_paints_true_outlines(tmp_path, capsys):
     plain.save_pretrained(tmp_path / "plain")
     with pytest.raises(SystemExit, match=r"factorised as \[\], the tokenizer's as \[64, 6\]"):
         main([str(tmp_path / "plain"), "--n", "1", "--groups", "one"])
+
+
+def test_shapes_fidelity_sets_the_outline_stage_alone(monkeypatch, capsys):
+    """scripts/shapes_fidelity.py --layout-set: the outline stage's own sampling defaults, for the
+    measurement only; the colour stage keeps its own; bad keys and values fail before sampling."""
+    import runpy
+    from pathlib import Path
+
+    import mmgen.pipelines.dalle as dalle_pipeline
+    script = Path(__file__).resolve().parents[1] / "scripts" / "shapes_fidelity.py"
+    main = runpy.run_path(str(script))["main"]
+    seen = []
+
+    class Sampled(Exception):  # stop at the first sampling call: what it was given is the test
+        pass
+
+    def spy(model, text, **kw):
+        seen.append((kw["guidance"], kw["params"].top_k, kw["layout_guidance"], kw["layout_params"].top_k))
+        raise Sampled
+
+    monkeypatch.setattr(dalle_pipeline, "sample_image_tokens", spy)
+    args = ["--model", "dalle_shapes", "--n", "1", "--groups", "one", "--split", "val"]
+    with pytest.raises(Sampled):
+        main(args + ["--layout-set", "top_k=8", "--layout-set", "guidance_scale=2"])
+    assert seen == [(1.25, 4, 2.0, 8)]  # the colour stage keeps its checkpoint's guidance 1.25, top-k 4
+    with pytest.raises(Sampled):
+        main(args)
+    assert seen[1] == (1.25, 4, 1.25, 4)  # the shipped outline stage's own defaults
+    for bad, message in ((["--layout-set", "depth=2"], "--layout-set takes guidance_scale, temperature, top_k, "
+                                                       "top_p, got depth"),
+                         (["--layout-set", "top_k=-1"], "top_k must be a positive integer"),
+                         (["--model", "dalle_emoji", "--layout-set", "top_k=8"], "'dalle_emoji' has none")):
+        with pytest.raises(SystemExit):
+            main(args + bad)
+        assert message in capsys.readouterr().err
