@@ -22,8 +22,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/mmgen demo
 
+# --durations: the slowest tests are listed, to keep the suite under 15 minutes on 2 cores
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=15
 
 # Headless Chromium for the browser test of `mmgen serve` (Debian/Ubuntu; root or sudo).
 browser:

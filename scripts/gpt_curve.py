@@ -37,9 +37,10 @@ def read_curve(run: Path) -> list[dict]:
 
 
 @torch.no_grad()
-def full_val_loss(run: Path, batch_size: int = 32) -> tuple[float, int]:
+def full_val_loss(run: Path, batch_size: int = 32, max_blocks: int | None = None) -> tuple[float, int]:
     """Mean cross-entropy (nats per token) over every non-overlapping context-long block of
-    the shakespeare val split, with the run's exported weights."""
+    the shakespeare val split (the first max_blocks of them when given), with the run's
+    exported weights."""
     import mmgen
     from mmgen.data import build_dataset
     model = mmgen.load_pretrained(str(run)).eval()
@@ -47,6 +48,7 @@ def full_val_loss(run: Path, batch_size: int = 32) -> tuple[float, int]:
     ds = build_dataset("shakespeare", "val", block_size=T)
     tokens = ds.tokens
     n = (len(tokens) - 1) // T
+    n = n if max_blocks is None else min(n, max_blocks)
     x = tokens[:n * T].view(n, T)
     y = tokens[1:n * T + 1].view(n, T)
     total = 0.0
@@ -65,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--names", nargs="+", default=None)
     p.add_argument("--out", type=Path, default=None, help="PNG to write")
     p.add_argument("--full-val", action="store_true", help="score each final checkpoint on the whole val split")
+    p.add_argument("--val-blocks", type=int, default=None, help="--full-val on the first N blocks only (a quick check; "
+                                                                 "the docs' figure is the whole split)")
     p.add_argument("--no-reference", action="store_true", help="leave the earlier 0.84M recipe off the plot")
     args = p.parse_args(argv)
     step_s = args.step_s * len(args.runs) if len(args.step_s) == 1 else args.step_s
@@ -81,8 +85,9 @@ def main(argv=None) -> int:
             print(f"| {r['step']} | {r['step'] * s / 60:.1f} | {wall} | {r['val/loss']:.4f} |")
         series[name] = [(r["step"] * s / 60, r["val/loss"]) for r in curve]
         if args.full_val:
-            loss, n = full_val_loss(run)
-            print(f"{name}: whole val split ({n} blocks): {loss:.4f} nats/char")
+            loss, n = full_val_loss(run, max_blocks=args.val_blocks)
+            where = f"first {n} val blocks" if args.val_blocks else f"whole val split ({n} blocks)"
+            print(f"{name}: {where}: {loss:.4f} nats/char")
     if not args.no_reference:
         series[REFERENCE["name"]] = [(st * REFERENCE["step_s"] / 60, v) for st, v in REFERENCE["points"]]
     if args.out:

@@ -94,8 +94,13 @@ RULES = [
          skip=True),
     Rule(r"scripts/evaluate_curve\.py", "draws the evaluations of weights kept along two runs (tests/test_metrics.py "
          "runs it on small files)", skip=True),
-    Rule(r"scripts/shapes_fidelity\.py", "2 prompts per group and 1 or 2 candidates instead of 200 and 1 or 8",
-         append=["--n", "2", "--candidates", "1", "2"]),
+    Rule(r"scripts/shapes_fidelity\.py", "one two-object prompt, 1 or 2 candidates, guidance 1.25 instead of 200 "
+         "prompts per group, 1 or 8 candidates and the documented guidances",
+         append=["--n", "1", "--groups", "two", "--candidates", "1", "2", "--guidance", "1.25"]),
+    Rule(r"scripts/gpt_curve\.py .*--full-val", "the first 16 validation blocks instead of the whole split (3 min "
+         "of bf16 emulated on this CPU)", append=["--val-blocks", "16"]),
+    Rule(r"scripts/shapes_fidelity\.py .*--layout-set", "one group, 1 candidate: the outline stage's settings",
+         append=["--groups", "one", "--candidates", "1"]),
     Rule(r"scripts/shapes_fidelity\.py .*--compose", "compositional sampling draws 7 rows per image: one weight, "
          "one group, 1 candidate", append=["--compose", "1", "--groups", "heldout", "--candidates", "1"]),
     Rule(r"scripts/rerank_oracle\.py", "2 prompts per group and 2 candidates instead of 100 and 8",
