@@ -4,7 +4,8 @@
    positions, two output heads, caption bookkeeping and condition dropout, the 1:7 loss)
    against a plain mmgen GPT of the same shape on the same shared blocks (width, depth, heads,
    MLP, sequence length, vocabulary = text + image codes, untied head as DALL-E's), one AdamW
-   step each on a batch of the recipe's size, fp32 and bf16 autocast.
+   step each on a batch of the recipe's size, fp32 and (where the hardware runs it natively, or
+   with --bf16) bf16 autocast.
 2. Sampling images/s through DALLEPipeline (KV cache, classifier-free guidance, VQ decoding):
    one sample per image without a reranker, and best of 8 by CLIP (8 samples drawn, scored by
    the CLIP reranker, the best kept).
@@ -23,7 +24,7 @@ import warnings
 
 import torch
 
-from bench.timing import compare, print_table, train_step
+from bench.timing import amp_dtypes, compare, print_table, train_step
 
 CAPTIONS = ("a red circle above a blue square", "a green triangle", "a yellow square left of a magenta circle",
             "a blue circle", "a cyan cross below a red diamond", "a magenta triangle")
@@ -52,7 +53,7 @@ def _load(checkpoint: str | None, preset: str):
     return mmgen.create_model(preset), None, f"{preset} (random weights)"
 
 
-def train_table(model, name: str, batch: int, repeats: int, device: str) -> None:
+def train_table(model, name: str, batch: int, repeats: int, device: str, bf16: bool | None = None) -> None:
     torch.manual_seed(0)
     c = model.config
     ours = model.to(device).train()
@@ -67,7 +68,7 @@ def train_table(model, name: str, batch: int, repeats: int, device: str) -> None
     b_gpt = {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
     tokens = batch * (c.seq_len - 1)  # positions predicted per step, both sides
     rows = []
-    for dtype in ("fp32", "bf16"):
+    for dtype in amp_dtypes(device, bf16):
         res = compare({"dalle": train_step(ours, b_dalle, torch.optim.AdamW(ours.parameters(), 1e-4), dtype, device),
                        "gpt": train_step(gpt, b_gpt, torch.optim.AdamW(gpt.parameters(), 1e-4), dtype, device)},
                       warmup=2, repeats=repeats)
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--candidates", type=int, default=8, help="samples drawn per kept image when reranking")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bf16", action="store_true", default=None,
+                   help="also time bf16 autocast where it is emulated (CPUs without AVX-512 BF16 or AMX: ~15x slower)")
     p.add_argument("--tiny", action="store_true",
                    help="training: dalle_tiny (random weights), batch 4; sampling: 1 prompt, 2 candidates; one repeat")
     args = p.parse_args(argv or [])
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         args.batch, args.prompts, args.images, args.candidates, args.repeats = 4, 1, 1, 2, 1
     if "train" in only:
         model, _, name = _load(None if args.tiny else args.checkpoint, "dalle_tiny")
-        train_table(model, name, args.batch, args.repeats, args.device)
+        train_table(model, name, args.batch, args.repeats, args.device, args.bf16)
     if "sampling" in only:  # a fresh copy: the training table has moved the weights
         _, pipe, name = _load(args.checkpoint, "")
         pipe.to(args.device)
