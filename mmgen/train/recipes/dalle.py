@@ -14,6 +14,10 @@ from . import Recipe, register_recipe
 _TRAIN = {"batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-4, "warmup": 30, "weight_decay": 0.01,
           "val_split": "val", "eval_every": 0, "eval_batches": 4, "sample_every": 0, "num_samples": 16,
           "log_every": 20, "save_every": 100}
+# the 6 x 192 shapes DALL-Es: the stack, and the schedule of the runs from scratch (saved by time)
+_BLOCK_6x192 = {"causal": True, "embed_dim": 192, "depth": 6, "num_heads": 6}
+_TRAIN_6x192 = {**_TRAIN, "lr": 1e-3, "min_lr": 5e-5, "warmup": 200, "save_every": 0, "save_every_minutes": 3.0,
+                "log_every": 50}
 
 register_recipe(Recipe(
     name="dalle_shapes", model="dalle_shapes_32", data="shapes",
@@ -74,10 +78,9 @@ register_recipe(Recipe(
     name="dalle_shapes_2h", model="dalle_shapes_32", data="shapes",
     model_overrides={"vq_path": "vq_shapes_16x16", "clip_path": "clip_shapes_reranker", "cond_drop": 0.15,
                      "image_grid": [16, 16], "guidance_scale": 1.25,
-                     "block": {"causal": True, "embed_dim": 192, "depth": 6, "num_heads": 6}},
+                     "block": _BLOCK_6x192},
     data_kwargs={"holdout": "default"},
-    train={**_TRAIN, "steps": 6000, "lr": 1e-3, "min_lr": 5e-5, "warmup": 200, "amp": "bf16", "save_every": 0,
-           "save_every_minutes": 3.0, "keep_every": 1000, "log_every": 50},
+    train={**_TRAIN_6x192, "steps": 6000, "amp": "bf16", "keep_every": 1000},
     description="DALL-E (6 x 192, pruned BPE text, 12 + 256 positions) on the 16x16 shapes tokenizer, the default "
                 "held-out colour-shape pairs excluded; 1:7 text:image loss, 15% condition dropout; samples with "
                 "guidance 1.25 (chosen on val)",
@@ -98,10 +101,9 @@ register_recipe(Recipe(
     name="dalle_shapes_factored", model="dalle_shapes_32", data="shapes",
     model_overrides={"vq_path": "palette_shapes", "clip_path": "clip_shapes_coca", "cond_drop": 0.15,
                      "image_grid": [16, 16], "image_vocab": 384, "image_factors": [64, 6], "guidance_scale": 1.25,
-                     "block": {"causal": True, "embed_dim": 192, "depth": 6, "num_heads": 6}},
+                     "block": _BLOCK_6x192},
     data_kwargs={"holdout": "default"},
-    train={**_TRAIN, "steps": 3300, "lr": 1e-3, "min_lr": 5e-5, "warmup": 200, "amp": "fp32", "save_every": 0,
-           "save_every_minutes": 3.0, "keep_every": 500, "log_every": 50},
+    train={**_TRAIN_6x192, "steps": 3300, "amp": "fp32", "keep_every": 500},
     description="DALL-E (6 x 192, pruned BPE text, 12 + 256 positions) on the factorised palette tokenizer "
                 "(64 silhouettes x 6 colours per 2x2-pixel token, one embedding table and one output head per "
                 "code), the default held-out colour-shape pairs excluded; 1:7 text:image loss, 15% condition "
@@ -121,10 +123,9 @@ register_recipe(Recipe(
     model_overrides={"vq_path": "palette_shapes_silhouette", "clip_path": "", "cond_drop": 0.15,
                      "image_grid": [16, 16], "image_vocab": 64, "ignore_words": list(COLOUR_NAMES),
                      "guidance_scale": 1.25,
-                     "block": {"causal": True, "embed_dim": 192, "depth": 6, "num_heads": 6}},
+                     "block": _BLOCK_6x192},
     data_kwargs={"holdout": "default"},
-    train={**_TRAIN, "steps": 2600, "lr": 1e-3, "min_lr": 5e-5, "warmup": 200, "amp": "fp32", "save_every": 0,
-           "save_every_minutes": 3.0, "keep_every": 400, "log_every": 50},
+    train={**_TRAIN_6x192, "steps": 2600, "amp": "fp32", "keep_every": 400},
     description="the layout half of a two-stage DALL-E (6 x 192, 12 + 256 positions): the palette tokenizer's "
                 "silhouette codes only (64 ids), from captions without their colour words; the default held-out "
                 "colour-shape pairs excluded",
@@ -143,11 +144,10 @@ register_recipe(Recipe(
     model_overrides={"vq_path": "vq_shapes_16x16", "clip_path": "clip_shapes_coca", "cond_drop": 0.15,
                      "image_grid": [16, 16], "guidance_scale": 1.25, "attr_drop": 0.5,
                      "attr_words": [*COLOUR_NAMES, *SHAPES],
-                     "block": {"causal": True, "embed_dim": 192, "depth": 6, "num_heads": 6}},
+                     "block": _BLOCK_6x192},
     data_kwargs={"holdout": "default"},
-    train={**_TRAIN, "init_from": "runs/dalle_shapes_2h", "steps": 550, "lr": 3e-4, "min_lr": 3e-5,
-           "warmup": 50, "amp": "fp32", "save_every": 0, "save_every_minutes": 3.0, "keep_every": 110,
-           "log_every": 50},
+    train={**_TRAIN_6x192, "init_from": "runs/dalle_shapes_2h", "steps": 550, "lr": 3e-4, "min_lr": 3e-5,
+           "warmup": 50, "amp": "fp32", "keep_every": 110},
     description="dalle_shapes_2h continued with attribute dropout (half the captions lose colour / "
                 "shape words at a random rate), for compositional sampling; the default held-out colour-shape "
                 "pairs excluded",
@@ -164,11 +164,10 @@ register_recipe(Recipe(
     name="dalle_shapes_canonical", model="dalle_shapes_32", data="shapes",
     model_overrides={"vq_path": "vq_shapes_16x16", "clip_path": "clip_shapes_coca", "cond_drop": 0.15,
                      "image_grid": [16, 16], "guidance_scale": 1.25, "canonical_relations": True,
-                     "block": {"causal": True, "embed_dim": 192, "depth": 6, "num_heads": 6}},
+                     "block": _BLOCK_6x192},
     data_kwargs={"holdout": "default"},
-    train={**_TRAIN, "init_from": "runs/dalle_shapes_2h", "steps": 1650, "lr": 3e-4, "min_lr": 3e-5,
-           "warmup": 100, "amp": "bf16", "save_every": 0, "save_every_minutes": 3.0, "keep_every": 400,
-           "log_every": 50},
+    train={**_TRAIN_6x192, "init_from": "runs/dalle_shapes_2h", "steps": 1650, "lr": 3e-4, "min_lr": 3e-5,
+           "warmup": 100, "amp": "bf16", "keep_every": 400},
     description="dalle_shapes_2h continued with each relation caption read in its canonical form (above / "
                 "left of: the object named first is drawn first); the default held-out colour-shape pairs "
                 "excluded",
