@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mmgen.commands._args import positive_int
+
 # The earlier recipe (gpt_shakespeare_char_cpu, 0.84M, fp32): its engine evaluations from
 # docs/gpt.md and its quiet 2-thread step time (0.279 s per 32 x 128 batch, same probe).
 REFERENCE = {"name": "gpt_shakespeare_char_cpu (0.84M, fp32)", "step_s": 0.279,
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--names", nargs="+", default=None)
     p.add_argument("--out", type=Path, default=None, help="PNG to write")
     p.add_argument("--full-val", action="store_true", help="score each final checkpoint on the whole val split")
-    p.add_argument("--val-blocks", type=int, default=None, help="--full-val on the first N blocks only (a quick check; "
+    p.add_argument("--val-blocks", type=positive_int, default=None, help="--full-val on the first N blocks only (a quick check; "
                                                                  "the docs' figure is the whole split)")
     p.add_argument("--no-reference", action="store_true", help="leave the earlier 0.84M recipe off the plot")
     args = p.parse_args(argv)
