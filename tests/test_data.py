@@ -440,3 +440,24 @@ def test_sample_bank_resumes_to_the_same_file_and_feeds_the_train_split(tmp_path
     save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="not a sample bank"):
         build_dataset("shapes", "train", holdout="default", sample_bank=str(tmp_path / "other.safetensors"))
+
+
+def test_sample_bank_replace_correct_keeps_only_wrong_negatives(tmp_path):
+    """--replace-correct: a sample the strict checker passes is no negative for its caption, so
+    it is replaced by a distorted render of the scene; the wrong samples stay as drawn."""
+    from safetensors.torch import load_file
+
+    from mmgen.data.shapes import check, load_sample_bank
+    script = _load_script("sample_bank")
+    plain, replaced = tmp_path / "plain.safetensors", tmp_path / "replaced.safetensors"
+    assert script.main(["--n", "8", "--out", str(plain)]) == 0
+    assert script.main(["--n", "8", "--out", str(replaced), "--replace-correct"]) == 0
+    meta = load_sample_bank(plain)["meta"]
+    a, b = load_file(plain), load_file(replaced)
+    assert torch.equal(a["real"], b["real"])
+    verdicts = [check(im.permute(1, 2, 0).numpy(), c)["correct"] for im, c in zip(a["generated"], meta["captions"])]
+    assert meta["sample_correct"] == [int(v) for v in verdicts] == load_sample_bank(replaced)["meta"]["sample_correct"]
+    assert 0 < sum(verdicts) < 8  # the shipped model gets some right and some wrong: both branches run
+    for i, ok in enumerate(verdicts):
+        assert torch.equal(a["generated"][i], b["generated"][i]) != ok
+        assert not check(b["generated"][i].permute(1, 2, 0).numpy(), meta["captions"][i])["correct"]

@@ -55,6 +55,8 @@ PREREQUISITES = {
     "runs/vae_shapes": "python -m train --recipe vae_shapes --out runs/vae_shapes",
     # the generator samples a reranker recipe trains on (the documented command draws 6,144)
     "runs/shapes_sample_bank.safetensors": "python scripts/sample_bank.py --n 8 --out runs/shapes_sample_bank.safetensors",
+    "runs/shapes_sample_bank_two_stage.safetensors": "python scripts/sample_bank.py --n 8 --replace-correct --out "
+                                                     "runs/shapes_sample_bank_two_stage.safetensors",
 }
 
 
