@@ -6,6 +6,7 @@
     python scripts/shapes_fidelity.py --model ddpm_shapes --n 200 --guidance 1 3 --steps 25
     python scripts/shapes_fidelity.py --model dalle_shapes --split val --n 100 --top-k 8   # choose settings on val
     python scripts/shapes_fidelity.py --model dalle_shapes --split val --layout-set top_k=8   # the outline stage only
+    python scripts/shapes_fidelity.py --model dalle_shapes --split val --set one_colour_per_object=false
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 from mmgen.commands._args import OneLineParser, finite_float, key_value, positive_int
 
 LAYOUT_KEYS = ("guidance_scale", "temperature", "top_k", "top_p")  # --layout-set: sampling defaults only
+MODEL_KEYS = (*LAYOUT_KEYS, "one_colour_per_object")  # --set: the DALL-E's own (a two-stage one's colour stage)
 
 
 def main(argv=None) -> int:
@@ -45,6 +47,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layout-set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                     help="a two-stage DALL-E: the outline stage's own sampling default (" + ", ".join(LAYOUT_KEYS)
                          + "); --guidance, --top-k, ... set both stages")
+    ap.add_argument("--set", dest="model_set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                    help="a DALL-E's own sampling default (" + ", ".join(MODEL_KEYS) + "); of a two-stage one, "
+                         "the colour stage's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args(argv)
@@ -65,20 +70,25 @@ def main(argv=None) -> int:
     if token_sampling and pipe.kind != "dalle":
         ap.error(f"--{token_sampling[0].replace('_', '-')} sets DALL-E token sampling; {args.model!r} is a "
                  f"{pipe.kind} model")
-    layout_set = dict(args.layout_set)
-    if layout_set:
-        layout = pipe.model.layout if pipe.kind == "dalle" else None
-        if layout is None:
-            ap.error(f"--layout-set sets the outline stage of a two-stage DALL-E; {args.model!r} has none "
-                     f"(config layout_path)")
-        unknown = sorted(set(layout_set) - set(LAYOUT_KEYS))
+    layout_set, model_set = dict(args.layout_set), dict(args.model_set)
+    if layout_set and (pipe.kind != "dalle" or pipe.model.layout is None):
+        ap.error(f"--layout-set sets the outline stage of a two-stage DALL-E; {args.model!r} has none "
+                 f"(config layout_path)")
+    if model_set and pipe.kind != "dalle":
+        ap.error(f"--set sets a DALL-E's sampling defaults; {args.model!r} is a {pipe.kind} model")
+    for flag, values, keys, stage in (("--layout-set", layout_set, LAYOUT_KEYS, "layout"),
+                                      ("--set", model_set, MODEL_KEYS, None)):
+        if not values:
+            continue
+        unknown = sorted(set(values) - set(keys))
         if unknown:
-            ap.error(f"--layout-set takes {', '.join(LAYOUT_KEYS)}, got {', '.join(unknown)}")
+            ap.error(f"{flag} takes {', '.join(keys)}, got {', '.join(unknown)}")
+        model = pipe.model.layout if stage == "layout" else pipe.model
         try:
-            layout.config = dataclasses.replace(layout.config, **layout_set)
-            sampling_settings(layout.config)  # a bad value fails here, not after minutes of sampling
+            model.config = dataclasses.replace(model.config, **values)
+            sampling_settings(model.config)  # a bad value fails here, not after minutes of sampling
         except (ValueError, TypeError) as e:
-            ap.error(f"--layout-set: {e}")
+            ap.error(f"{flag}: {e}")
     groups = prompt_groups(args.n, args.groups, split=args.split)
     extra = {k: v for k, v in dict(steps=args.steps, scheduler=args.scheduler, temperature=args.temperature,
                                    top_k=args.top_k, top_p=args.top_p).items() if v is not None}
@@ -88,7 +98,7 @@ def main(argv=None) -> int:
         for row in fidelity(pipe, groups, candidates=args.candidates, seed=args.seed, **kw):
             record = {"model": args.model, "clip": args.clip, "split": args.split, "guidance": guidance,
                       **({} if compose is None else {"compose": compose}),
-                      **({"layout_set": layout_set} if layout_set else {}),
+                      **({"layout_set": layout_set} if layout_set else {}), **({"set": model_set} if model_set else {}),
                       **{k: v for k, v in extra.items() if k != "steps"}, **row}
             print(json.dumps(record), flush=True)
             if args.log:

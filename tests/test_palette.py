@@ -136,3 +136,53 @@ def test_factorised_dalle_trains_and_samples_with_the_cache(fitted):
     plain = mmgen.create_model("dalle_tiny", image_grid=[16, 16], image_vocab=384, image_factors=[6, 64])
     with pytest.raises(ValueError, match=r"factorised as \[6, 64\], the tokenizer.s codes factor as \[64, 6\]"):
         plain.attach(vq=fitted)
+
+
+def _bfs_regions(mask, connectivity):
+    """Reference labelling: breadth-first search, each region labelled by its smallest flat index."""
+    h, w = mask.shape
+    out = -torch.ones(h, w, dtype=torch.long)
+    steps = [(0, 1), (1, 0), (0, -1), (-1, 0)] + ([(1, 1), (1, -1), (-1, 1), (-1, -1)] if connectivity == 8 else [])
+    for y0 in range(h):
+        for x0 in range(w):
+            if not mask[y0, x0] or out[y0, x0] >= 0:
+                continue
+            out[y0, x0], todo = y0 * w + x0, [(y0, x0)]
+            while todo:
+                y, x = todo.pop()
+                for dy, dx in steps:
+                    v, u = y + dy, x + dx
+                    if 0 <= v < h and 0 <= u < w and mask[v, u] and out[v, u] < 0:
+                        out[v, u] = y0 * w + x0
+                        todo.append((v, u))
+    return out
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_grid_components_match_a_breadth_first_search(connectivity):
+    from mmgen.models.palette import grid_components
+    mask = torch.rand(6, 9, 11, generator=torch.Generator().manual_seed(connectivity)) < 0.45
+    got = grid_components(mask, connectivity)
+    assert torch.equal(got, torch.stack([_bfs_regions(m, connectivity) for m in mask]))
+    with pytest.raises(ValueError, match="connectivity must be 4 or 8"):
+        grid_components(mask, 6)
+    with pytest.raises(ValueError, match=r"bool \(B, h, w\)"):
+        grid_components(mask.float(), 4)
+
+
+def test_object_regions_are_the_objects_of_real_scenes():
+    """The shipped tokenizer's object_regions on 200 test scenes: one region per object, and every
+    token of a region has that object's colour code (what one_colour_per_object relies on)."""
+    from pathlib import Path
+    tok = mmgen.load_pretrained(Path(__file__).resolve().parents[1] / "checkpoints" / "palette_shapes")
+    ds = S.ShapesDataset("test", length=200)
+    tokens = tok.encode_tokens(torch.stack([ds[i]["image"] for i in range(len(ds))]))
+    colours = tok.factors[1]
+    regions = tok.object_regions(tokens // colours)
+    for i in range(len(ds)):
+        labels = regions[i].unique()
+        labels = labels[labels >= 0]
+        assert len(labels) == len(ds.scene(i)[0])
+        assert all(len((tokens[i] % colours)[regions[i] == k].unique()) == 1 for k in labels)
+    with pytest.raises(ValueError, match=r"silhouette codes \(B, 16, 16\)"):
+        tok.object_regions(tokens[0])

@@ -145,7 +145,10 @@ def test_shapes_fidelity_sets_the_outline_stage_alone(monkeypatch, capsys):
 
     def spy(model, text, **kw):
         seen.append((kw["guidance"], kw["params"].top_k, kw["layout_guidance"], kw["layout_params"].top_k))
+        painted.append(model.config.one_colour_per_object)
         raise Sampled
+
+    painted = []
 
     monkeypatch.setattr(dalle_pipeline, "sample_image_tokens", spy)
     args = ["--model", "dalle_shapes", "--n", "1", "--groups", "one", "--split", "val"]
@@ -162,3 +165,46 @@ def test_shapes_fidelity_sets_the_outline_stage_alone(monkeypatch, capsys):
         with pytest.raises(SystemExit):
             main(args + bad)
         assert message in capsys.readouterr().err
+    for value in (False, True):  # --set: the colour stage's own defaults
+        with pytest.raises(Sampled):
+            main(args + ["--set", f"one_colour_per_object={str(value).lower()}", "--set", "top_k=2"])
+        assert painted[-1] is value and seen[-1][1:] == (2, 1.25, 4)
+    with pytest.raises(SystemExit):
+        main(args + ["--set", "depth=2"])
+    assert "--set takes guidance_scale, temperature, top_k, top_p, one_colour_per_object, got depth" in \
+        capsys.readouterr().err
+
+
+def test_one_colour_per_object_paints_each_object_one_colour(tmp_path):
+    """config one_colour_per_object: every token of an object of the given outline (the
+    tokenizer's object_regions) gets the colour its first token drew; without it a random
+    colour stage mixes colours inside an object (the test can fail)."""
+    palette = PaletteTokenizer(PaletteConfig(img_size=16, silhouettes=8, colours=3))
+    palette.silhouette_codes.copy_(torch.linspace(0, 1, 8)[:, None].expand(8, 4))  # code k: every pixel k / 7
+    palette.colour_codes.copy_(torch.eye(3))
+    first = torch.zeros(2, *GRID, dtype=torch.long)
+    first[:, 1:4, 1:5] = 7  # an object of 12 tokens
+    first[:, 5:8, 3:7] = 6  # a second, not touching it
+    first[:, 1, 6] = 2  # a faint token (under half covered): no object, free
+    first[1, 5, 3] = 5
+    regions = palette.object_regions(first)
+    assert len(regions[0].unique()) == 3 and int(regions[0, 1, 6]) == -1
+    m = _factored()
+    m.attach(vq=palette)
+    text = m.tokenize(["a red circle", "a blue square"])
+    kw = dict(guidance=1.5, params=SamplingParams(top_k=3), first_codes=first)
+    free = sample_image_tokens(m, text, generator=make_generator(0), **kw)
+
+    def colours_per_object(tokens):
+        return [len((tokens[b] % FACTORS[1])[regions[b] == k].unique()) for b in range(2)
+                for k in regions[b].unique().tolist() if k >= 0]
+
+    assert max(colours_per_object(free)) > 1
+    m.config.one_colour_per_object = True
+    painted = sample_image_tokens(m, text, generator=make_generator(0), **kw)
+    assert colours_per_object(painted) == [1, 1, 1, 1]
+    assert torch.equal(painted // FACTORS[1], first)
+    assert torch.equal(painted, sample_image_tokens(m, text, generator=make_generator(0), use_cache=False, **kw))
+    assert len((painted % FACTORS[1]).unique()) > 1  # the objects' colours are still drawn
+    with pytest.raises(ValueError, match="one_colour_per_object paints the objects of given first codes"):
+        mmgen.create_model("dalle_tiny", image_grid=GRID, image_vocab=24, one_colour_per_object=True)

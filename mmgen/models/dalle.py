@@ -129,6 +129,11 @@ class DALLEConfig:
     # those (mmgen.pipelines.dalle.sample_image_tokens, first_codes=...). Needs image_factors, and
     # the layout model's image_vocab and image_grid must be image_factors[0] and this image_grid
     layout_path: str = ""
+    # two-stage sampling: paint every object of the outline one colour, the one its first token
+    # in raster order gets (the tokenizer's object_regions; the palette tokenizer's objects are
+    # flat-coloured). Without it the colour stage, which cannot see the outline below the
+    # current row, sometimes paints the far side of an object in a neighbour's colour.
+    one_colour_per_object: bool = False
     vq_path: str = ""  # VQ checkpoint dir (mmgen.checkpoint.resolve_companion: relative to this checkpoint's dir)
     clip_path: str = ""  # CLIP checkpoint dir for reranking ("" = no reranking)
     # more CLIP checkpoint dirs: the reranker is then all of them together, scoring an image by
@@ -165,6 +170,9 @@ class DALLEConfig:
         if self.layout_path and len(self.image_factors) < 2:
             raise ValueError(f"layout_path={self.layout_path!r} draws each image token's first code, and this DALL-E's "
                              f"image ids are not factorised: set image_factors")
+        if self.one_colour_per_object and len(self.image_factors) < 2:
+            raise ValueError("one_colour_per_object paints the objects of given first codes (two-stage sampling), "
+                             "and this DALL-E's image ids are not factorised: set image_factors")
         self.extra_clip_paths = tuple(self.extra_clip_paths)
         if self.extra_clip_paths and not self.clip_path:
             raise ValueError(f"extra_clip_paths {list(self.extra_clip_paths)} join the reranker at clip_path, and "

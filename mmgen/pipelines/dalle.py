@@ -86,8 +86,11 @@ def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, par
     of every image token (the palette tokenizer's silhouette) and only the remaining codes are
     sampled; layout_text (B, L) ids from `model.layout.tokenize` draws first_codes with the
     layout model (config layout_path) with layout_guidance and layout_params (default: guidance
-    and params) and the same generator."""
+    and params) and the same generator. With config one_colour_per_object every object of the
+    given first codes (the tokenizer's object_regions) is painted one colour: the rest codes of
+    its first token in raster order fix those of its other tokens."""
     c = model.config
+    regions = None  # one_colour_per_object: the object of each token, -1 for none
     if layout_text is not None:
         if model.layout is None:
             raise ValueError("layout_text needs a DALL-E with a layout model (config layout_path)")
@@ -105,6 +108,14 @@ def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, par
         rest = c.image_vocab // c.image_factors[0]  # ids per first code: id = first * rest + the others
         first_of_id = torch.arange(c.image_vocab, device=model.text_embed.weight.device) // rest  # (V,)
         first_codes = first_codes.reshape(text.shape[0], -1).to(first_of_id.device)  # (B, h*w)
+        if c.one_colour_per_object:
+            if not hasattr(model.vq, "object_regions"):
+                raise ValueError("one_colour_per_object needs the DALL-E's tokenizer attached, one that finds objects "
+                                 "(object_regions: the palette tokenizer)")
+            regions = model.vq.object_regions(first_codes.view(-1, *c.image_grid)).flatten(1)  # (B, h*w), -1: none
+            regions = regions.to(first_of_id.device)
+            rest_of_id = torch.arange(c.image_vocab, device=first_of_id.device) % rest  # (V,)
+            region_rest = torch.full((text.shape[0], int(regions.max()) + 2), -1, device=first_of_id.device)
     if text.ndim != 2 or text.shape[1] != c.context_length:
         raise ValueError(f"text must be (batch, {c.context_length}) ids from tokenize(), got {tuple(text.shape)}")
     if compose and not c.attr_words:
@@ -129,7 +140,14 @@ def sample_image_tokens(model, text: torch.Tensor, *, guidance: float = 1.0, par
             step_logits = guided_logits(logits[:, -1], B, guidance, weights)  # (B, V)
             if first_codes is not None:  # only the ids whose first code is the given one
                 step_logits = step_logits.masked_fill(first_of_id[None] != first_codes[:, i, None], float("-inf"))
+            if regions is not None:  # a token of an object already painted: that object's colour
+                slot = regions[:, i] + 1  # (B,) slot 0: no object, never painted
+                want = region_rest.gather(1, slot[:, None])  # (B, 1), -1 = free
+                step_logits = step_logits.masked_fill((want >= 0) & (rest_of_id[None] != want), float("-inf"))
             nxt = sample_next(step_logits, params, None, generator)  # (B,)
+            if regions is not None:  # the first token of an object sets its colour
+                new = (slot > 0) & (want[:, 0] < 0)
+                region_rest[new, slot[new]] = nxt[new] % rest
             out = torch.cat([out, nxt[:, None]], 1)
             if on_token is not None:
                 on_token()
