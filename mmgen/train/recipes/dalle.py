@@ -130,8 +130,9 @@ register_recipe(Recipe(
                 "silhouette codes only (64 ids), from captions without their colour words; the default held-out "
                 "colour-shape pairs excluded",
     expected="with the colour stage dalle_shapes (dalle_shapes_factored's step 1,500), strict shapes checker, 200 test "
-             "prompts per group, 1 sample / best of 8 by the four shapes CLIPs: one object 94.5 / 97.5 %, two objects "
-             "33.5 / 78.5 %, a held-out pair 35.0 / 70.0 %; 4,238 s (71 wall minutes) on 2 CPU cores (docs/dalle.md)",
+             "prompts per group, one colour per object, 1 sample / best of 8 by the four shapes CLIPs: one object "
+             "95.0 / 98.0 %, two objects 33.5 / 80.5 %, a held-out pair 37.5 / 72.5 %; 4,238 s (71 wall minutes) on 2 "
+             "CPU cores (docs/dalle.md)",
 ))
 
 # dalle_shapes_2h (the weights shipped before the two-stage model) continued for 550 steps (19.5 minutes in fp32; 116.5 for
