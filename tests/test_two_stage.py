@@ -173,6 +173,12 @@ def test_shapes_fidelity_sets_the_outline_stage_alone(monkeypatch, capsys):
         main(args + ["--set", "depth=2"])
     assert "--set takes guidance_scale, temperature, top_k, top_p, one_colour_per_object, got depth" in \
         capsys.readouterr().err
+    for bad, message in ((["--set", "one_colour_per_object=yes"], "one_colour_per_object must be true or false"),
+                         (["--model", "dalle_emoji", "--set", "one_colour_per_object=true"],
+                          "image ids are not factorised")):
+        with pytest.raises(SystemExit):
+            main(args + bad)
+        assert message in capsys.readouterr().err
 
 
 def test_one_colour_per_object_paints_each_object_one_colour(tmp_path):

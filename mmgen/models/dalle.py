@@ -170,6 +170,8 @@ class DALLEConfig:
         if self.layout_path and len(self.image_factors) < 2:
             raise ValueError(f"layout_path={self.layout_path!r} draws each image token's first code, and this DALL-E's "
                              f"image ids are not factorised: set image_factors")
+        if not isinstance(self.one_colour_per_object, bool):
+            raise ValueError(f"one_colour_per_object must be true or false, got {self.one_colour_per_object!r}")
         if self.one_colour_per_object and len(self.image_factors) < 2:
             raise ValueError("one_colour_per_object paints the objects of given first codes (two-stage sampling), "
                              "and this DALL-E's image ids are not factorised: set image_factors")
